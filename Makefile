@@ -1,0 +1,51 @@
+# cspflow: `make demo` runs the main job, `make test` the whole suite. Both set up first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cspflow-setup-stamp
+APT_PACKAGES := slurm-wlm munge cp2k gpaw-data libxc-dev libopenblas-dev liblapack-dev \
+	libfftw3-dev libopenmpi-dev build-essential pkg-config
+PYTEST_ARGS ?=
+
+.PHONY: setup system-packages demo test test-fast lint bench clean-venv
+
+setup: $(STAMP)
+
+# The stamp depends on pyproject.toml, so a changed dependency list re-runs the install.
+$(STAMP): pyproject.toml Makefile
+	@$(MAKE) --no-print-directory system-packages
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	# torch first, from the CPU wheel on local disk, so nothing pulls a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dft]' || echo "warning: GPAW did not build; GPAW tests will be skipped"
+	@touch $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+demo: setup
+	$(BIN)/cspflow demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not slurm and not cp2k and not gpaw" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check cspflow tests bench
+	$(BIN)/ruff format --check cspflow tests bench
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

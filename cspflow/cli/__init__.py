@@ -1,0 +1,1 @@
+"""The ``cspflow`` command line: ``cspflow <noun> <verb>``, thin over the stage modules."""

@@ -1,0 +1,52 @@
+"""``cspflow db start|stop|status``: the embedded SecantusDB server."""
+
+from __future__ import annotations
+
+import typer
+
+from cspflow.cli.common import JsonOpt, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("start")
+def start(json_out: JsonOpt = False) -> None:
+    """Start the embedded database (or reuse the running one) and print its URI."""
+    from cspflow.db import start_server
+
+    info = start_server()
+    if json_out:
+        print_json({"uri": info.uri, "pid": info.pid, "data_dir": str(info.data_dir)})
+    else:
+        typer.echo(info.uri)
+
+
+@app.command("stop")
+def stop() -> None:
+    """Stop the embedded database; its data stays in the data directory."""
+    from cspflow.db import stop_server
+    from cspflow.settings import get_settings
+
+    if stop_server():
+        typer.echo(f"stopped (data kept in {get_settings().data_dir})")
+    else:
+        typer.echo("not running")
+
+
+@app.command("status")
+def status(json_out: JsonOpt = False) -> None:
+    """Say whether the embedded database runs, with its URI, pid and data directory."""
+    from cspflow.db import server_status
+    from cspflow.settings import get_settings
+
+    info = server_status()
+    if json_out:
+        print_json(
+            {"running": info is not None, "uri": info.uri if info else None,
+             "pid": info.pid if info else None, "data_dir": str(get_settings().data_dir)}
+        )  # fmt: skip
+        return
+    if info is None:
+        typer.echo(f"not running (data dir {get_settings().data_dir})")
+        raise typer.Exit(1)
+    typer.echo(f"running  pid {info.pid}  {info.uri}  data {info.storage_path}")

@@ -1,0 +1,99 @@
+"""MongoDB access: the jobflow JobStore, cspflow's own collections and their indexes.
+
+FireWorks owns ``fireworks``/``workflows``/``launches``; jobflow's JobStore owns ``outputs``
+(+ GridFS ``outputs_blobs``); cspflow owns ``candidates``, ``hull``, ``models`` and ``campaigns``.
+All functions take an explicit database or read the settings at call time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from cspflow.db import redact_uri, resolve_uri
+from cspflow.errors import CspflowError
+from cspflow.settings import CspflowSettings, get_settings
+
+if TYPE_CHECKING:
+    from jobflow import JobStore
+    from pymongo import MongoClient
+    from pymongo.database import Database
+
+__all__ = [
+    "CSPFLOW_COLLECTIONS",
+    "get_client",
+    "get_database",
+    "ensure_indexes",
+    "get_jobstore",
+]
+
+CSPFLOW_COLLECTIONS = ("candidates", "hull", "models", "campaigns")
+
+# (collection, keys, options): one place lists every index cspflow relies on.
+_INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
+    ("candidates", [("chemsys", 1), ("fingerprint_hash", 1)], {"unique": True, "name": "dedup"}),
+    ("candidates", [("campaign", 1), ("iteration", 1), ("status", 1)], {"name": "campaign_stage"}),
+    ("candidates", [("formula", 1), ("energy_per_atom.mlip", 1)], {"name": "by_energy_mlip"}),
+    ("candidates", [("formula", 1), ("energy_per_atom.dft", 1)], {"name": "by_energy_dft"}),
+    ("candidates", [("bucket", 1)], {"name": "bucket"}),
+    ("candidates", [("candidate_id", 1)], {"unique": True, "name": "candidate_id"}),
+    ("hull", [("chemsys", 1), ("version", -1)], {"unique": True, "name": "chemsys_version"}),
+    ("models", [("model_id", 1)], {"unique": True, "name": "model_id"}),
+    ("models", [("chemsys", 1), ("created_at", -1)], {"name": "chemsys_created"}),
+    ("campaigns", [("name", 1)], {"unique": True, "name": "name"}),
+)
+
+
+@lru_cache(maxsize=8)
+def _client_for(uri: str, timeout_ms: int) -> MongoClient:
+    import pymongo
+
+    return pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=False)
+
+
+def get_client(settings: CspflowSettings | None = None) -> MongoClient:
+    """Return a (cached) pymongo client for the configured or embedded database.
+
+    Raises
+    ------
+    CspflowError
+        When the database does not answer; the message never contains the password.
+    """
+    settings = settings or get_settings()
+    uri = resolve_uri(settings)
+    client = _client_for(uri, settings.db_server_selection_timeout_ms)
+    try:
+        client.admin.command("ping")
+    except Exception as exc:
+        kind = type(exc).__name__
+        raise CspflowError(
+            f"cannot reach the database at {redact_uri(uri)} ({kind}); check CSPFLOW_DB_URI, "
+            "or unset it to use the embedded server (`cspflow db start`)"
+        ) from None
+    return client
+
+
+def get_database(settings: CspflowSettings | None = None) -> Database:
+    """Return the cspflow database with its indexes in place."""
+    settings = settings or get_settings()
+    db = get_client(settings)[settings.db_name]
+    ensure_indexes(db)
+    return db
+
+
+def ensure_indexes(db: Database) -> None:
+    """Create cspflow's indexes; safe to call any number of times."""
+    for coll, keys, options in _INDEXES:
+        db[coll].create_index(keys, **options)
+
+
+def get_jobstore(settings: CspflowSettings | None = None) -> JobStore:
+    """Return jobflow's JobStore: outputs in MongoDB, large blobs (``data``) in GridFS."""
+    from jobflow import JobStore
+    from maggma.stores import GridFSStore, MongoStore
+
+    settings = settings or get_settings()
+    uri = resolve_uri(settings)
+    docs = MongoStore(database=settings.db_name, collection_name="outputs", uri=uri)
+    blobs = GridFSStore(database=settings.db_name, collection_name="outputs_blobs", uri=uri)
+    return JobStore(docs, additional_stores={"data": blobs})
