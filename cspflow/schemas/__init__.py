@@ -1,0 +1,1 @@
+"""Pydantic documents: the contracts between stages (one module per stage)."""
