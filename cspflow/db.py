@@ -190,6 +190,8 @@ def start_server(settings: CspflowSettings | None = None, timeout: float = 30.0)
         "--oplog-max-entries", str(settings.db_oplog_max_entries),
         "--oplog-retention-seconds", str(settings.db_oplog_retention_seconds),
     ]  # fmt: skip
+    if settings.db_sync_on_commit:
+        cmd.append("--sync-on-commit")
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
             cmd,

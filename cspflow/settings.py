@@ -65,9 +65,18 @@ class CspflowSettings(BaseSettings):
         description="Where the embedded database keeps its data, pid and uri files.",
     )
     db_host: str = Field("127.0.0.1", description="Loopback address the embedded server binds.")
-    db_port: int = Field(0, description="Embedded server port; 0 picks a free one.")
+    db_port: int = Field(
+        27117,
+        description="Embedded server port (fixed so fw_configs/my_launchpad.yaml stays valid); "
+        "0 picks a free one and keeps it for this data dir.",
+    )
     db_oplog_max_entries: int = Field(
         2000, description="Embedded server oplog cap (a growing oplog slows the server down)."
+    )
+    db_sync_on_commit: bool = Field(
+        True,
+        description="Fsync the embedded server's journal on every commit, so no acknowledged "
+        "write is lost when the server is killed (measured: about 3x slower writes, ~450/s).",
     )
     db_oplog_retention_seconds: int = Field(120, description="Embedded server oplog retention.")
     fw_config_dir: Path | None = Field(

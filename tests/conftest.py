@@ -23,7 +23,7 @@ def db_server(tmp_path_factory):
     from cspflow.db import start_server, stop_server
 
     data_dir = tmp_path_factory.mktemp("cspflow-data")
-    settings = CspflowSettings(data_dir=data_dir, db_uri=None)
+    settings = CspflowSettings(data_dir=data_dir, db_uri=None, db_port=0)
     info = start_server(settings)
     yield info
     stop_server(settings)

@@ -35,10 +35,23 @@ def stop() -> None:
 
 @app.command("status")
 def status(json_out: JsonOpt = False) -> None:
-    """Say whether the embedded database runs, with its URI, pid and data directory."""
-    from cspflow.db import server_status
+    """Say whether the database answers: the configured URI, else the embedded server."""
+    from cspflow.db import ping, redact_uri, server_status
     from cspflow.settings import get_settings
 
+    settings = get_settings()
+    if settings.db_uri is not None:
+        uri = redact_uri(settings.db_uri.get_secret_value())
+        ok = ping(settings.db_uri.get_secret_value(), settings.db_server_selection_timeout_ms)
+        if json_out:
+            print_json({"configured_uri": uri, "reachable": ok})
+        elif ok:
+            typer.echo(f"reachable  {uri}")
+        if not ok:
+            from cspflow.errors import CspflowError
+
+            raise CspflowError(f"cannot reach the database at {uri}; check CSPFLOW_DB_URI")
+        return
     info = server_status()
     if json_out:
         print_json(

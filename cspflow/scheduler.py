@@ -1,0 +1,226 @@
+"""Submission and workers: jobflow Flows on a FireWorks LaunchPad, routed to gpu / cpu workers.
+
+Routing is decided in one place: :func:`cspflow.stages.category_for` maps a job's
+``metadata["stage"]`` to the FireWorks ``_category``, and :class:`CspflowLaunchPad` applies it
+to every firework it writes, including those a running job adds dynamically
+(``Response(addition=...)``, ``replace``, detours).
+
+:class:`CspflowLaunchPad` also takes FireWorks' id counters from the post-image of
+``findAndModify``: SecantusDB (the embedded server) can hand the same pre-image to two
+concurrent clients, and FireWorks' own counters use the pre-image form. The post-image form is
+equally correct on a real MongoDB.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fireworks import FWorker, LaunchPad
+from pymongo import ReturnDocument
+
+from cspflow.stages import category_for
+
+if TYPE_CHECKING:
+    from fireworks import Firework, Workflow
+    from jobflow import Flow, Job, JobStore
+
+    from cspflow.settings import CspflowSettings
+
+__all__ = [
+    "CspflowLaunchPad",
+    "get_launchpad",
+    "flow_to_workflow",
+    "submit_flow",
+    "make_fworker",
+    "run_worker",
+    "FW_CONFIG_DIR",
+]
+
+FW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "fw_configs"
+
+
+class _PostImageCollection:
+    """A pymongo collection whose ``find_one_and_update`` answers from the post-image.
+
+    Callers (FireWorks) expect the pre-image. For ``$inc`` updates the pre-image values are
+    recovered exactly by subtracting the increments from the post-image, which, unlike the
+    pre-image, is unique per caller on SecantusDB. Other updates return the post-image, which
+    FireWorks only reads ``fw_id`` from.
+    """
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def find_one_and_update(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or "return_document" in kwargs or not isinstance(update, dict):
+            return self._collection.find_one_and_update(filter, update, *args, **kwargs)
+        doc = self._collection.find_one_and_update(
+            filter, update, return_document=ReturnDocument.AFTER, **kwargs
+        )
+        if doc is not None:
+            for key, amount in update.get("$inc", {}).items():
+                doc[key] = doc[key] - amount
+        return doc
+
+
+class CspflowLaunchPad(LaunchPad):
+    """FireWorks LaunchPad with unique ids on any MongoDB-wire server and stage routing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fw_id_assigner = _PostImageCollection(self.db.fw_id_assigner)
+        # Checkout (READY -> RESERVED) must hand each firework to exactly one worker.
+        self.fireworks = _PostImageCollection(self.db.fireworks)
+
+    def _upsert_fws(self, fws: list[Firework], reassign_all: bool = False) -> dict:
+        for fw in fws:
+            route_firework(fw)
+        return super()._upsert_fws(fws, reassign_all=reassign_all)
+
+
+def _job_of(fw: Firework) -> Any:
+    for task in fw.tasks:
+        job = task.get("job") if hasattr(task, "get") else None
+        if job is not None:
+            return job
+    return None
+
+
+def job_stage(fw: Firework) -> str | None:
+    """Return the cspflow stage of the jobflow job inside a firework, if any."""
+    job = _job_of(fw)
+    if job is None:
+        return None
+    metadata = job.get("metadata") if isinstance(job, dict) else getattr(job, "metadata", None)
+    return (metadata or {}).get("stage")
+
+
+def route_firework(fw: Firework) -> None:
+    """Set ``spec._category`` from the stage of the job the firework runs (the one routing rule)."""
+    stage = job_stage(fw)
+    if stage is not None:
+        fw.spec["_category"] = category_for(stage)
+
+
+def get_launchpad(settings: CspflowSettings | None = None, *, init: bool = True) -> CspflowLaunchPad:
+    """Return the LaunchPad on the configured (or embedded) database.
+
+    With ``init`` the FireWorks collections are initialised when empty (never reset).
+    """
+    from cspflow.db import resolve_uri
+    from cspflow.settings import get_settings
+    from cspflow.store import get_client
+
+    settings = settings or get_settings()
+    get_client(settings)  # one clear line if the database is unreachable
+    lp = CspflowLaunchPad(
+        host=resolve_uri(settings),
+        name=settings.db_name,
+        uri_mode=True,
+        strm_lvl="WARNING",
+        mongoclient_kwargs={"serverSelectionTimeoutMS": settings.db_server_selection_timeout_ms},
+    )
+    if init and lp.fw_id_assigner.find_one({}) is None:
+        lp.fw_id_assigner.insert_one({"next_fw_id": 1, "next_launch_id": 1})
+        lp.tuneup()
+    return lp
+
+
+def flow_to_workflow(flow: Flow | Job, store: JobStore | None = None) -> Workflow:
+    """Convert a jobflow Flow to a FireWorks Workflow with every firework routed by stage."""
+    from jobflow.managers.fireworks import flow_to_workflow as _flow_to_workflow
+
+    wf = _flow_to_workflow(flow, store=store)
+    for fw in wf.fws:
+        route_firework(fw)
+    return wf
+
+
+def submit_flow(
+    flow: Flow | Job,
+    settings: CspflowSettings | None = None,
+    metadata: dict | None = None,
+) -> dict[int, int]:
+    """Add a flow to the LaunchPad (routing applied); return FireWorks' old -> new id map.
+
+    The JobStore is not baked into the workflow: workers use the store of their own
+    settings (``JOBFLOW_*`` / ``jobflow.yaml`` or cspflow's), as jobflow's FireWorks manager does.
+    """
+    lp = get_launchpad(settings)
+    wf = flow_to_workflow(flow)
+    if metadata:
+        wf.metadata.update(metadata)
+    return lp.add_wf(wf)
+
+
+def make_fworker(category: str, name: str | None = None) -> FWorker:
+    """Return the FWorker for a node category ("gpu" or "cpu")."""
+    if category not in ("gpu", "cpu"):
+        from cspflow.errors import CspflowError
+
+        raise CspflowError(f"unknown worker category {category!r}; use --category gpu or --category cpu")
+    return FWorker(name=name or f"{socket.gethostname()}-{category}", category=category)
+
+
+def run_worker(
+    category: str,
+    settings: CspflowSettings | None = None,
+    nlaunches: int = 0,
+    sleep_time: int = 5,
+    max_loops: int = -1,
+    launch_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> int:
+    """Run a rapidfire worker of one category until nothing is ready (``nlaunches=0``).
+
+    jobflow's JobStore for the jobs comes from cspflow's settings (the same database).
+    Returns the number of launches made.
+    """
+    from fireworks.core.rocket_launcher import rapidfire
+
+    from cspflow.settings import get_settings
+
+    settings = settings or get_settings()
+    lp = get_launchpad(settings)
+    fworker = make_fworker(category, name)
+    base = Path(launch_dir or settings.runs_dir) / category
+    base.mkdir(parents=True, exist_ok=True)
+    before = lp.launches.count_documents({"fworker.category": category})
+    with _jobflow_store_env(settings):
+        rapidfire(
+            lp,
+            fworker=fworker,
+            nlaunches=nlaunches,
+            max_loops=max_loops,
+            sleep_time=sleep_time,
+            m_dir=str(base),
+            strm_lvl="WARNING",
+        )
+    return lp.launches.count_documents({"fworker.category": category}) - before
+
+
+class _jobflow_store_env:
+    """Point jobflow's default JobStore (used by JobFiretask) at cspflow's database."""
+
+    def __init__(self, settings: CspflowSettings) -> None:
+        self.settings = settings
+        self._old: Any = None
+
+    def __enter__(self) -> None:
+        from jobflow import SETTINGS
+
+        from cspflow.store import get_jobstore
+
+        self._old = SETTINGS.JOB_STORE
+        SETTINGS.JOB_STORE = get_jobstore(self.settings)
+
+    def __exit__(self, *exc: object) -> None:
+        from jobflow import SETTINGS
+
+        SETTINGS.JOB_STORE = self._old
