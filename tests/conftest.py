@@ -61,3 +61,43 @@ def db(settings):
     from cspflow.store import get_database
 
     return get_database(settings)
+
+
+def _load_local_cluster():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cspflow_local_cluster", REPO / "slurm" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-host Slurm cluster (munged + slurmctld + slurmd), partitions cpu and gpu.
+
+    Skipped on a developer machine without root or Debian's slurm-wlm; in CI (CI=true) a
+    missing cluster is a failure, not a skip.
+    """
+    import shutil
+
+    cluster = _load_local_cluster()
+    problem = None
+    if os.geteuid() != 0:
+        problem = "the local Slurm cluster needs root"
+    elif shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
+        problem = "slurm-wlm is not installed (make setup installs it)"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    root = tmp_path_factory.mktemp("slurm")
+    env = cluster.start(root)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    yield root
+    cluster.stop(root)
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

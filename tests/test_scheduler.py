@@ -1,0 +1,163 @@
+"""FireWorks submission, stage routing to gpu/cpu workers, and unique ids under concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from multiprocessing import get_context
+from pathlib import Path
+
+import yaml
+
+from cspflow.stages import STAGE_CATEGORY, category_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_cmd(category, *extra):
+    return [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
+            "--until-empty", "--sleep", "1", *extra]  # fmt: skip
+
+
+def env_for(settings):
+    env = dict(os.environ)
+    env.update(
+        CSPFLOW_DB_URI=settings.db_uri.get_secret_value(),
+        CSPFLOW_DB_NAME=settings.db_name,
+        CSPFLOW_DATA_DIR=str(settings.data_dir),
+        CSPFLOW_WORK_DIR=str(settings.runs_dir),
+    )
+    return env
+
+
+def launchpad_yaml(settings, path: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {"host": settings.db_uri.get_secret_value(), "uri_mode": True,
+             "name": settings.db_name, "strm_lvl": "ERROR"}  # fmt: skip
+        )
+    )
+    return path
+
+
+def test_routing_table_is_one_place():
+    assert category_for("prerelax") == "gpu" and category_for("learn") == "gpu"
+    assert category_for("dft") == "cpu" and category_for("generate") == "cpu"
+    assert category_for(None) == "cpu"
+    assert set(STAGE_CATEGORY.values()) == {"cpu", "gpu"}
+
+
+def test_gpu_and_cpu_workers_take_only_their_jobs(settings, tmp_path):
+    from cspflow.demo import platform_flow
+    from cspflow.scheduler import get_launchpad, submit_flow
+
+    ids = submit_flow(platform_flow(), settings)
+    lp = get_launchpad(settings)
+    fws = {lp.get_fw_by_id(i).name: lp.get_fw_by_id(i) for i in ids.values()}
+    assert fws["build_structure"].spec["_category"] == "cpu"
+    assert fws["analyse_structure"].spec["_category"] == "gpu"
+    env = env_for(settings)
+
+    # the gpu worker first: its job is not ready yet (it waits on the cpu job), so it runs nothing
+    gpu = subprocess.run(worker_cmd("gpu"), env=env, capture_output=True, text=True, timeout=300)
+    assert gpu.returncode == 0, gpu.stderr
+    assert "0 launch(es)" in gpu.stdout
+    cpu = subprocess.run(worker_cmd("cpu"), env=env, capture_output=True, text=True, timeout=300)
+    assert "cpu worker: 1 launch(es)" in cpu.stdout, cpu.stderr
+    assert lp.get_fw_by_id(fws["analyse_structure"].fw_id).state == "READY"
+    cpu_again = subprocess.run(worker_cmd("cpu"), env=env, capture_output=True, text=True, timeout=300)
+    assert "0 launch(es)" in cpu_again.stdout  # the gpu job is never taken by a cpu worker
+    gpu = subprocess.run(worker_cmd("gpu"), env=env, capture_output=True, text=True, timeout=300)
+    assert "gpu worker: 1 launch(es)" in gpu.stdout, gpu.stderr
+
+    for launch in lp.launches.find({}):
+        fw = lp.get_fw_by_id(launch["fw_id"])
+        assert launch["fworker"]["category"] == fw.spec["_category"]
+
+    lpad = subprocess.run(
+        [str(Path(sys.executable).with_name("lpad")), "-l",
+         str(launchpad_yaml(settings, tmp_path / "lp.yaml")), "get_wflows", "-d", "more"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert lpad.returncode == 0, lpad.stderr
+    assert '"state": "COMPLETED"' in lpad.stdout
+    assert "platform-check" in lpad.stdout
+
+    from cspflow.store import get_jobstore
+
+    store = get_jobstore(settings)
+    store.connect()
+    out = store.get_output(fws["analyse_structure"].tasks[0]["job"].uuid)
+    assert out["spacegroup"] == "Fd-3m" and out["primitive_nsites"] == 2
+
+
+def test_jobs_added_at_run_time_are_routed_by_stage(settings):
+    from jobflow import Flow
+
+    from cspflow.scheduler import get_launchpad, run_worker, submit_flow
+    from cspflow.testing.jobs import spawn_stage
+
+    submit_flow(Flow([spawn_stage("prerelax", "child")]), settings)
+    assert run_worker("gpu", settings, nlaunches=0, sleep_time=1) == 0
+    assert run_worker("cpu", settings, nlaunches=0, sleep_time=1) == 1
+    lp = get_launchpad(settings)
+    child = lp.fireworks.find_one({"name": "record"})
+    assert child["spec"]["_category"] == "gpu"
+    assert run_worker("cpu", settings, nlaunches=0, sleep_time=1) == 0
+    assert run_worker("gpu", settings, nlaunches=0, sleep_time=1) == 1
+    assert lp.fireworks.count_documents({"state": "COMPLETED"}) == 2
+
+
+def test_id_counters_unique_under_concurrent_clients(settings):
+    from cspflow.scheduler import get_launchpad
+    from cspflow.testing import take_ids
+
+    lp = get_launchpad(settings)
+    uri = settings.db_uri.get_secret_value()
+    with get_context("spawn").Pool(4) as pool:
+        results = pool.map(take_ids, [(uri, settings.db_name, 150, "cspflow")] * 4)
+    launch_ids = [i for r in results for i in r[0]]
+    fw_ids = [i for r in results for i in r[1]]
+    dup_launch = len(launch_ids) - len(set(launch_ids))
+    dup_fw = len(fw_ids) - len(set(fw_ids))
+    print(f"\n4 clients x 150: {len(launch_ids)} launch ids, {dup_launch} duplicates; "
+          f"{len(fw_ids)} fw ids, {dup_fw} duplicates")  # fmt: skip
+    assert dup_launch == 0 and dup_fw == 0
+    counters = lp.fw_id_assigner.find_one({})
+    assert counters["next_launch_id"] == 1 + 600 and counters["next_fw_id"] == 1 + 600
+
+
+def test_concurrent_workers_run_every_firework_exactly_once(settings):
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.testing.jobs import independent_flow
+
+    n = 60
+    submit_flow(independent_flow(n, stage="dft"), settings)
+    env = env_for(settings)
+    procs = [
+        subprocess.Popen(worker_cmd("cpu", "--name", f"w{i}"), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lp = get_launchpad(settings)
+    fws = list(lp.fireworks.find({}, {"fw_id": 1, "state": 1, "launches": 1}))
+    launches = list(lp.launches.find({}, {"launch_id": 1, "fw_id": 1, "fworker": 1}))
+    fw_ids = [f["fw_id"] for f in fws]
+    launch_ids = [ln["launch_id"] for ln in launches]
+    per_fw = {}
+    for ln in launches:
+        per_fw[ln["fw_id"]] = per_fw.get(ln["fw_id"], 0) + 1
+    workers_used = {ln["fworker"]["name"] for ln in launches}
+    reruns = sum(c - 1 for c in per_fw.values())
+    print(f"\n{n} fireworks, 4 workers ({len(workers_used)} took work): {len(launches)} launches, "
+          f"{reruns} reruns, {len(fw_ids) - len(set(fw_ids))} duplicate fw ids, "
+          f"{len(launch_ids) - len(set(launch_ids))} duplicate launch ids")  # fmt: skip
+    assert len(fws) == n and all(f["state"] == "COMPLETED" for f in fws)
+    assert len(set(fw_ids)) == n
+    assert len(set(launch_ids)) == len(launch_ids) == n
+    assert all(c == 1 for c in per_fw.values()) and len(per_fw) == n
+    assert all(len(f["launches"]) == 1 for f in fws)
+    assert len(workers_used) >= 2
