@@ -1,0 +1,287 @@
+"""Convex hull of a chemical system from stored candidates (pymatgen PhaseDiagram).
+
+One fidelity per hull, never mixed: the hull is built from DFT energies when any converged DFT
+entry of the system exists, else from MLIP energies. Each update is stored as a new version in
+the ``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
+every candidate that has an energy at that level.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymongo.database import Database
+
+__all__ = [
+    "HullEntry",
+    "HullResult",
+    "compute_hull",
+    "candidate_entries",
+    "update_hull",
+    "latest_hull",
+    "plot_hull",
+    "load_reference_entries",
+]
+
+LEVELS = ("dft", "mlip")
+
+
+@dataclass(frozen=True)
+class HullEntry:
+    """One point: a composition and its total energy per atom at one fidelity."""
+
+    entry_id: str
+    formula: str
+    composition: dict[str, float]
+    energy_per_atom: float
+    source: str = "candidate"  # candidate | reference
+
+
+@dataclass
+class HullResult:
+    """A computed hull: e_above_hull per entry id, the stable set and formation energies."""
+
+    chemsys: str
+    level: str
+    e_above_hull: dict[str, float]
+    stable: list[str]
+    formation_energy_per_atom: dict[str, float]
+    complete: bool
+    missing_elements: list[str] = field(default_factory=list)
+    phase_diagram: PhaseDiagram | None = None
+
+
+def _chemsys(elements: Iterable[str]) -> str:
+    return "-".join(sorted(set(elements)))
+
+
+def compute_hull(entries: list[HullEntry], chemsys: str | None = None, level: str = "dft") -> HullResult:
+    """Compute the hull of ``entries`` (pure function, no database).
+
+    When an element of the system has no entry, a convex hull cannot be built; the result then
+    ranks each composition against its own lowest energy (``complete=False``) and lists the
+    missing elements, so a single-composition search still gets ``e_above_hull``.
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    if not entries:
+        raise ValueError("no entries to build a hull from")
+    elements = sorted({el for e in entries for el in e.composition})
+    chemsys = chemsys or _chemsys(elements)
+    system = chemsys.split("-")
+    have = {
+        el for e in entries for el in e.composition if len(Composition(e.composition).elements) == 1
+    }
+    missing = sorted(set(system) - have)
+    if missing:
+        best: dict[str, float] = {}
+        for e in entries:
+            best[e.formula] = min(best.get(e.formula, float("inf")), e.energy_per_atom)
+        ehull = {e.entry_id: max(0.0, e.energy_per_atom - best[e.formula]) for e in entries}
+        stable = sorted(
+            {min((x for x in entries if x.formula == f), key=lambda x: x.energy_per_atom).entry_id
+             for f in best}
+        )  # fmt: skip
+        return HullResult(chemsys, level, ehull, stable, {}, complete=False, missing_elements=missing)
+
+    pd_entries = []
+    for e in entries:
+        comp = Composition(e.composition)
+        pd_entries.append(PDEntry(comp, e.energy_per_atom * comp.num_atoms, name=e.entry_id))
+    pd = PhaseDiagram(pd_entries)
+    ehull = {}
+    eform = {}
+    for pe in pd_entries:
+        ehull[pe.name] = float(max(0.0, pd.get_e_above_hull(pe, allow_negative=True) or 0.0))
+        eform[pe.name] = float(pd.get_form_energy_per_atom(pe))
+    stable = sorted(pe.name for pe in pd.stable_entries)
+    return HullResult(chemsys, level, ehull, stable, eform, complete=True, phase_diagram=pd)
+
+
+def _in_system(doc: dict, system: set[str]) -> bool:
+    return set(doc.get("composition", {})) <= system
+
+
+def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]:
+    """Return hull entries of every usable candidate in ``chemsys`` (and its subsystems).
+
+    DFT entries must be converged (``relaxed.dft.status == "converged"``); duplicates and failed
+    candidates are left out.
+    """
+    system = set(chemsys.split("-"))
+    query: dict[str, Any] = {
+        f"energy_per_atom.{level}": {"$type": "number"},
+        "status": {"$ne": "failed"},
+        "duplicate_of": {"$in": [None]},
+    }
+    if level == "dft":
+        query["relaxed.dft.status"] = "converged"
+    entries = []
+    for doc in db.candidates.find(
+        query, {"candidate_id": 1, "composition": 1, "formula": 1, "energy_per_atom": 1}
+    ):
+        if _in_system(doc, system):
+            entries.append(
+                HullEntry(
+                    entry_id=doc["candidate_id"],
+                    formula=doc["formula"],
+                    composition=doc["composition"],
+                    energy_per_atom=float(doc["energy_per_atom"][level]),
+                )
+            )
+    for ref in db.hull_references.find({"chemsys_level": level}):
+        if set(ref["composition"]) <= system:
+            entries.append(
+                HullEntry(ref["entry_id"], ref["formula"], ref["composition"],
+                          float(ref["energy_per_atom"]), source="reference")  # fmt: skip
+            )
+    return entries
+
+
+def best_level(db: Database, chemsys: str) -> str | None:
+    """Return the highest fidelity with at least one usable entry in the system, or None."""
+    for level in LEVELS:
+        if candidate_entries(db, chemsys, level):
+            return level
+    return None
+
+
+def update_hull(
+    db: Database,
+    chemsys: str,
+    campaign: str | None = None,
+    iteration: int | None = None,
+    level: str | None = None,
+) -> dict | None:
+    """Recompute the hull of ``chemsys``, store it as a new version and write ``e_above_hull``.
+
+    Returns the stored hull document (None when there is nothing to build from).
+    """
+    level = level or best_level(db, chemsys)
+    if level is None:
+        return None
+    entries = candidate_entries(db, chemsys, level)
+    result = compute_hull(entries, chemsys, level)
+    previous = latest_hull(db, chemsys)
+    version = (previous["version"] + 1) if previous else 1
+    prev_stable = set(previous["stable"]) if previous and previous["level"] == level else set()
+    by_id = {e.entry_id: e for e in entries}
+    doc = {
+        "chemsys": chemsys,
+        "version": version,
+        "level": level,
+        "complete": result.complete,
+        "missing_elements": result.missing_elements,
+        "campaign": campaign,
+        "iteration": iteration,
+        "created_at": datetime.datetime.now(datetime.UTC),
+        "stable": result.stable,
+        "stable_formulas": sorted({by_id[i].formula for i in result.stable}),
+        "added_to_stable": sorted(set(result.stable) - prev_stable),
+        "removed_from_stable": sorted(prev_stable - set(result.stable)),
+        "entries": [
+            {"entry_id": e.entry_id, "formula": e.formula, "composition": e.composition,
+             "energy_per_atom": e.energy_per_atom, "source": e.source,
+             "e_above_hull": result.e_above_hull[e.entry_id],
+             "formation_energy_per_atom": result.formation_energy_per_atom.get(e.entry_id)}
+            for e in entries
+        ],  # fmt: skip
+    }
+    db.hull.insert_one(doc)
+    from pymongo import UpdateOne
+
+    ops = [
+        UpdateOne(
+            {"candidate_id": e.entry_id},
+            {"$set": {"e_above_hull": result.e_above_hull[e.entry_id], "e_above_hull_level": level,
+                      "hull_version": version}},  # fmt: skip
+        )
+        for e in entries
+        if e.source == "candidate"
+    ]
+    if ops:
+        db.candidates.bulk_write(ops, ordered=False)
+    doc.pop("_id", None)
+    return doc
+
+
+def latest_hull(db: Database, chemsys: str) -> dict | None:
+    """Return the newest stored hull version of ``chemsys``."""
+    return db.hull.find_one({"chemsys": chemsys}, {"_id": 0}, sort=[("version", -1)])
+
+
+def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -> int:
+    """Import competing-phase references from a JSON file of pymatgen ComputedEntries.
+
+    Their energies must come from the same settings as the campaign's (corrected and uncorrected
+    energies never share a hull). Returns the number of entries stored.
+    """
+    from monty.serialization import loadfn
+
+    from cspflow.errors import CspflowError
+
+    try:
+        entries = loadfn(str(path))
+    except Exception as exc:
+        raise CspflowError(f"cannot read reference entries from {path}: {exc}") from None
+    count = 0
+    for i, entry in enumerate(entries):
+        comp = entry.composition
+        doc = {
+            "entry_id": f"ref-{getattr(entry, 'entry_id', None) or i}",
+            "formula": comp.reduced_formula,
+            "composition": {str(el): float(amt) for el, amt in comp.items()},
+            "energy_per_atom": float(entry.energy_per_atom),
+            "chemsys_level": level,
+            "source_file": str(path),
+        }
+        db.hull_references.update_one({"entry_id": doc["entry_id"]}, {"$set": doc}, upsert=True)
+        count += 1
+    return count
+
+
+def plot_hull(hull_doc: dict, path: str | Path) -> Path:
+    """Draw a binary (formation energy vs fraction) or ternary hull to a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pymatgen.analysis.phase_diagram import PDEntry, PDPlotter, PhaseDiagram
+    from pymatgen.core import Composition
+
+    path = Path(path)
+    elements = hull_doc["chemsys"].split("-")
+    entries = hull_doc["entries"]
+    if hull_doc.get("complete") and len(elements) in (2, 3):
+        pd = PhaseDiagram(
+            [PDEntry(Composition(e["composition"]),
+                     e["energy_per_atom"] * Composition(e["composition"]).num_atoms,
+                     name=e["formula"]) for e in entries]
+        )  # fmt: skip
+        plotter = PDPlotter(pd, backend="matplotlib", show_unstable=0.2)
+        ax = plotter.get_plot(label_unstable=False)
+        fig = ax.get_figure() if hasattr(ax, "get_figure") else plt.gcf()
+        fig.suptitle(f"{hull_doc['chemsys']} hull v{hull_doc['version']} ({hull_doc['level']})")
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+    # single element or incomplete system: energy above the lowest structure, per formula
+    fig, ax = plt.subplots(figsize=(6, 4))
+    formulas = sorted({e["formula"] for e in entries})
+    for x, formula in enumerate(formulas):
+        ys = sorted(e["e_above_hull"] * 1000 for e in entries if e["formula"] == formula)
+        ax.scatter([x] * len(ys), ys, s=18, alpha=0.7)
+        ax.scatter([x], [ys[0]], s=60, marker="*", color="k")
+    ax.set_xticks(range(len(formulas)), formulas)
+    ax.set_ylabel("E above lowest / hull (meV/atom)")
+    ax.set_title(f"{hull_doc['chemsys']} v{hull_doc['version']} ({hull_doc['level']})")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,238 @@
+"""CampaignSpec: the YAML a user writes (workflows/*.yaml), validated with every error at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cspflow.errors import SpecError
+
+__all__ = [
+    "CampaignSpec",
+    "GenerateSpec",
+    "PrerelaxSpec",
+    "SelectSpec",
+    "DftSpec",
+    "LearnSpec",
+    "StopSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+SCHEMA_VERSION = 1
+
+
+def _check_formula_later(formula: str) -> str:
+    return _check_formula(formula)
+
+
+Formula = Annotated[str, AfterValidator(_check_formula_later)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class GenerateSpec(_Strict):
+    per_iteration: int = Field(40, ge=1, le=100_000, description="New candidates per composition and iteration.")
+    sources: dict[str, float] = Field(
+        default_factory=lambda: {"random_symmetric": 0.6, "prototype": 0.2, "mutation": 0.2},
+        description="Generator name -> weight.",
+    )
+    seed: int = Field(0, ge=0, description="Base random seed; iteration i uses seed + i.")
+    batch_size: int = Field(200, ge=1, description="Candidates per generation job.")
+
+    @field_validator("sources")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        known = {"random_symmetric", "prototype", "mutation", "external"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}; choose from {sorted(known)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("weights must be >= 0 and not all zero")
+        return v
+
+
+class PrerelaxSpec(_Strict):
+    model: str = Field("chgnet", description="chgnet | mace:PATH | registry:ID")
+    committee: list[str] = Field(default_factory=list, description="Extra models for disagreement.")
+    fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
+    max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")
+    optimizer: Literal["FIRE", "BFGS"] = "FIRE"
+    batch_size: int = Field(32, ge=1, description="Candidates per pre-relaxation job.")
+
+
+class SelectSpec(_Strict):
+    top_k: int = Field(5, ge=0, description="Lowest-energy unique structures per composition.")
+    energy_window: float = Field(0.05, ge=0, description="eV/atom above the lowest.")
+    uncertain_k: int = Field(0, ge=0, description="Extra most-uncertain candidates (committee).")
+
+
+class DftSpec(_Strict):
+    engine: Literal["vasp", "cp2k", "gpaw", "none"] = "gpaw"
+    preset: str | None = Field(None, description="Engine preset (e.g. fast, accurate, mp, fuse2).")
+    budget: int | None = Field(None, ge=0, description="Total DFT relaxations allowed.")
+    incar_updates: dict[str, Any] = Field(default_factory=dict, description="VASP overrides.")
+
+
+class LearnSpec(_Strict):
+    enabled: bool = False
+    model: Literal["mace"] = "mace"
+    every: int = Field(1, ge=1, description="Retrain every N iterations.")
+    min_frames: int = Field(20, ge=1)
+    foundation_model: str | None = Field(None, description="MACE model file to fine-tune.")
+
+
+class StopSpec(_Strict):
+    max_iterations: int = Field(3, ge=1, le=1000)
+    patience: int = Field(2, ge=1, description="Stop after N iterations without hull improvement.")
+    dft_budget: int | None = Field(None, ge=0, description="Stop once this many DFT runs are done.")
+
+
+class CampaignSpec(_Strict):
+    """A campaign: what to search, how, and when to stop."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    compositions: list[Formula] = Field(default_factory=list, description="Reduced formulas to search.")
+    chemsys: list[str] | None = Field(None, description="Elements of the system (hull).")
+    composition_grid: int | None = Field(
+        None, ge=1, le=12, description="With chemsys: all formulas with at most this many atoms."
+    )
+    max_atoms: int = Field(16, ge=1, le=500)
+    references: str | None = Field(None, description="JSON file of ComputedEntries for the hull.")
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    prerelax: PrerelaxSpec = Field(default_factory=PrerelaxSpec)
+    select: SelectSpec = Field(default_factory=SelectSpec)
+    dft: DftSpec = Field(default_factory=DftSpec)
+    learn: LearnSpec = Field(default_factory=LearnSpec)
+    stop: StopSpec = Field(default_factory=StopSpec)
+
+    @field_validator("chemsys")
+    @classmethod
+    def _elements(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from pymatgen.core.periodic_table import Element
+
+        bad = [el for el in v if not Element.is_valid_symbol(el)]
+        if bad:
+            raise ValueError(f"unknown element(s) {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _what_to_search(self) -> CampaignSpec:
+        if not self.compositions and not self.chemsys:
+            raise ValueError("give compositions or chemsys")
+        if self.chemsys and self.compositions:
+            extra = {el for f in self.compositions for el in _elements_of(f)} - set(self.chemsys)
+            if extra:
+                raise ValueError(f"compositions use elements {sorted(extra)} outside chemsys")
+        for f in self.compositions:
+            from pymatgen.core import Composition
+
+            n = int(Composition(f).reduced_composition.num_atoms)
+            if n > self.max_atoms:
+                raise ValueError(
+                    f"{f} needs {n} atoms per formula unit but max_atoms is {self.max_atoms}"
+                )
+        return self
+
+    def system(self) -> str:
+        """The chemical system (hull) as sorted elements joined by '-'."""
+        els = set(self.chemsys or [])
+        for f in self.compositions:
+            els |= _elements_of(f)
+        return "-".join(sorted(els))
+
+    def formulas(self) -> list[str]:
+        """Every reduced formula the campaign searches."""
+        if self.compositions:
+            return list(dict.fromkeys(self.compositions))
+        return composition_grid(self.chemsys or [], self.composition_grid or 4)
+
+
+def _elements_of(formula: str) -> set[str]:
+    from pymatgen.core import Composition
+
+    return {str(el) for el in Composition(formula).elements}
+
+
+def _check_formula(formula: str) -> str:
+    from pymatgen.core import Composition
+    from pymatgen.core.periodic_table import Element
+
+    try:
+        comp = Composition(formula)
+    except Exception:
+        raise ValueError(f"{formula!r} is not a chemical formula") from None
+    symbols = [getattr(el, "symbol", str(el)) for el in comp.elements]
+    bad = [sym for sym in symbols if not Element.is_valid_symbol(sym)]
+    if bad or not comp.elements:
+        raise ValueError(f"{formula!r} has unknown element(s) {bad}")
+    if any(abs(a - round(a)) > 1e-8 or a <= 0 for a in comp.values()):
+        raise ValueError(f"{formula!r} must have positive integer amounts")
+    return comp.reduced_formula
+
+
+def composition_grid(elements: list[str], max_fu_atoms: int) -> list[str]:
+    """All reduced formulas of ``elements`` with up to ``max_fu_atoms`` atoms (elements included)."""
+    import itertools
+
+    from pymatgen.core import Composition
+
+    out: dict[str, None] = {}
+    for counts in itertools.product(range(max_fu_atoms + 1), repeat=len(elements)):
+        if 0 < sum(counts) <= max_fu_atoms:
+            comp = Composition(dict(zip(elements, counts, strict=True)))
+            out[comp.reduced_formula] = None
+    return list(out)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
+    """Validate a spec mapping; raise SpecError listing every problem with its YAML path."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a campaign spec must be a YAML mapping of key: value")
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_loc(err['loc'])}: {msg}")
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the campaign spec", problems) from None
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign spec YAML file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read campaign spec {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: malformed YAML{where}") from None
+    return parse_spec(data, str(path))
