@@ -1,10 +1,164 @@
-"""``cspflow generate``: placeholder until its stage lands."""
+"""``cspflow generate``: unique candidate structures for a composition, written as CIFs."""
 
 from __future__ import annotations
 
-from cspflow.cli.common import not_built
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cspflow.cli.common import JsonOpt, print_json
 
 
-def generate() -> None:
-    """Not built yet."""
-    not_built("generate")
+def generate(
+    composition: Annotated[str, typer.Argument(help="Formula with integer amounts, e.g. MgAl2O4.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the CIFs and summary.json.")
+    ],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of unique structures wanted.")] = 20,
+    max_atoms: Annotated[int, typer.Option("--max-atoms", help="Largest cell (atoms).")] = 20,
+    sources: Annotated[
+        str,
+        typer.Option(
+            "--sources",
+            help="Weighted sources: random_symmetric, prototype, mutation, external "
+            "(e.g. random_symmetric:0.8,prototype:0.2).",
+        ),
+    ] = "random_symmetric:0.8,prototype:0.2",
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (same seed, same structures).")
+    ] = 0,
+    external: Annotated[
+        list[Path] | None,
+        typer.Option("--external", help="Structure file or directory to ingest (repeatable)."),
+    ] = None,
+    prototype_file: Annotated[
+        list[Path] | None,
+        typer.Option("--prototype-file", help="Extra prototype structure file (repeatable)."),
+    ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register/--no-register",
+            help="Deduplicate against and store into the campaign database (needed for mutation).",
+        ),
+    ] = False,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="Campaign name to record.")
+    ] = None,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Seconds allowed per PyXtal structure.")
+    ] = 10.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate unique candidate structures and write them as CIFs plus summary.json."""
+    import json
+
+    from cspflow.errors import CspflowError
+    from cspflow.generate.batch import generate_batch, load_parents, parse_sources
+    from cspflow.generate.composition import parse_target
+    from cspflow.generate.dedup import MemoryIndex, MongoIndex
+    from cspflow.generate.sources import External, Prototype, SourceContext
+
+    # Validate everything before touching --out: a user error leaves nothing behind.
+    target = parse_target(composition, max_atoms)
+    if n < 1:
+        raise CspflowError(f"--n must be at least 1 (got {n}); ask for one or more structures")
+    weights = parse_sources(sources)
+    ext_files = [str(p) for p in external or []]
+    if "external" in weights and not ext_files:
+        raise CspflowError("the external source needs files; add --external PATH")
+    if "mutation" in weights and not register:
+        raise CspflowError(
+            "the mutation source takes its parents from the database; add --register "
+            "(or leave mutation out of --sources)"
+        )
+    options: dict[str, dict] = {}
+    if ext_files:
+        # Reads every file now: an unreadable one stops the run before anything is written.
+        n_ext = len(External(files=ext_files)._structures)
+        options["external"] = {"files": ext_files}
+        if "external" not in weights:
+            # Files given without a weight: ingest them all first, the other sources fill up.
+            share = min(n_ext, n) / n
+            weights = {k: v * (1 - share) for k, v in weights.items()}
+            weights = parse_sources({**weights, "external": share})
+    if prototype_file:
+        files = [str(p) for p in prototype_file]
+        Prototype(files=files).library()
+        options["prototype"] = {"files": files}
+    if out.exists() and not out.is_dir():
+        raise CspflowError(f"--out {out} is a file; give a directory")
+
+    db = None
+    if register:
+        from cspflow.store import get_database
+
+        db = get_database()
+    context = SourceContext(
+        time_limit=time_limit,
+        parents=load_parents(db, target.formula)
+        if db is not None and "mutation" in weights
+        else [],
+    )
+    index = MongoIndex(db) if db is not None else MemoryIndex()
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(f"[bold]{target.formula}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("unique, {task.fields[attempts]} tried"),
+        TimeElapsedColumn(),
+        transient=json_out,
+        console=_stderr(),
+    ) as bar:
+        task = bar.add_task("generate", total=n, attempts=0)
+        result = generate_batch(
+            target,
+            n,
+            index,
+            sources=weights,
+            seed=seed,
+            context=context,
+            source_options=options,
+            campaign=campaign,
+            progress=lambda new, tried: bar.update(task, completed=new, attempts=tried),
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    from pymatgen.io.cif import CifWriter
+
+    rows = []
+    for i, (cid, gen, fp) in enumerate(result.new):
+        name = f"{i:04d}-{cid}.cif"
+        CifWriter(gen.structure).write_file(out / name)
+        rows.append({"candidate_id": cid, "file": name, "source": gen.source, "params": gen.params,
+                     "seed": gen.seed, "parent_ids": gen.parent_ids, "spacegroup": fp.spacegroup,
+                     "nsites": len(gen.structure)})  # fmt: skip
+    summary = result.summary.model_dump()
+    summary["max_atoms"] = max_atoms
+    summary["candidates"] = rows
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if json_out:
+        print_json(summary)
+        return
+    s = result.summary
+    typer.echo(
+        f"{s.n_new} unique {target.formula} structures in {out} ({s.n_attempts} tried, "
+        f"{s.n_duplicates} duplicates, {sum(s.rejected.values())} rejected, {s.elapsed_s:.1f} s); "
+        f"{len(s.spacegroups)} space groups, formula units {', '.join(s.formula_units)}"
+    )
+    if not s.complete:
+        typer.echo(
+            f"warning: only {s.n_new} of {n} unique structures found; the search space of "
+            f"{target.formula} up to {max_atoms} atoms may be exhausted (raise --max-atoms)",
+            err=True,
+        )
+
+
+def _stderr():
+    from cspflow.cli.common import err_console
+
+    return err_console()

@@ -1,0 +1,46 @@
+"""Candidate generation and database-wide deduplication (the first stage of a campaign).
+
+Modules, in data-flow order:
+
+- :mod:`~cspflow.generate.composition`: parse the composition, formula-unit counts that fit.
+- :mod:`~cspflow.generate.sources`: random_symmetric (PyXtal), prototype, mutation, external.
+- :mod:`~cspflow.generate.constraints`: hard geometric constraints.
+- :mod:`~cspflow.generate.fingerprint`: invariant fingerprint and bucket keys.
+- :mod:`~cspflow.generate.dedup`: ``find_duplicate`` / ``register`` / ``register_relaxed``.
+- :mod:`~cspflow.generate.batch`: one batch of unique candidates from weighted sources.
+- :mod:`~cspflow.generate.maker`: the jobflow job (``GenerateMaker``).
+
+Names are imported lazily so ``import cspflow.generate`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "parse_target": "composition",
+    "Target": "composition",
+    "Constraints": "constraints",
+    "violations": "constraints",
+    "fingerprint": "fingerprint",
+    "find_duplicate": "dedup",
+    "register": "dedup",
+    "register_relaxed": "dedup",
+    "structures_match": "dedup",
+    "MemoryIndex": "dedup",
+    "MongoIndex": "dedup",
+    "generate_batch": "batch",
+    "load_parents": "batch",
+    "parse_sources": "batch",
+    "GenerateMaker": "maker",
+    "generate_candidates": "maker",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"cspflow.generate.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'cspflow.generate' has no attribute {name!r}")

@@ -1,0 +1,157 @@
+"""The generate stage as a jobflow job: one batch per campaign iteration, registered in MongoDB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobflow import Job, Maker, job
+
+__all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any values (same values, same seed, in every process)."""
+    import hashlib
+
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@job
+def generate_candidates(
+    composition: str,
+    n: int,
+    max_atoms: int,
+    sources: dict[str, float] | None = None,
+    seed: int = 0,
+    campaign: str | None = None,
+    iteration: int | None = None,
+    constraints: dict[str, Any] | None = None,
+    time_limit: float = 10.0,
+    parent_pool: int = 20,
+    source_options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Generate ``n`` new unique candidates and register them in the campaign database.
+
+    Reads the database settings at run time (:func:`cspflow.settings.get_settings`). Mutation
+    parents are the ``parent_pool`` lowest-energy stored candidates of the formula. Rerunning
+    the job of a (campaign, iteration) that already holds ``n`` candidates generates nothing
+    and returns their ids; a partial earlier run is topped up.
+
+    Returns
+    -------
+    dict
+        A :class:`~cspflow.schemas.candidate.GenerateSummary` as a dict (ids and counts only).
+    """
+    from cspflow.generate.batch import generate_batch, load_parents
+    from cspflow.generate.composition import parse_target
+    from cspflow.generate.constraints import Constraints
+    from cspflow.generate.dedup import MongoIndex
+    from cspflow.generate.sources import SourceContext
+    from cspflow.store import get_database
+
+    target = parse_target(composition, max_atoms)
+    db = get_database()
+    done: list[str] = []
+    if campaign is not None and iteration is not None:
+        # A rerun of this iteration's job tops up to n instead of generating n more.
+        done = [d["candidate_id"] for d in db["candidates"].find(
+            {"campaign": campaign, "iteration": iteration, "formula": target.formula},
+            {"candidate_id": 1})]  # fmt: skip
+    if len(done) >= n:
+        from cspflow.schemas.candidate import GenerateSummary
+
+        return GenerateSummary(
+            campaign=campaign, iteration=iteration, formula=target.formula, requested=n,
+            candidate_ids=done, n_new=0, seed=seed,
+        ).model_dump()  # fmt: skip
+    weights = sources or None
+    context = SourceContext(
+        constraints=Constraints(**(constraints or {})),
+        parents=load_parents(db, target.formula, parent_pool)
+        if (sources or {}).get("mutation")
+        else [],
+        time_limit=time_limit,
+    )
+    result = generate_batch(
+        target,
+        n - len(done),
+        MongoIndex(db),
+        sources=weights,
+        seed=seed,
+        context=context,
+        source_options=source_options,
+        campaign=campaign,
+        iteration=iteration,
+    )
+    summary = result.summary
+    summary.requested = n
+    summary.candidate_ids = done + summary.candidate_ids
+    return summary.model_dump()
+
+
+@dataclass
+class GenerateMaker(Maker):
+    """Make the generate job of a campaign iteration.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    n
+        New unique candidates per iteration.
+    max_atoms
+        Largest cell.
+    sources
+        Source name -> weight (``random_symmetric``, ``prototype``, ``mutation``, ``external``).
+    constraints
+        Overrides of :class:`~cspflow.generate.constraints.Constraints`.
+    time_limit
+        Seconds allowed per PyXtal structure.
+    parent_pool
+        Number of lowest-energy stored structures mutation draws parents from.
+    source_options
+        Keyword arguments per source (e.g. ``{"external": {"files": ["gen/"]}}``).
+    """
+
+    name: str = "generate"
+    n: int = 200
+    max_atoms: int = 20
+    sources: dict[str, float] = field(
+        default_factory=lambda: {"random_symmetric": 0.6, "prototype": 0.2, "mutation": 0.2}
+    )
+    constraints: dict[str, Any] = field(default_factory=dict)
+    time_limit: float = 10.0
+    parent_pool: int = 20
+    source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def make(
+        self,
+        composition: str,
+        campaign: str | None = None,
+        iteration: int | None = None,
+        seed: int | None = None,
+    ) -> Job:
+        """Return the job for one iteration, with ``stage``/``campaign``/``iteration`` metadata.
+
+        Without a seed, one is derived from (composition, campaign, iteration), so every
+        iteration draws new structures and a rerun of the same iteration draws the same ones.
+        """
+        if seed is None:
+            seed = derive_seed(composition, campaign, iteration)
+        j = generate_candidates(
+            composition,
+            self.n,
+            self.max_atoms,
+            sources=dict(self.sources),
+            seed=seed,
+            campaign=campaign,
+            iteration=iteration,
+            constraints=dict(self.constraints),
+            time_limit=self.time_limit,
+            parent_pool=self.parent_pool,
+            source_options=dict(self.source_options),
+        )
+        j.name = self.name
+        j.metadata.update({"stage": "generate", "campaign": campaign, "iteration": iteration})
+        return j

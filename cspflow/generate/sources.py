@@ -1,0 +1,578 @@
+"""Candidate sources: each turns (target, seed) into one structure attempt.
+
+Every source is a small class with a ``name`` and a method ``attempts(target, seed, context)``
+that yields :class:`Generated` structures (or ``None`` for a failed attempt). Each attempt draws
+its own seed from the batch seed, records it with its parameters, and is reproducible from them
+alone: the same seed gives the same structure.
+
+- :class:`RandomSymmetric`: PyXtal over every space group 2-230 compatible with the composition
+  and every formula-unit count that fits ``max_atoms``, under a per-structure time limit.
+- :class:`Prototype`: substitution into the built-in prototype library
+  (``cspflow/data/prototypes``) plus any structure files the user supplies.
+- :class:`Mutation`: lattice strain, atom permutation, rattle and cut-and-splice heredity of the
+  lowest-energy unique structures already stored (parents come in the context).
+- :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pymatgen.core import Composition, Lattice, Structure
+
+from cspflow.errors import CspflowError
+from cspflow.generate.composition import Target
+from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
+from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
+
+__all__ = [
+    "Generated",
+    "Parent",
+    "SourceContext",
+    "RandomSymmetric",
+    "Prototype",
+    "Mutation",
+    "External",
+    "SOURCES",
+    "make_source",
+    "read_structures",
+    "compatible_space_groups",
+    "random_symmetric_structure",
+]
+
+
+@dataclass
+class Generated:
+    """One generated structure and how it was made."""
+
+    structure: Structure
+    source: str
+    params: dict[str, Any]
+    seed: int | None
+    parent_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A stored structure that mutation and heredity may start from."""
+
+    candidate_id: str
+    structure: Structure
+    energy_per_atom: float | None = None
+
+
+@dataclass
+class SourceContext:
+    """What sources may need beyond the target: constraints, parents, files, limits."""
+
+    constraints: Constraints = field(default_factory=Constraints)
+    parents: list[Parent] = field(default_factory=list)
+    time_limit: float = 10.0
+    time_limit_mode: str = "auto"
+    #: attempts rejected by a source, by reason (filled while generating)
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected attempt."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+def _child_seeds(seed: int, stream: int) -> Iterator[int]:
+    """Endless independent 63-bit seeds for one source's attempts."""
+    for i in itertools.count():
+        yield int(np.random.SeedSequence([seed, stream, i]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _validated(gen: Generated, target: Target, context: SourceContext) -> Generated | None:
+    """Scale into the volume window and check the hard constraints."""
+    s = gen.structure
+    if len(s) > target.max_atoms:
+        context.reject("too many atoms")
+        return None
+    if s.composition.reduced_formula != target.formula:
+        context.reject("wrong composition")
+        return None
+    s = fix_volume(s, context.constraints)
+    problems = violations(s, context.constraints)
+    if problems:
+        context.reject(problems[0].split(" ")[0] + " constraint")
+        return None
+    gen.structure = s
+    return gen
+
+
+# ---------------------------------------------------------------------------------------------
+# random_symmetric
+
+
+@lru_cache(maxsize=128)
+def compatible_space_groups(num_ions: tuple[int, ...]) -> tuple[int, ...]:
+    """Space groups 2-230 in which PyXtal can place these numbers of atoms of each species."""
+    from pyxtal.symmetry import Group
+
+    out = []
+    for sg in range(2, 231):
+        try:
+            ok, _ = Group(sg).check_compatible(list(num_ions))
+        except Exception:
+            ok = False
+        if ok:
+            out.append(sg)
+    return tuple(out)
+
+
+def random_symmetric_structure(
+    species: list[str], num_ions: list[int], spacegroup: int, seed: int
+) -> dict | None:
+    """Build one PyXtal random crystal; return ``Structure.as_dict()`` or None when it fails.
+
+    Module-level and returning plain data so that it can run in a child process.
+    """
+    import warnings
+
+    from pyxtal import pyxtal
+
+    crystal = pyxtal()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            crystal.from_random(3, spacegroup, species, num_ions, factor=1.0, random_state=seed)
+        except Exception:
+            return None
+    if not crystal.valid:
+        return None
+    return crystal.to_pymatgen().as_dict()
+
+
+@dataclass
+class RandomSymmetric:
+    """Random symmetric crystals from PyXtal (formula units and space group drawn uniformly)."""
+
+    name: ClassVar[str] = "random_symmetric"
+    stream: ClassVar[int] = 1
+
+    def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
+        """One attempt from ``seed``: draw (formula units, space group), build, check."""
+        rng = np.random.default_rng(seed)
+        fu = int(rng.choice(target.fu_counts))
+        num_ions = target.num_ions(fu)
+        groups = compatible_space_groups(tuple(num_ions))
+        if not groups:
+            context.reject("no compatible space group")
+            return None
+        sg = int(rng.choice(groups))
+        pyxtal_seed = int(rng.integers(2**31))
+        try:
+            data = call_with_time_limit(
+                random_symmetric_structure,
+                (target.species, num_ions, sg, pyxtal_seed),
+                context.time_limit,
+                context.time_limit_mode,
+            )
+        except GenerationTimeout:
+            context.reject("time limit")
+            return None
+        if data is None:
+            context.reject("pyxtal failed")
+            return None
+        gen = Generated(
+            structure=Structure.from_dict(data),
+            source=self.name,
+            params={"spacegroup": sg, "formula_units": fu},
+            seed=seed,
+        )
+        return _validated(gen, target, context)
+
+    def attempts(
+        self, target: Target, seed: int, context: SourceContext
+    ) -> Iterator[Generated | None]:
+        """Endless attempts."""
+        for s in _child_seeds(seed, self.stream):
+            yield self.make(target, s, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# prototype
+
+
+@lru_cache(maxsize=1)
+def builtin_prototypes() -> dict[str, Structure]:
+    """The shipped prototype library: name -> primitive archetype structure."""
+    root = resources.files("cspflow") / "data" / "prototypes"
+    index = json.loads((root / "index.json").read_text())
+    import warnings
+
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "coordinates rounded to ideal values"
+        for name, info in sorted(index.items()):
+            out[name] = Structure.from_str((root / info["file"]).read_text(), fmt="cif")
+    return out
+
+
+def _assignments(proto: Structure, target: Target) -> list[dict[str, str]]:
+    """Every bijection archetype element -> target element that keeps the stoichiometry."""
+    pc = proto.composition.reduced_composition
+    tc = Composition(target.formula_unit).reduced_composition
+    p_els = [el.symbol for el in pc.elements]
+    t_els = [el.symbol for el in tc.elements]
+    if len(p_els) != len(t_els):
+        return []
+    # Ratios must match up to one common factor (reduced compositions make it 1).
+    out = []
+    for perm in itertools.permutations(t_els):
+        if all(abs(pc[p] - tc[t]) < 1e-8 for p, t in zip(p_els, perm, strict=True)):
+            out.append(dict(zip(p_els, perm, strict=True)))
+    return out
+
+
+def substitute(proto: Structure, mapping: dict[str, str]) -> Structure:
+    """Replace the archetype's elements and rescale so the closest pair touches covalently.
+
+    Every pair distance is compared with the sum of the new elements' covalent radii; the lattice
+    is scaled so that the tightest pair sits exactly at that sum (the MLIP relaxation refines it).
+    """
+    s = proto.copy()
+    s.replace_species({k: v for k, v in mapping.items()})
+    if len(s) == 1:
+        r = 2 * covalent_radius(s[0].specie.symbol)
+        scale = r / min(s.lattice.abc)
+    else:
+        radii = np.array([covalent_radius(site.specie.symbol) for site in s])
+        centers, points, _, dists = s.get_neighbor_list(max(s.lattice.abc) * 1.5)
+        keep = dists > 1e-6
+        ratio = dists[keep] / (radii[centers[keep]] + radii[points[keep]])
+        scale = 1.0 / float(ratio.min())
+    s.scale_lattice(s.volume * scale**3)
+    return s
+
+
+def _same(a: Structure, b: Structure) -> bool:
+    from cspflow.generate.dedup import structures_match
+
+    return structures_match(a, b)
+
+
+@dataclass
+class Prototype:
+    """Substitution of the composition into prototype structures.
+
+    Parameters
+    ----------
+    files
+        Extra prototype structure files (any composition with the same number of elements;
+        every stoichiometry-preserving element assignment is tried).
+    builtin
+        Use the shipped library too.
+    """
+
+    files: list[str] = field(default_factory=list)
+    builtin: bool = True
+    name: ClassVar[str] = "prototype"
+
+    def library(self) -> dict[str, Structure]:
+        """Name -> archetype structure, built-in first, then the user's files."""
+        lib = dict(builtin_prototypes()) if self.builtin else {}
+        for path in self.files:
+            for i, s in enumerate(read_structures(path)):
+                lib[f"{Path(path).stem}" + (f"#{i}" if i else "")] = s
+        return lib
+
+    def attempts(
+        self, target: Target, seed: int, context: SourceContext
+    ) -> Iterator[Generated | None]:
+        """Each (prototype, element assignment) once, in a seeded order."""
+        jobs = []
+        for name, proto in self.library().items():
+            for mapping in _assignments(proto, target):
+                jobs.append((name, mapping))
+        order = np.random.default_rng(seed).permutation(len(jobs))
+        lib = self.library() if jobs else {}
+        made: dict[str, list[Structure]] = {}
+        for k in order:
+            name, mapping = jobs[int(k)]
+            s = substitute(lib[name], mapping)
+            # Assignments related by a pseudo-symmetry of the prototype (ilmenite's two cation
+            # sites) give the same structure: keep the first.
+            if any(_same(s, other) for other in made.get(name, [])):
+                context.reject("equivalent assignment")
+                yield None
+                continue
+            made.setdefault(name, []).append(s)
+            if len(s) > target.max_atoms:
+                context.reject("too many atoms")
+                yield None
+                continue
+            gen = Generated(
+                structure=s,
+                source=self.name,
+                params={"prototype": name, "assignment": mapping},
+                seed=None,
+            )
+            yield _validated(gen, target, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# mutation / heredity
+
+MUTATIONS = ("strain", "permutation", "rattle", "heredity")
+
+
+def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
+    """Apply a random symmetric strain (components ~ N(0, amplitude)) to the lattice."""
+    e = rng.normal(0.0, amplitude, size=(3, 3))
+    e = (e + e.T) / 2
+    out = s.copy()
+    out.lattice = Lattice(s.lattice.matrix @ (np.eye(3) + e))
+    return out
+
+
+def permute(s: Structure, rng: np.random.Generator, fraction: float = 0.25) -> Structure | None:
+    """Swap the species of random pairs of unlike atoms (None for one-element structures)."""
+    symbols = [site.specie.symbol for site in s]
+    if len(set(symbols)) < 2:
+        return None
+    out = s.copy()
+    n_swaps = max(1, int(round(fraction * len(s) / 2)))
+    for _ in range(n_swaps):
+        i = int(rng.integers(len(s)))
+        others = [j for j in range(len(s)) if symbols[j] != symbols[i]]
+        j = int(rng.choice(others))
+        symbols[i], symbols[j] = symbols[j], symbols[i]
+    for k, sym in enumerate(symbols):
+        out.replace(k, sym, out[k].frac_coords)
+    return out
+
+
+def rattle(s: Structure, rng: np.random.Generator, amplitude: float = 0.25) -> Structure:
+    """Displace every atom by a random vector (components ~ N(0, amplitude) Angstrom)."""
+    out = s.copy()
+    disp = rng.normal(0.0, amplitude, size=(len(s), 3))
+    for i in range(len(s)):
+        out.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
+    return out
+
+
+def heredity(
+    a: Structure, b: Structure, target: Target, rng: np.random.Generator
+) -> Structure | None:
+    """Cut-and-splice: a slab of parent ``a`` below a random plane, parent ``b`` above it.
+
+    Both parents must hold the same number of atoms. The child lattice is the mean of both
+    lattices; surplus atoms of an element are dropped at random and missing ones taken from the
+    unused halves, so the child has the parents' composition.
+    """
+    if len(a) != len(b):
+        return None
+    a = a.get_reduced_structure()
+    b = b.get_reduced_structure()
+    axis = int(rng.integers(3))
+    cut = float(rng.uniform(0.3, 0.7))
+    sa, sb = float(rng.uniform()), float(rng.uniform())
+    fa = (a.frac_coords[:, axis] + sa) % 1.0
+    fb = (b.frac_coords[:, axis] + sb) % 1.0
+    lattice = Lattice((a.lattice.matrix + b.lattice.matrix) / 2)
+    need = {el.symbol: int(n) for el, n in a.composition.items()}
+    chosen: list[tuple[str, np.ndarray]] = []
+    spare: list[tuple[str, np.ndarray]] = []
+    for s, f, shift, below in ((a, fa, sa, True), (b, fb, sb, False)):
+        for site, x in zip(s, f, strict=True):
+            fc = site.frac_coords.copy()
+            fc[axis] = (fc[axis] + shift) % 1.0
+            (chosen if (x < cut) == below else spare).append((site.specie.symbol, fc))
+    species, coords = [], []
+    for el, n in need.items():
+        mine = [c for sym, c in chosen if sym == el]
+        extra = [c for sym, c in spare if sym == el]
+        rng.shuffle(mine)
+        rng.shuffle(extra)
+        pick = (mine + extra)[:n]
+        species += [el] * len(pick)
+        coords += pick
+    child = Structure(lattice, species, coords)
+    if child.composition.reduced_formula != target.formula:
+        return None
+    return child
+
+
+@dataclass
+class Mutation:
+    """Variation operators applied to the lowest-energy stored structures.
+
+    Parameters
+    ----------
+    operators
+        Relative weights of ``strain``, ``permutation``, ``rattle`` and ``heredity``.
+    """
+
+    operators: dict[str, float] = field(
+        default_factory=lambda: {
+            "strain": 0.25,
+            "permutation": 0.25,
+            "rattle": 0.2,
+            "heredity": 0.3,
+        }
+    )
+    name: ClassVar[str] = "mutation"
+    stream: ClassVar[int] = 3
+
+    def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
+        """One attempt: draw an operator and parents (better parents more often), apply it."""
+        parents = context.parents
+        if not parents:
+            return None
+        rng = np.random.default_rng(seed)
+        ops = [op for op in MUTATIONS if self.operators.get(op, 0) > 0]
+        w = np.array([self.operators[op] for op in ops], dtype=float)
+        op = str(rng.choice(ops, p=w / w.sum()))
+        # Rank weights: parents are sorted best first.
+        pw = 1.0 / (1.0 + np.arange(len(parents)))
+        pw /= pw.sum()
+        first = parents[int(rng.choice(len(parents), p=pw))]
+        used = [first]
+        child: Structure | None
+        if op == "strain":
+            child = strain(first.structure, rng)
+        elif op == "permutation":
+            child = permute(first.structure, rng)
+        elif op == "rattle":
+            child = rattle(first.structure, rng)
+        else:
+            mates = [
+                p for p in parents if p is not first and len(p.structure) == len(first.structure)
+            ]
+            if not mates:
+                child = None
+            else:
+                second = mates[int(rng.integers(len(mates)))]
+                used.append(second)
+                child = heredity(first.structure, second.structure, target, rng)
+        if child is None:
+            context.reject(f"{op} not applicable")
+            return None
+        gen = Generated(
+            structure=child,
+            source=self.name,
+            params={"operator": op},
+            seed=seed,
+            parent_ids=[p.candidate_id for p in used],
+        )
+        return _validated(gen, target, context)
+
+    def attempts(
+        self, target: Target, seed: int, context: SourceContext
+    ) -> Iterator[Generated | None]:
+        """Endless attempts while there are parents; none without."""
+        if not context.parents:
+            return
+        for s in _child_seeds(seed, self.stream):
+            yield self.make(target, s, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# external
+
+_SUFFIXES = {".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json"}
+
+
+def _expand(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and (p.suffix.lower() in _SUFFIXES or p.name.upper().startswith(("POSCAR", "CONTCAR")))
+        )
+    return [path]
+
+
+def read_structures(path: str | Path) -> list[Structure]:
+    """Read every structure in a file or directory (CIF, POSCAR/CONTCAR, extxyz, pymatgen JSON).
+
+    Raises
+    ------
+    CspflowError
+        When the path does not exist or a file cannot be parsed as a structure.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CspflowError(f"structure file {p} does not exist; check the path")
+    out: list[Structure] = []
+    for f in _expand(p):
+        try:
+            if f.suffix.lower() in {".xyz", ".extxyz"}:
+                from ase.io import read
+                from pymatgen.io.ase import AseAtomsAdaptor
+
+                out += [AseAtomsAdaptor.get_structure(a) for a in read(f, index=":")]
+            elif f.suffix.lower() == ".json":
+                out.append(Structure.from_dict(json.loads(f.read_text())))
+            else:
+                out.append(Structure.from_file(f))
+        except Exception as exc:
+            raise CspflowError(
+                f"cannot read a structure from {f} ({type(exc).__name__}); give CIF, POSCAR, "
+                "extxyz or pymatgen JSON files"
+            ) from None
+    if not out:
+        raise CspflowError(f"no structure files (CIF, POSCAR, extxyz, JSON) found in {p}")
+    return out
+
+
+@dataclass
+class External:
+    """Structures from files, e.g. the output of a generative model, each taken once.
+
+    The files are read when the source is built (an unreadable file raises right away).
+
+    Parameters
+    ----------
+    files
+        Files or directories to read (read and checked when the source is built).
+    """
+
+    files: list[str] = field(default_factory=list)
+    name: ClassVar[str] = "external"
+
+    def __post_init__(self) -> None:
+        # Read up front: an unreadable file must stop the run before anything is written.
+        self._structures = [(str(f), s) for f in self.files for s in read_structures(f)]
+
+    def attempts(
+        self, target: Target, seed: int, context: SourceContext
+    ) -> Iterator[Generated | None]:
+        """Every readable structure of the target composition, in file order."""
+        for i, (f, s) in enumerate(self._structures):
+            gen = Generated(
+                structure=s.copy(), source=self.name, params={"file": f, "index": i}, seed=None
+            )
+            yield _validated(gen, target, context)
+
+
+SOURCES: dict[str, type] = {
+    "random_symmetric": RandomSymmetric,
+    "prototype": Prototype,
+    "mutation": Mutation,
+    "external": External,
+}
+
+
+def make_source(name: str, **options: Any) -> Any:
+    """Build a source by name.
+
+    Raises
+    ------
+    CspflowError
+        For an unknown source name.
+    """
+    if name not in SOURCES:
+        raise CspflowError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+    return SOURCES[name](**options)

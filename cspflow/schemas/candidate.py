@@ -1,0 +1,84 @@
+"""The candidate document (collection ``candidates``) and the generate stage's summary.
+
+One candidate document per unique structure, shared by the generate, prerelax, select and DFT
+stages. Later stages add ``relaxed.mlip`` / ``relaxed.dft`` sub-documents and fill the energies.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["CandidateDoc", "EnergyPerAtom", "GenerateSummary", "CandidateStatus"]
+
+CandidateStatus = Literal["generated", "prerelaxed", "selected", "dft_done", "failed"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class EnergyPerAtom(BaseModel):
+    """Energies per atom (eV) at each level of theory."""
+
+    mlip: float | None = Field(None, description="MLIP energy per atom after pre-relaxation (eV).")
+    dft: float | None = Field(None, description="DFT energy per atom after relaxation (eV).")
+
+
+class CandidateDoc(BaseModel):
+    """One unique candidate structure."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = Field(1, description="Version of this document's layout.")
+    candidate_id: str = Field(description="Unique id of the candidate.")
+    campaign: str | None = Field(None, description="Campaign that generated it.")
+    iteration: int | None = Field(None, description="Campaign iteration that generated it.")
+    composition: dict[str, float] = Field(description="Element -> amount in the stored cell.")
+    formula: str = Field(description="Reduced formula.")
+    chemsys: str = Field(description="Elements sorted alphabetically, joined by '-'.")
+    nsites: int = Field(description="Atoms in the stored cell.")
+    structure: dict[str, Any] = Field(description="pymatgen Structure.as_dict() as generated.")
+    spacegroup: int = Field(description="Space group number (spglib, symprec 0.1).")
+    fingerprint: list[float] = Field(description="Scale-invariant partial-RDF fingerprint.")
+    fingerprint_hash: str = Field(
+        description="Hash of the rounded fingerprint (unique per chemsys)."
+    )
+    bucket: list[str] = Field(description="Dedup bucket keys this structure is filed under.")
+    content_hash: str = Field(description="Hash of the exact structure (idempotency key).")
+    source: str = Field(description="Generator: random_symmetric, prototype, mutation, external.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Generator parameters.")
+    seed: int | None = Field(None, description="Random seed that reproduces the structure.")
+    parent_ids: list[str] = Field(default_factory=list, description="Parent candidate ids.")
+    status: CandidateStatus = Field("generated", description="Pipeline status.")
+    energy_per_atom: EnergyPerAtom = Field(default_factory=EnergyPerAtom)
+    e_above_hull: float | None = Field(None, description="Energy above the hull (eV/atom).")
+    failure_reason: str | None = Field(None, description="Why the candidate failed, if it did.")
+    created_at: datetime = Field(default_factory=_now, description="UTC creation time.")
+
+
+class GenerateSummary(BaseModel):
+    """What one generate job did (small: ids and counts, never structures)."""
+
+    schema_version: int = Field(1, description="Version of this document's layout.")
+    campaign: str | None = Field(None, description="Campaign name.")
+    iteration: int | None = Field(None, description="Campaign iteration.")
+    formula: str = Field(description="Reduced formula searched.")
+    requested: int = Field(description="Number of unique candidates asked for.")
+    candidate_ids: list[str] = Field(default_factory=list, description="Ids of new candidates.")
+    n_new: int = Field(0, description="New unique candidates registered.")
+    n_attempts: int = Field(0, description="Structures attempted.")
+    n_duplicates: int = Field(0, description="Valid structures that matched a known one.")
+    rejected: dict[str, int] = Field(default_factory=dict, description="Rejections by reason.")
+    by_source: dict[str, int] = Field(
+        default_factory=dict, description="New candidates per source."
+    )
+    spacegroups: dict[str, int] = Field(default_factory=dict, description="New per space group.")
+    formula_units: dict[str, int] = Field(
+        default_factory=dict, description="New per cell size (fu)."
+    )
+    seed: int = Field(description="Batch seed.")
+    elapsed_s: float = Field(0.0, description="Wall time (s).")
+    complete: bool = Field(True, description="False when fewer than requested were found.")

@@ -1,0 +1,238 @@
+"""Deduplication: invariant fingerprints, duplicates found in MongoDB, polymorphs kept apart,
+concurrent writers, relaxed forms, and the generate job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from pymatgen.core import Structure
+from pymatgen.core.operations import SymmOp
+
+from cspflow.generate.composition import parse_target
+from cspflow.generate.dedup import find_duplicate, register, register_relaxed
+from cspflow.generate.fingerprint import fingerprint, fingerprint_distance
+from cspflow.generate.sources import RandomSymmetric, SourceContext, builtin_prototypes, substitute
+
+
+def _variants(s: Structure) -> dict[str, Structure]:
+    rng = np.random.default_rng(0)
+    rotated = s.copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0))
+    translated = s.copy()
+    translated.translate_sites(list(range(len(s))), [0.31, 0.17, 0.73])
+    permuted = Structure.from_sites([s[int(i)] for i in rng.permutation(len(s))])
+    supercell = s.copy()
+    supercell.make_supercell([[1, 1, 0], [0, 2, 0], [0, 0, 1]])
+    niggli = s.get_reduced_structure()
+    scaled = s.copy()
+    scaled.scale_lattice(s.volume * 1.15)
+    return {"rotated": rotated, "translated": translated, "permuted": permuted,
+            "supercell": supercell, "other cell": niggli, "scaled": scaled}  # fmt: skip
+
+
+def _random(comp: str, max_atoms: int, seed: int) -> Structure:
+    target = parse_target(comp, max_atoms)
+    for s in range(seed, seed + 50):
+        gen = RandomSymmetric().make(target, s, SourceContext())
+        if gen is not None:
+            return gen.structure
+    raise AssertionError("no structure")
+
+
+@pytest.fixture(scope="module")
+def structures():
+    lib = builtin_prototypes()
+    return {
+        "spinel": substitute(lib["spinel"], {"Mg": "Mg", "Al": "Al", "O": "O"}),
+        "perovskite": substitute(lib["perovskite"], {"Sr": "Sr", "Ti": "Ti", "O": "O"}),
+        "random_sto": _random("SrTiO3", 15, 3),
+        "random_si": _random("Si", 8, 7),
+    }
+
+
+def test_fingerprint_is_invariant_and_variants_share_a_bucket(structures):
+    for s in structures.values():
+        fp = fingerprint(s)
+        for name, v in _variants(s).items():
+            fv = fingerprint(v)
+            assert fingerprint_distance(fp.vector, fv.vector) < 1e-6, name
+            assert fv.query_key() in fp.buckets(), name
+            assert fv.hash() == fp.hash(), name
+
+
+def test_rotated_translated_permuted_supercell_are_duplicates(db, structures):
+    ids = {}
+    for name, s in structures.items():
+        cid, new = register(db, s, source="test", campaign="a")
+        assert new
+        ids[name] = cid
+    for name, s in structures.items():
+        for vname, v in _variants(s).items():
+            assert find_duplicate(db, v) == ids[name], (name, vname)
+            cid, new = register(db, v, source="test", campaign="b")
+            assert (cid, new) == (ids[name], False), (name, vname)
+    assert db.candidates.count_documents({}) == len(structures)
+    # lookups work across campaigns: campaign "b" found campaign "a"'s structures
+    assert db.candidates.count_documents({"campaign": "b"}) == 0
+
+
+def test_other_polymorphs_are_not_duplicates(db):
+    lib = builtin_prototypes()
+    pairs = [("rutile", "anatase", {"Ti": "Ti", "O": "O"}),
+             ("zincblende", "wurtzite", {"Zn": "Zn", "S": "O"}),
+             ("rocksalt", "cscl", {"Mg": "Mg", "O": "O"})]  # fmt: skip
+    for a, b, mapping in pairs:
+        sa = substitute(lib[a], mapping)
+        mb = (
+            {"Zn": "Zn", "O": "O"}
+            if b == "wurtzite"
+            else {"Cs": "Mg", "Cl": "O"}
+            if b == "cscl"
+            else mapping
+        )
+        sb = substitute(lib[b], mb)
+        assert sa.composition.reduced_formula == sb.composition.reduced_formula
+        ida, new_a = register(db, sa, source="test")
+        idb, new_b = register(db, sb, source="test")
+        assert new_a and new_b and ida != idb, (a, b)
+        assert find_duplicate(db, sb) == idb
+
+
+def test_document_fields(db, structures):
+    cid, _ = register(db, structures["spinel"], source="prototype", params={"prototype": "spinel"},
+                      seed=None, parent_ids=[], campaign="c", iteration=2)  # fmt: skip
+    doc = db.candidates.find_one({"candidate_id": cid})
+    assert doc["formula"] == "MgAl2O4" and doc["chemsys"] == "Al-Mg-O"
+    assert doc["composition"] == {"Mg": 2.0, "Al": 4.0, "O": 8.0} and doc["nsites"] == 14
+    assert doc["spacegroup"] == 227 and doc["status"] == "generated"
+    assert doc["energy_per_atom"] == {"mlip": None, "dft": None}
+    assert doc["campaign"] == "c" and doc["iteration"] == 2 and doc["source"] == "prototype"
+    assert Structure.from_dict(doc["structure"]) == structures["spinel"]
+    assert isinstance(doc["bucket"], list) and doc["fingerprint_hash"] and doc["content_hash"]
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pymatgen.core import Structure
+    from pymatgen.core.operations import SymmOp
+    from cspflow.store import get_database
+    from cspflow.generate.dedup import register
+    rank, start, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+    structures = [Structure.from_dict(d) for d in json.load(open(path))]
+    db = get_database()
+    out = []
+    for s in structures:
+        s = s.copy()
+        s.apply_operation(SymmOp.from_axis_angle_and_translation([1, rank, 2], 20.0 * rank))
+        while time.time() < start:
+            pass
+        out.append(register(db, s, source="race"))
+        start += 0.5
+    print(json.dumps(out))
+    """
+)
+
+
+def test_concurrent_processes_inserting_the_same_structure_store_one(
+    db, settings, tmp_path, structures
+):
+    path = tmp_path / "structures.json"
+    path.write_text(json.dumps([s.as_dict() for s in structures.values()]))
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    import time
+
+    start = time.time() + 8.0  # all workers imported and connected by then
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(start), str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(1, 4)]  # fmt: skip
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for k in range(len(structures)):
+        ids = {r[k][0] for r in results}
+        news = [r[k][1] for r in results]
+        assert len(ids) == 1 and sum(news) == 1, (k, results)
+    assert db.candidates.count_documents({}) == len(structures)
+    assert db.dedup_locks.count_documents({}) == 0
+
+
+def test_relaxed_forms_are_indexed(db, structures):
+    lib = builtin_prototypes()
+    rutile = substitute(lib["rutile"], {"Ti": "Ti", "O": "O"})
+    anatase = substitute(lib["anatase"], {"Ti": "Ti", "O": "O"})
+    a, _ = register(db, rutile, source="test")
+    b, _ = register(db, anatase, source="test")
+    # candidate b "relaxed" into rutile: that is candidate a
+    assert register_relaxed(db, b, rutile.copy(), "mlip") == a
+    # a new structure relaxing into a known relaxed form is found too
+    c, _ = register(db, structures["random_sto"], source="test")
+    relaxed_c = structures["perovskite"].copy()
+    assert register_relaxed(db, c, relaxed_c, "dft") is None
+    rotated = relaxed_c.copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([0, 0, 1], 30.0))
+    assert find_duplicate(db, rotated) == c
+
+
+def test_generate_job_registers_unique_candidates_and_is_idempotent(db, settings):
+    from jobflow import run_locally
+
+    from cspflow.generate.maker import GenerateMaker
+    from cspflow.store import get_jobstore
+
+    maker = GenerateMaker(n=6, max_atoms=10, sources={"random_symmetric": 0.7, "prototype": 0.3})
+    job = maker.make("SrTiO3", campaign="demo", iteration=0)
+    assert job.metadata["stage"] == "generate" and job.metadata["iteration"] == 0
+    store = get_jobstore(settings)
+    responses = run_locally(job, store=store, ensure_success=True)
+    summary = responses[job.uuid][1].output
+    assert summary["n_new"] == 6 and len(summary["candidate_ids"]) == 6
+    assert "structure" not in json.dumps(summary)
+    assert db.candidates.count_documents({"campaign": "demo", "iteration": 0}) == 6
+    # rerunning the iteration does not add candidates
+    again = maker.make("SrTiO3", campaign="demo", iteration=0)
+    summary2 = run_locally(again, store=store, ensure_success=True)[again.uuid][1].output
+    assert summary2["n_new"] == 0 and sorted(summary2["candidate_ids"]) == sorted(
+        summary["candidate_ids"]
+    )
+    # the next iteration adds new, different structures (dedup across iterations)
+    nxt = maker.make("SrTiO3", campaign="demo", iteration=1)
+    run_locally(nxt, store=store, ensure_success=True)
+    assert db.candidates.count_documents({"campaign": "demo"}) == 12
+
+
+def test_mutation_takes_parents_from_lowest_energy_candidates(db, structures):
+    from cspflow.generate.batch import generate_batch, load_parents
+    from cspflow.generate.dedup import MongoIndex
+
+    target = parse_target("SrTiO3", 20)
+    ids = []
+    for seed in range(3, 12):
+        s = _random("SrTiO3", 15, seed * 10)
+        cid, new = register(db, s, source="test")
+        if new:
+            ids.append(cid)
+    energies = {cid: -5.0 + 0.1 * i for i, cid in enumerate(ids)}
+    for cid, e in energies.items():
+        db.candidates.update_one({"candidate_id": cid}, {"$set": {"energy_per_atom.mlip": e}})
+    # a DFT energy outranks the MLIP one: the worst-by-MLIP candidate becomes the best
+    db.candidates.update_one({"candidate_id": ids[-1]}, {"$set": {"energy_per_atom.dft": -9.0}})
+    parents = load_parents(db, "SrTiO3", pool_size=3)
+    assert [p.candidate_id for p in parents] == [ids[-1], ids[0], ids[1]]
+    from cspflow.generate.sources import SourceContext as Ctx
+
+    r = generate_batch(target, 5, MongoIndex(db), sources={"mutation": 1},
+                       context=Ctx(parents=parents), seed=1)  # fmt: skip
+    assert r.summary.n_new == 5
+    for cid in r.summary.candidate_ids:
+        doc = db.candidates.find_one({"candidate_id": cid})
+        assert doc["source"] == "mutation" and doc["parent_ids"]
+        assert set(doc["parent_ids"]) <= {p.candidate_id for p in parents}
