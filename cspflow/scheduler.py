@@ -224,3 +224,91 @@ class _jobflow_store_env:
         from jobflow import SETTINGS
 
         SETTINGS.JOB_STORE = self._old
+
+
+def _die_with_parent() -> None:
+    """Make a worker subprocess die when the process that started it dies (Linux prctl)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalWorkers:
+    """A cpu and a gpu rapidfire worker as subprocesses of this process (``campaign run``).
+
+    They poll the LaunchPad every ``sleep`` seconds and are killed with their parent, so a
+    killed ``campaign run`` leaves no worker behind; its RUNNING fireworks are rerun on resume.
+    """
+
+    def __init__(self, settings: CspflowSettings, categories: tuple[str, ...] = ("cpu", "gpu"),
+                 sleep: int = 1, log_dir: Path | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.categories = categories
+        self.sleep = sleep
+        self.log_dir = Path(log_dir or settings.runs_dir)
+        self.procs: dict[str, Any] = {}
+
+    def _env(self) -> dict[str, str]:
+        from cspflow.db import resolve_uri
+
+        env = dict(os.environ)
+        env["CSPFLOW_DB_URI"] = resolve_uri(self.settings)
+        env["CSPFLOW_DB_NAME"] = self.settings.db_name
+        env["CSPFLOW_DATA_DIR"] = str(self.settings.data_dir)
+        env["CSPFLOW_WORK_DIR"] = str(self.settings.runs_dir)
+        return env
+
+    def ensure_running(self) -> None:
+        """Start (or restart) one worker per category."""
+        import subprocess
+        import sys
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for category in self.categories:
+            proc = self.procs.get(category)
+            if proc is not None and proc.poll() is None:
+                continue
+            log = open(self.log_dir / f"worker-{category}.log", "ab")  # noqa: SIM115
+            self.procs[category] = subprocess.Popen(
+                [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category",
+                 category, "--sleep", str(self.sleep), "--name",
+                 f"{socket.gethostname()}-{category}-local"],
+                env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the workers (they are idle when the campaign has ended)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except Exception:
+                proc.kill()
+        self.procs.clear()
+
+
+def rerun_lost_local(lp: LaunchPad, fw_ids: list[int], host: str | None = None) -> list[int]:
+    """Rerun fireworks left RUNNING or RESERVED by a local runner that died.
+
+    Only call this when no worker of this host can be running them (``campaign run`` holds the
+    campaign's run lock). Returns the fw ids rerun.
+    """
+    host = host or socket.gethostname()
+    rerun = []
+    for fw in lp.fireworks.find(
+        {"fw_id": {"$in": fw_ids}, "state": {"$in": ["RUNNING", "RESERVED"]}},
+        {"fw_id": 1, "launches": 1},
+    ):
+        launch = lp.launches.find_one({"launch_id": {"$in": fw.get("launches", [])}},
+                                      {"host": 1}, sort=[("launch_id", -1)])  # fmt: skip
+        if launch is None or launch.get("host") == host:
+            lp.rerun_fw(fw["fw_id"])
+            rerun.append(fw["fw_id"])
+    return rerun

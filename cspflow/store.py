@@ -27,7 +27,9 @@ __all__ = [
     "get_jobstore",
 ]
 
-CSPFLOW_COLLECTIONS = ("candidates", "hull", "models", "campaigns")
+CSPFLOW_COLLECTIONS = (
+    "candidates", "fingerprints", "dedup_locks", "hull", "models", "campaigns"
+)  # fmt: skip
 
 # (collection, keys, options): one place lists every index cspflow relies on.
 _INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
@@ -35,8 +37,9 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
     ("candidates", [("campaign", 1), ("iteration", 1), ("status", 1)], {"name": "campaign_stage"}),
     ("candidates", [("formula", 1), ("energy_per_atom.mlip", 1)], {"name": "by_energy_mlip"}),
     ("candidates", [("formula", 1), ("energy_per_atom.dft", 1)], {"name": "by_energy_dft"}),
-    ("candidates", [("bucket", 1)], {"name": "bucket"}),
     ("candidates", [("candidate_id", 1)], {"unique": True, "name": "candidate_id"}),
+    ("fingerprints", [("bucket", 1)], {"name": "bucket"}),
+    ("fingerprints", [("candidate_id", 1)], {"name": "candidate_id"}),
     ("hull", [("chemsys", 1), ("version", -1)], {"unique": True, "name": "chemsys_version"}),
     ("models", [("model_id", 1)], {"unique": True, "name": "model_id"}),
     ("models", [("chemsys", 1), ("created_at", -1)], {"name": "chemsys_created"}),
@@ -97,3 +100,72 @@ def get_jobstore(settings: CspflowSettings | None = None) -> JobStore:
     docs = MongoStore(database=settings.db_name, collection_name="outputs", uri=uri)
     blobs = GridFSStore(database=settings.db_name, collection_name="outputs_blobs", uri=uri)
     return JobStore(docs, additional_stores={"data": blobs})
+
+
+def campaign_workflow(db: Database, name: str) -> dict | None:
+    """The FireWorks workflow document of a campaign (nodes, state), or None."""
+    return db.workflows.find_one(
+        {"metadata.campaign": name}, {"nodes": 1, "state": 1, "fw_states": 1, "name": 1}
+    )
+
+
+def firework_counts(db: Database, fw_ids: list[int]) -> dict[str, int]:
+    """Number of fireworks per FireWorks state among ``fw_ids``."""
+    counts: dict[str, int] = {}
+    for fw in db.fireworks.find({"fw_id": {"$in": fw_ids}}, {"state": 1}):
+        counts[fw["state"]] = counts.get(fw["state"], 0) + 1
+    return counts
+
+
+def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
+    """Number of a campaign's candidates per status."""
+    counts: dict[str, int] = {}
+    for row in db.candidates.aggregate(
+        [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+    ):
+        counts[str(row["_id"])] = int(row["n"])
+    return counts
+
+
+TOP_SCHEMA_VERSION = 1
+
+
+def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
+    """The campaign's lowest-energy unique structures at the best fidelity, ranked.
+
+    Each row is the stable ``results top --json`` record (see docs/results.md): rank,
+    candidate_id, formula, spacegroup, nsites, level, energy_per_atom (mlip/dft),
+    e_above_hull, source, iteration, and the final structure (pymatgen dict).
+    """
+    from cspflow.hull import best_level
+
+    doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
+    if doc is None:
+        raise CspflowError(f"no campaign named {campaign!r}; list them with `cspflow campaign status`")
+    level = best_level(db, doc["chemsys"]) or "mlip"
+    query: dict = {"campaign": campaign, f"energy_per_atom.{level}": {"$type": "number"},
+                   "status": {"$ne": "failed"}, "duplicate_of": {"$in": [None]}}  # fmt: skip
+    if level == "dft":
+        query["relaxed.dft.status"] = "converged"
+    rows = []
+    for c in db.candidates.find(query):
+        relaxed = (c.get("relaxed") or {}).get(level) or {}
+        rows.append(
+            {
+                "candidate_id": c["candidate_id"],
+                "formula": c["formula"],
+                "nsites": c.get("nsites"),
+                "spacegroup": relaxed.get("spacegroup") or c.get("spacegroup"),
+                "level": level,
+                "energy_per_atom": {k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")},
+                "e_above_hull": c.get("e_above_hull") if c.get("e_above_hull_level") == level else None,
+                "source": c.get("source"),
+                "iteration": c.get("iteration"),
+                "structure": relaxed.get("structure") or c.get("structure"),
+            }
+        )
+    rows.sort(key=lambda r: (r["e_above_hull"] if r["e_above_hull"] is not None else 1e9,
+                             r["energy_per_atom"][level]))  # fmt: skip
+    for i, r in enumerate(rows[:n], start=1):
+        r["rank"] = i
+    return rows[:n]

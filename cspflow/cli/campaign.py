@@ -1,100 +1,362 @@
-"""``cspflow campaign ...`` and ``cspflow demo``."""
+"""``cspflow campaign run|submit|status|pause|resume|extend`` and ``cspflow demo``."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from cspflow.cli.common import JsonOpt, not_built, print_json
+from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
+SpecArg = Annotated[Path, typer.Argument(help="Campaign spec (workflows/*.yaml).")]
+NameArg = Annotated[str, typer.Argument(help="Campaign name (the spec's `name`).")]
 
-@app.command("run")
-def run() -> None:
-    """Submit a campaign and run it to the end on this machine (not built yet)."""
-    not_built("campaign run")
+
+def _submit(spec, settings) -> tuple[dict, bool, list[int]]:
+    """Register the campaign and add its first iteration to the LaunchPad (once)."""
+    from cspflow.campaign import campaign_flow, register_campaign
+    from cspflow.scheduler import submit_flow
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database(settings)
+    doc, created = register_campaign(db, spec)
+    wf = campaign_workflow(db, spec.name)
+    if wf is None:
+        submit_flow(campaign_flow(spec, int(doc.get("iteration", 0))), settings,
+                    metadata={"campaign": spec.name})  # fmt: skip
+        wf = campaign_workflow(db, spec.name)
+    return doc, created, list(wf["nodes"])
 
 
 @app.command("submit")
-def submit() -> None:
-    """Add a campaign to the launchpad for cluster workers (not built yet)."""
-    not_built("campaign submit")
+def submit(spec_file: SpecArg, json_out: JsonOpt = False) -> None:
+    """Validate a spec and add the campaign to the LaunchPad only (cluster workers run it)."""
+    from cspflow.schemas.campaign import load_spec
+    from cspflow.settings import get_settings
+
+    spec = load_spec(spec_file)
+    doc, created, nodes = _submit(spec, get_settings())
+    out = {"campaign": spec.name, "created": created, "fw_ids": nodes, "state": doc["state"]}
+    if json_out:
+        print_json(out)
+    else:
+        typer.echo(f"campaign {spec.name}: {'submitted' if created else 'already submitted'}, "
+                   f"fireworks {nodes[:8]}{' ...' if len(nodes) > 8 else ''}; run workers with "
+                   f"`cspflow worker start --category gpu|cpu`")  # fmt: skip
 
 
-@app.command("status")
-def status() -> None:
-    """Iterations, counts per status and best structures of a campaign (not built yet)."""
-    not_built("campaign status")
+def _take_run_lock(db, name: str) -> None:
+    from cspflow.db import _pid_alive
+    from cspflow.errors import CspflowError
+
+    doc = db.campaigns.find_one({"name": name}, {"runner": 1}) or {}
+    runner = doc.get("runner") or {}
+    host = socket.gethostname()
+    if runner.get("host") == host and runner.get("pid") not in (None, os.getpid()):
+        if _pid_alive(int(runner["pid"])):
+            raise CspflowError(
+                f"campaign {name!r} is already being run by process {runner['pid']} on this "
+                "machine; watch it with `cspflow campaign status`"
+            )
+    db.campaigns.update_one({"name": name}, {"$set": {"runner": {"host": host, "pid": os.getpid()}}})
 
 
-def demo(json_out: JsonOpt = False) -> None:
-    """Start the embedded database, submit a cpu job + a gpu job, run both workers, report."""
-    import time
+def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
+    from cspflow.store import candidate_counts, firework_counts
 
+    running = [fw["name"] for fw in db.fireworks.find(
+        {"fw_id": {"$in": nodes}, "state": "RUNNING"}, {"name": 1})]  # fmt: skip
+    doc = db.campaigns.find_one({"name": name}, {"iteration": 1, "state": 1}) or {}
+    return {
+        "iteration": doc.get("iteration", 0),
+        "state": doc.get("state"),
+        "candidates": candidate_counts(db, name),
+        "fireworks": firework_counts(db, nodes),
+        "running": running,
+    }
+
+
+def _progress_table(p: dict, elapsed: float):
+    from rich.table import Table
+
+    t = Table(title=f"iteration {p['iteration']}  ({elapsed:.0f} s)", expand=False)
+    t.add_column("candidates")
+    t.add_column("fireworks")
+    t.add_column("running now")
+    cands = "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())) or "-"
+    fws = "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items()))
+    t.add_row(cands, fws, "\n".join(p["running"]) or "-")
+    return t
+
+
+@app.command("run")
+def run(
+    spec_file: SpecArg,
+    out: Annotated[Path | None, typer.Option(help="Write hull.png and top.json here.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never).")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a campaign (or resume it) and run it to the end with local cpu and gpu workers."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from cspflow.errors import CspflowError
+    from cspflow.scheduler import LocalWorkers, get_launchpad, rerun_lost_local
+    from cspflow.schemas.campaign import load_spec
+    from cspflow.settings import get_settings
+    from cspflow.store import campaign_workflow, get_database
+
+    spec = load_spec(spec_file)
+    settings = get_settings()
+    console = Console(stderr=True)
+    db = get_database(settings)
+    doc, created, nodes = _submit(spec, settings)
+    _take_run_lock(db, spec.name)
+    lp = get_launchpad(settings)
+    if not created:
+        lost = rerun_lost_local(lp, nodes)
+        console.print(f"resuming campaign {spec.name} (state {doc['state']})"
+                      + (f"; rerunning interrupted fireworks {lost}" if lost else ""))  # fmt: skip
+    else:
+        console.print(f"campaign {spec.name}: {', '.join(spec.formulas())} in {spec.system()}, "
+                      f"{spec.stop.max_iterations} iteration(s) max, DFT: {spec.dft.engine}")  # fmt: skip
+    workers = LocalWorkers(settings)
+    t0 = time.monotonic()
+    state = "RUNNING"
+    last_line = ""
+    live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+    try:
+        if live:
+            live.start()
+        while True:
+            wf = campaign_workflow(db, spec.name) or {}
+            nodes = list(wf.get("nodes", nodes))
+            state = wf.get("state", state)
+            if state in ("COMPLETED", "FIZZLED"):
+                break
+            workers.ensure_running()
+            p = _progress_rows(db, spec.name, nodes)
+            elapsed = time.monotonic() - t0
+            if live:
+                live.update(_progress_table(p, elapsed))
+            else:
+                line = (f"[{elapsed:6.0f} s] iteration {p['iteration']}  candidates {p['candidates']}  "
+                        f"running {p['running']}")  # fmt: skip
+                if line.split("]", 1)[1] != last_line.split("]", 1)[-1]:
+                    console.print(line, highlight=False)
+                last_line = line
+            if timeout and elapsed > timeout:
+                raise CspflowError(f"campaign {spec.name} not finished after {timeout:.0f} s; "
+                                   "run the same command again to resume")  # fmt: skip
+            time.sleep(1.0)
+    finally:
+        if live:
+            live.stop()
+        workers.stop()
+        db.campaigns.update_one({"name": spec.name}, {"$unset": {"runner": ""}})
+    if state == "FIZZLED":
+        failed = [
+            (fw["fw_id"], fw["name"]) for fw in db.fireworks.find(
+                {"fw_id": {"$in": nodes}, "state": "FIZZLED"}, {"fw_id": 1, "name": 1})
+        ]  # fmt: skip
+        raise CspflowError(
+            f"campaign {spec.name} stopped: job(s) failed {failed}; see `lpad get_fws -i ID -d all`"
+            " for the error, fix it and run the same command again"
+        )
+    _report(spec.name, settings, out, json_out, elapsed=time.monotonic() - t0)
+
+
+def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cspflow.db import redact_uri, resolve_uri
-    from cspflow.demo import platform_flow
-    from cspflow.scheduler import get_launchpad, run_worker, submit_flow
-    from cspflow.settings import get_settings
-    from cspflow.store import get_jobstore
+    from cspflow.campaign import campaign_doc
+    from cspflow.hull import latest_hull, plot_hull
+    from cspflow.store import get_database, top_structures
 
-    settings = get_settings()
-    console = Console(stderr=json_out)
-    uri = resolve_uri(settings)
-    console.print(f"database: {redact_uri(uri)} (db {settings.db_name})")
-    flow = platform_flow()
-    t0 = time.perf_counter()
-    ids = submit_flow(flow, settings, metadata={"cspflow": "demo"})
-    fw_ids = sorted(ids.values())
-    console.print(f"submitted workflow with fireworks {fw_ids}")
-    lp = get_launchpad(settings)
-    launches = {"cpu": 0, "gpu": 0}
-    for _ in range(10):
-        for category in ("cpu", "gpu"):
-            launches[category] += run_worker(category, settings, nlaunches=0, sleep_time=1)
-        state = lp.get_wf_by_fw_id(fw_ids[0]).state
-        if state in ("COMPLETED", "FIZZLED"):
-            break
-    elapsed = time.perf_counter() - t0
-    store = get_jobstore(settings)
-    store.connect()
-    rows = []
-    for fw_id in fw_ids:
-        fw = lp.get_fw_by_id(fw_id)
-        job_uuid = fw.tasks[0]["job"].uuid
-        try:
-            out = store.get_output(job_uuid)
-        except ValueError:  # the job did not complete
-            out = None
-        launch = lp.launches.find_one({"fw_id": fw_id}, {"fworker": 1})
-        rows.append(
-            {
-                "fw_id": fw_id,
-                "name": fw.name,
-                "stage": fw.spec.get("stage"),
-                "category": fw.spec.get("_category"),
-                "ran_on": (launch or {}).get("fworker", {}).get("category"),
-                "state": fw.state,
-                "output": out if isinstance(out, dict) and "spacegroup" in out else None,
-            }
-        )
-    summary = {"workflow_state": state, "elapsed_s": round(elapsed, 2), "launches": launches,
-               "fireworks": rows, "database": redact_uri(uri), "db_name": settings.db_name}  # fmt: skip
+    db = get_database(settings)
+    doc = campaign_doc(db, name) or {}
+    hull = latest_hull(db, doc.get("chemsys", ""))
+    top = top_structures(db, name, n=10)
+    plot = None
+    if out is not None:
+        import json
+
+        out.mkdir(parents=True, exist_ok=True)
+        if hull:
+            plot = str(plot_hull(hull, out / "hull.png"))
+        (out / "top.json").write_text(json.dumps(_top_json(top), indent=2, default=str))
     if json_out:
-        print_json(summary)
-    else:
-        table = Table(title="cspflow platform demo")
-        for col in ("fw_id", "job", "stage", "_category", "ran on", "state"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(str(r["fw_id"]), r["name"], str(r["stage"]), str(r["category"]),
-                          str(r["ran_on"]), r["state"])  # fmt: skip
-        console.print(table)
-        result = next((r["output"] for r in rows if r["output"]), None)
-        console.print(f"result: {result}")
-        console.print(f"workflow {state} in {elapsed:.1f} s; inspect with "
-                      f"`lpad -l fw_configs/my_launchpad.yaml get_wflows`")  # fmt: skip
-    if state != "COMPLETED":
-        raise typer.Exit(1)
+        print_json({"campaign": name, "state": doc.get("state"), "stop_reason": doc.get("stop_reason"),
+                    "iterations": doc.get("iterations", []), "top": _top_json(top),
+                    "hull_plot": plot, "elapsed_s": round(elapsed, 1)})  # fmt: skip
+        return
+    console = Console()
+    t = Table(title=f"campaign {name}: {doc.get('state')} ({doc.get('stop_reason')})")
+    for col in ("iteration", "candidates", "duplicates", "DFT runs (total)", "hull", "wall s"):
+        t.add_column(col)
+    for it in doc.get("iterations", []):
+        h = it.get("hull") or {}
+        t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
+                  str(it.get("duplicates")), str(it.get("dft_runs_total")),
+                  f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
+                  str(it.get("wall_time_s")))  # fmt: skip
+    console.print(t)
+    console.print(_top_table(top, "lowest-energy unique structures"))
+    if plot:
+        console.print(f"hull plot: {plot}")
+    console.print(f"finished in {elapsed:.0f} s; `cspflow results top {name} --json` for scripts")
+
+
+def _top_json(rows: list[dict]) -> dict:
+    from cspflow.store import TOP_SCHEMA_VERSION
+
+    return {"schema_version": TOP_SCHEMA_VERSION,
+            "structures": [{k: v for k, v in r.items() if k != "structure"} for r in rows]}  # fmt: skip
+
+
+def _top_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("rank", "id", "formula", "spacegroup", "atoms", "level", "E/atom (eV)", "E_hull (meV/atom)"):
+        t.add_column(col)
+    for r in rows:
+        e = r["energy_per_atom"][r["level"]]
+        eh = r["e_above_hull"]
+        t.add_row(str(r["rank"]), r["candidate_id"], r["formula"], str(r["spacegroup"]),
+                  str(r["nsites"]), r["level"], f"{e:.4f}",
+                  "-" if eh is None else f"{eh * 1000:.1f}")  # fmt: skip
+    return t
+
+
+@app.command("status")
+def status(name: NameArg, json_out: JsonOpt = False) -> None:
+    """Iterations, counts per status, fireworks and best structures of a campaign."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cspflow.campaign import campaign_doc
+    from cspflow.errors import CspflowError
+    from cspflow.store import campaign_workflow, get_database, top_structures
+
+    db = get_database()
+    doc = campaign_doc(db, name)
+    if doc is None:
+        names = sorted(db.campaigns.distinct("name"))
+        raise CspflowError(f"no campaign named {name!r}; known: {', '.join(names) or 'none'}")
+    wf = campaign_workflow(db, name) or {}
+    p = _progress_rows(db, name, list(wf.get("nodes", [])))
+    top = top_structures(db, name, n=5)
+    if json_out:
+        print_json({"campaign": name, "state": doc["state"], "stop_reason": doc.get("stop_reason"),
+                    "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
+                    "candidates": p["candidates"], "fireworks": p["fireworks"],
+                    "running": p["running"], "iterations": doc.get("iterations", []),
+                    "top": _top_json(top)})  # fmt: skip
+        return
+    console = Console()
+    t = Table(title=f"campaign {name}")
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("state", f"{doc['state']} {doc.get('stop_reason') or ''}")
+    t.add_row("workflow", str(wf.get("state")))
+    t.add_row("iteration", str(doc.get("iteration")))
+    t.add_row("candidates", "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())))
+    t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
+    t.add_row("running", "\n".join(p["running"]) or "-")
+    console.print(t)
+    if top:
+        console.print(_top_table(top, "best structures"))
+
+
+@app.command("pause")
+def pause(name: NameArg) -> None:
+    """Stop handing out the campaign's jobs (running ones finish); resume continues."""
+    from cspflow.scheduler import get_launchpad
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database()
+    wf = _need_wf(db, name, campaign_workflow)
+    get_launchpad().pause_wf(wf["nodes"][0])
+    db.campaigns.update_one({"name": name}, {"$set": {"state": "paused"}})
+    typer.echo(f"campaign {name} paused")
+
+
+@app.command("resume")
+def resume(name: NameArg) -> None:
+    """Hand out a paused campaign's jobs again (workers, or `campaign run`, pick them up)."""
+    from cspflow.scheduler import get_launchpad
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database()
+    wf = _need_wf(db, name, campaign_workflow)
+    get_launchpad().resume_wf(wf["nodes"][0])
+    db.campaigns.update_one({"name": name}, {"$set": {"state": "running"}})
+    typer.echo(f"campaign {name} resumed")
+
+
+@app.command("extend")
+def extend(
+    name: NameArg,
+    iterations: Annotated[int, typer.Option(help="Iterations to add.", min=1)] = 1,
+) -> None:
+    """Allow more iterations; a finished campaign gets its next iteration submitted."""
+    from cspflow.campaign import campaign_doc, iteration_flow
+    from cspflow.errors import CspflowError
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.schemas.campaign import CampaignSpec
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database()
+    doc = campaign_doc(db, name)
+    if doc is None:
+        raise CspflowError(f"no campaign named {name!r}")
+    spec = CampaignSpec.model_validate(doc["spec"])
+    done = len(doc.get("iterations", []))
+    spec.stop.max_iterations = max(spec.stop.max_iterations, done) + iterations
+    db.campaigns.update_one({"name": name}, {"$set": {"spec": spec.model_dump(mode="json")}})
+    if doc["state"] == "completed":
+        nxt = done
+        db.campaigns.update_one({"name": name}, {"$set": {"state": "running", "iteration": nxt},
+                                                 "$unset": {"stop_reason": ""}})  # fmt: skip
+        wf = campaign_workflow(db, name)
+        flow = iteration_flow(spec, nxt)
+        if wf is None:
+            submit_flow(flow, metadata={"campaign": name})
+        else:
+            from cspflow.scheduler import flow_to_workflow
+
+            last = db.fireworks.find_one(
+                {"fw_id": {"$in": wf["nodes"]}, "name": {"$regex": "^decide "}}, sort=[("fw_id", -1)]
+            )
+            get_launchpad().append_wf(flow_to_workflow(flow), [last["fw_id"]])
+    typer.echo(f"campaign {name}: max_iterations now {spec.stop.max_iterations}")
+
+
+def _need_wf(db, name: str, campaign_workflow) -> dict:
+    from cspflow.errors import CspflowError
+
+    wf = campaign_workflow(db, name)
+    if wf is None:
+        raise CspflowError(f"no submitted campaign named {name!r}")
+    return wf
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the hull plot and top.json go.")] = Path("demo-out"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the quickstart campaign (workflows/quickstart.yaml) on the embedded database."""
+    from cspflow.errors import CspflowError
+
+    spec = Path(__file__).resolve().parents[2] / "workflows" / "quickstart.yaml"
+    if not spec.is_file():
+        raise CspflowError(f"{spec} not found: run `cspflow demo` from a cspflow checkout")
+    run(spec, out=out, timeout=0, json_out=json_out)

@@ -24,7 +24,7 @@ app.add_typer(dft.app, name="dft", help="Run the DFT stage ad hoc on structure f
 app.add_typer(model.app, name="model", help="The MLIP model registry.")
 app.command("generate", help="Generate unique candidate structures for a composition.")(generate.generate)
 app.command("relax", help="Relax structure files with an MLIP.")(relax.relax)
-app.command("demo", help="Run the quickstart job on the embedded database (what `make demo` runs).")(
+app.command("demo", help="Run the quickstart campaign on the embedded database (what `make demo` runs).")(
     campaign.demo
 )
 

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from cspflow.errors import SpecError
+from cspflow.schemas.dft import DftSpec as DftEngineSpec
 
 __all__ = [
     "CampaignSpec",
@@ -79,11 +80,10 @@ class SelectSpec(_Strict):
     uncertain_k: int = Field(0, ge=0, description="Extra most-uncertain candidates (committee).")
 
 
-class DftSpec(_Strict):
-    engine: Literal["vasp", "cp2k", "gpaw", "none"] = "gpaw"
-    preset: str | None = Field(None, description="Engine preset (e.g. fast, accurate, mp, fuse2).")
+class DftSpec(DftEngineSpec):
+    """The ``dft:`` block: the DFT stage's settings plus a budget."""
+
     budget: int | None = Field(None, ge=0, description="Total DFT relaxations allowed.")
-    incar_updates: dict[str, Any] = Field(default_factory=dict, description="VASP overrides.")
 
 
 class LearnSpec(_Strict):
