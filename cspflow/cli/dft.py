@@ -1,15 +1,93 @@
-"""``cspflow dft ...``: placeholder until its stage lands."""
+"""``cspflow dft relax``: run the DFT stage ad hoc on structure files (no campaign needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from cspflow.cli.common import not_built
+from cspflow.cli.common import JsonOpt
 
-app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app = typer.Typer(no_args_is_help=True, help="Run the DFT stage ad hoc on structure files.")
 
 
-@app.callback()
-def _placeholder() -> None:
-    """Not built yet."""
-    not_built("dft")
+@app.command("relax")
+def relax(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, ...).")
+    ],
+    engine: Annotated[str, typer.Option("--engine", help="gpaw | cp2k | vasp.")] = "gpaw",
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Engine preset (default: the engine's own).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory for CIFs and summary.json.")] = Path(
+        "dft-out"
+    ),
+    relax_kind: Annotated[
+        str | None, typer.Option("--relax", help="cell | positions | static (preset's default).")
+    ] = None,
+    potcar_spec: Annotated[
+        bool,
+        typer.Option(
+            "--potcar-spec", help="VASP: write POTCAR.spec instead of POTCAR (no POTCARs)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Relax structure files with DFT; write relaxed CIFs and a JSON summary to --out."""
+    import json
+
+    from cspflow.cli.common import err_console, print_json
+    from cspflow.dft.run import read_structures, relax_structures
+    from cspflow.errors import CspflowError
+
+    if engine not in ("gpaw", "cp2k", "vasp"):
+        raise CspflowError(f"--engine must be gpaw, cp2k or vasp, not {engine!r}")
+    structures = read_structures(inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"engine": engine, "preset": preset, "relax": relax_kind, "potcar_spec": potcar_spec}
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = err_console()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=as_json or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(f"{engine} relax", total=len(structures))
+
+        def tick(name: str) -> None:
+            progress.update(task, advance=1, description=f"{engine} relax: {name} done")
+
+        summary = relax_structures(structures, spec, out, on_done=tick)
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if as_json:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"DFT ({engine}, preset {summary['preset']})")
+    for col in ("name", "formula", "status", "E (eV/atom)", "wall (s)", "cif / reason"):
+        table.add_column(col)
+    for row in summary["results"]:
+        epa = row.get("energy_per_atom")
+        wall = row.get("wall_time_s")
+        table.add_row(
+            row["name"],
+            row["formula"],
+            row["status"],
+            "" if epa is None else f"{epa:.4f}",
+            "" if wall is None else f"{wall:.1f}",
+            row.get("cif") or (row.get("reason") or ""),
+        )
+    from cspflow.cli.common import console as out_console
+
+    out_console().print(table)
+    out_console().print(f"summary: {out / 'summary.json'}")

@@ -1,0 +1,118 @@
+"""Run DFT on structure files without a campaign (what ``cspflow dft relax`` calls).
+
+The same engine jobs as the stage (:func:`cspflow.dft.stage.build_engine_job`), run locally with
+an in-memory JobStore; results go to CIF files and a JSON summary instead of the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cspflow.errors import CspflowError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+__all__ = ["read_structures", "relax_structures"]
+
+
+def read_structures(paths: list[Path]) -> list[tuple[str, Structure]]:
+    """Read every file (pymatgen first, ASE for other formats); name each by its file stem.
+
+    Raises
+    ------
+    CspflowError
+        When a file is missing or cannot be read as a structure.
+    """
+    from pymatgen.core import Structure
+
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise CspflowError(f"structure file {path} not found")
+        try:
+            structure = Structure.from_file(path)
+        except Exception:
+            try:
+                from ase.io import read
+                from pymatgen.io.ase import AseAtomsAdaptor
+
+                structure = AseAtomsAdaptor.get_structure(read(path, index=-1))  # type: ignore[arg-type]
+            except Exception as exc:
+                raise CspflowError(f"cannot read a structure from {path}: {exc}") from None
+        out.append((Path(path).stem, structure))
+    names = [n for n, _ in out]
+    return [(f"{n}-{i}" if names.count(n) > 1 else n, s) for i, (n, s) in enumerate(out)]
+
+
+def relax_structures(
+    structures: list[tuple[str, Structure]],
+    spec: dict[str, Any],
+    out: Path,
+    on_done: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the engine job for each structure; write ``<name>.cif`` for converged results.
+
+    Raises
+    ------
+    CspflowError
+        When the engine cannot run at all here (the same one-line reason for every structure).
+    """
+    from jobflow import JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    from cspflow.dft.presets import resolve_settings, settings_hash
+    from cspflow.dft.stage import build_engine_job, result_from_task_doc
+    from cspflow.schemas.dft import DftSpec
+    from cspflow.settings import get_settings
+
+    dspec = DftSpec.model_validate({k: v for k, v in spec.items() if v is not None})
+    preset, settings = resolve_settings(dspec)
+    cs = get_settings()
+    out = Path(out)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    preflight_errors: list[str] = []
+    for name, structure in structures:
+        row: dict[str, Any] = {
+            "name": name,
+            "formula": structure.composition.reduced_formula,
+            "nsites": len(structure),
+            "settings_hash": settings_hash(structure, dspec.engine, preset, settings),
+        }
+        start = time.perf_counter()
+        try:
+            engine_job = build_engine_job(dspec, settings, structure, cs)
+        except CspflowError as exc:
+            preflight_errors.append(str(exc))
+            row.update(status="failed", reason=str(exc))
+            results.append(row)
+            if on_done:
+                on_done(name)
+            continue
+        engine_job.update_metadata({"stage": "dft"})
+        store = JobStore(MemoryStore())
+        responses = run_locally(
+            engine_job, store=store, create_folders=True, root_dir=runs, log=False
+        )
+        response = responses.get(engine_job.uuid, {})
+        doc = response[max(response)].output if response else None
+        row.update(result_from_task_doc(doc, settings.get("relax")))
+        row["wall_time_s"] = round(time.perf_counter() - start, 2)
+        if row.get("structure") and row["status"] != "failed":
+            from pymatgen.core import Structure
+
+            cif = out / f"{name}.cif"
+            Structure.from_dict(row["structure"]).to(filename=str(cif))
+            row["cif"] = str(cif)
+        row.pop("structure", None)
+        results.append(row)
+        if on_done:
+            on_done(name)
+    if structures and len(preflight_errors) == len(structures) and len(set(preflight_errors)) == 1:
+        raise CspflowError(preflight_errors[0])
+    return {"engine": dspec.engine, "preset": preset, "settings": settings, "results": results}

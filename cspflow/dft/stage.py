@@ -1,0 +1,380 @@
+"""The DFT stage: one idempotent DFT job per selected candidate, results on the candidate.
+
+Layers, top down:
+
+- :class:`DftStageMaker` makes the fan-out job; at run time it replaces itself with one
+  :func:`dft_candidate` job per candidate id (``Response(replace=Flow([...]))``).
+- :func:`dft_candidate` loads the candidate, keys the work by
+  :func:`~cspflow.dft.presets.settings_hash`, and either returns the stored converged result
+  (no code runs), marks the candidate failed with a one-line reason (missing program, unknown
+  element, ...), or replaces itself with the engine's atomate2 job followed by
+  :func:`record_dft`.
+- :func:`record_dft` turns the engine's task document into a :class:`DftResultDoc` and writes it
+  to ``candidates.relaxed.dft``; ``energy_per_atom.dft`` is set for converged runs only. It runs
+  even when the engine job failed (``on_missing_references=none``), so a failed candidate is
+  marked failed and the other candidates go on.
+
+Every job carries ``metadata={"stage": "dft", ...}`` (routed to the cpu workers).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Flow, Job, Maker, OnMissing, Response, job
+
+from cspflow.dft.presets import resolve_settings, settings_hash
+from cspflow.errors import CspflowError
+from cspflow.schemas.dft import DftResultDoc, DftSpec
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+    from pymongo.database import Database
+
+    from cspflow.settings import CspflowSettings
+
+__all__ = [
+    "DftStageMaker",
+    "dft_fanout",
+    "dft_candidate",
+    "record_dft",
+    "input_structure",
+    "result_from_task_doc",
+    "build_engine_job",
+    "write_result",
+    "final_energy_per_atom",
+]
+
+STAGE = "dft"
+# custodian polls its job every 10 s by default, a floor on every DFT run; 2 s costs nothing and
+# keeps the monitors' period (polling_time_step x monitor_freq) at custodian's default 300 s.
+CUSTODIAN_KWARGS = {"polling_time_step": 2, "monitor_freq": 150}
+
+
+def _metadata(candidate_id: str | None, campaign: str | None, iteration: int | None) -> dict:
+    meta: dict[str, Any] = {"stage": STAGE}
+    if candidate_id is not None:
+        meta["candidate_id"] = candidate_id
+    if campaign is not None:
+        meta["campaign"] = campaign
+    if iteration is not None:
+        meta["iteration"] = iteration
+    return meta
+
+
+def input_structure(candidate: dict) -> Structure:
+    """Return the DFT input: the MLIP-relaxed structure when present, else the generated one."""
+    from pymatgen.core import Structure
+
+    relaxed = (candidate.get("relaxed") or {}).get("mlip") or {}
+    data = relaxed.get("structure") or candidate.get("structure")
+    if not data:
+        raise CspflowError(f"candidate {candidate.get('candidate_id')} has no structure")
+    return Structure.from_dict(data)
+
+
+def _as_dict(doc: Any) -> dict:
+    from monty.json import jsanitize
+
+    if doc is None:
+        return {}
+    return jsanitize(doc, strict=True, allow_bson=True, enum_values=True)
+
+
+def _wall_time(doc: dict) -> float | None:
+    """Best-effort engine wall time from an atomate2/emmet task document."""
+    output = doc.get("output") or {}
+    if output.get("elapsed_time") is not None:  # ASE
+        return float(output["elapsed_time"])
+    stats = doc.get("run_stats") or {}
+    for key in ("overall", "standard"):
+        entry = stats.get(key) or {}
+        for name in ("elapsed_time", "total_time"):
+            if entry.get(name):
+                return float(entry[name])
+    for entry in stats.values():
+        if isinstance(entry, dict):
+            for name in ("elapsed_time", "total_time"):
+                if entry.get(name):
+                    return float(entry[name])
+    return None
+
+
+def result_from_task_doc(doc: Any, relax: str | None = None) -> dict[str, Any]:
+    """Extract status, reason, final structure and energies from an engine task document.
+
+    Works for emmet's VASP ``TaskDoc``, atomate2's CP2K ``TaskDocument`` and atomate2's ASE
+    ``AseStructureTaskDoc`` (objects or their dicts). ``None`` (the engine job raised) gives a
+    failed result.
+    """
+    data = _as_dict(doc)
+    if not data:
+        return {
+            "status": "failed",
+            "reason": "the DFT job raised before producing a task document (custodian gave up "
+            "or the program crashed); see the job's run directory",
+        }
+    output = data.get("output") or {}
+    structure = output.get("structure") or data.get("structure")
+    energy = output.get("energy")
+    nsites = len(structure["sites"]) if structure else None
+    epa = output.get("energy_per_atom")
+    if epa is None and energy is not None and nsites:
+        epa = float(energy) / nsites
+    state = str(data.get("state") or "").lower()
+    reasons = []
+    if state and state not in ("successful", "success"):
+        reasons.append(f"task state {state}")
+    if data.get("is_force_converged") is False and relax != "static":
+        reasons.append("forces not converged within the step limit")
+    if energy is None:
+        reasons.append("no final energy")
+    status = "converged" if not reasons else ("failed" if energy is None else "unconverged")
+    spacegroup = None
+    if structure:
+        from pymatgen.core import Structure
+
+        try:
+            spacegroup = int(Structure.from_dict(structure).get_space_group_info(symprec=0.1)[1])
+        except Exception:  # spglib can fail on a broken cell; the number is informative only
+            spacegroup = None
+    return {
+        "spacegroup": spacegroup,
+        "status": status,
+        "reason": "; ".join(reasons) or None,
+        "structure": structure,
+        "energy": None if energy is None else float(energy),
+        "energy_per_atom": None if epa is None else float(epa),
+        "nsites": nsites,
+        "wall_time_s": _wall_time(data),
+    }
+
+
+def write_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
+    """Store ``result`` at ``candidates.relaxed.dft``; only a converged run is usable.
+
+    Converged: ``energy_per_atom.dft`` set and status ``dft_done``. Otherwise the DFT energy is
+    removed and the candidate is marked ``failed`` with ``failure_reason``.
+    """
+    doc = result.model_dump(exclude={"reused"})
+    update: dict[str, Any] = {"$set": {"relaxed.dft": doc}}
+    if result.usable:
+        update["$set"].update({"energy_per_atom.dft": result.energy_per_atom, "status": "dft_done"})
+        update["$unset"] = {"failure_reason": ""}
+    else:
+        update["$set"].update(
+            {"status": "failed", "failure_reason": f"dft {result.status}: {result.reason}"}
+        )
+        update["$unset"] = {"energy_per_atom.dft": ""}
+    db["candidates"].update_one({"candidate_id": candidate_id}, update)
+
+
+def final_energy_per_atom(candidate: dict, engine: str) -> float | None:
+    """The energy a hull or training set may use: DFT when converged, MLIP when engine is none."""
+    energies = candidate.get("energy_per_atom") or {}
+    if engine == "none":
+        return energies.get("mlip")
+    dft = (candidate.get("relaxed") or {}).get("dft") or {}
+    if dft.get("status") != "converged":
+        return None
+    return energies.get("dft")
+
+
+def build_engine_job(
+    spec: DftSpec, settings: dict[str, Any], structure: Structure, cs: CspflowSettings
+) -> Job:
+    """Check that the engine can run here, then return its atomate2 job for ``structure``.
+
+    Raises
+    ------
+    CspflowError
+        One line naming what is missing (program, command, setups, basis for an element).
+    """
+    elements = [el.symbol for el in structure.composition.elements]
+    relax = settings.get("relax", "cell")
+    maker: Any
+    if spec.engine == "vasp":
+        from cspflow.dft.vasp import VaspDftMaker, check_vasp
+
+        check_vasp(cs.vasp_cmd, elements, spec.potcar_spec)
+        maker = VaspDftMaker(
+            name=f"vasp {relax}",
+            settings=settings,
+            run_vasp_kwargs={
+                "vasp_cmd": cs.vasp_cmd,
+                "vasp_gamma_cmd": cs.vasp_cmd,
+                "custodian_kwargs": dict(CUSTODIAN_KWARGS),
+            },
+            write_input_set_kwargs={"potcar_spec": spec.potcar_spec},
+            stop_children_kwargs={"handle_unsuccessful": False},
+        )
+        return maker.make(structure)
+    if spec.engine == "cp2k":
+        from cspflow.dft.cp2k import (
+            Cp2kDftMaker,
+            check_cp2k_cmd,
+            ensure_cp2k_data,
+            find_basis_and_potential,
+        )
+
+        check_cp2k_cmd(cs.cp2k_cmd)
+        data_dir = ensure_cp2k_data(cs.data_dir)
+        if settings.get("basis"):
+            find_basis_and_potential(elements, data_dir, settings["basis"], settings["potential"])
+        maker = Cp2kDftMaker(
+            name=f"cp2k {relax}",
+            settings=settings,
+            data_dir=str(data_dir),
+            run_cp2k_kwargs={"cp2k_cmd": cs.cp2k_cmd, "custodian_kwargs": dict(CUSTODIAN_KWARGS)},
+            stop_children_kwargs={"handle_unsuccessful": False},
+        )
+        return maker.make(structure)
+    if spec.engine == "gpaw":
+        from cspflow.dft.gpaw import GpawRelaxMaker, check_gpaw, gpaw_setup_dir
+
+        calc = dict(settings.get("calculator", {}))
+        setup_dir = gpaw_setup_dir(cs.gpaw_setup_path)
+        check_gpaw(elements, setup_dir, calc.get("xc", "PBE"))
+        maker = GpawRelaxMaker(
+            name=f"gpaw {relax}",
+            ecut=float(settings["ecut"]),
+            kpoint_density=float(settings["kpoint_density"]),
+            setup_dir=str(setup_dir),
+            calculator_kwargs=calc,
+            relax_cell=relax == "cell",
+            steps=0 if relax == "static" else int(settings["steps"]),
+            relax_kwargs={"fmax": float(settings["fmax"])},
+        )
+        return maker.make(structure)
+    raise CspflowError(f"dft.engine {spec.engine!r} runs no DFT")
+
+
+def _header(candidate_id: str, spec: DftSpec, preset: str, shash: str) -> dict[str, Any]:
+    return {
+        "candidate_id": candidate_id,
+        "engine": spec.engine,
+        "preset": preset,
+        "settings_hash": shash,
+    }
+
+
+@job
+def record_dft(
+    task_doc: Any, candidate_id: str, header: dict, task_uuid: str, relax: str, started: float
+) -> DftResultDoc:
+    """Write the engine's outcome to the candidate (runs even when the engine job failed).
+
+    ``task_doc`` arrives unresolved (``resolve_references=False``) and is read from the store
+    as plain JSON: re-validating atomate2 0.1.5's CP2K TaskDocument would crash on
+    spin-restricted runs, and the recorder only needs a few fields.
+    """
+    from jobflow import CURRENT_JOB, OutputReference
+
+    from cspflow.settings import get_settings
+    from cspflow.store import get_database
+
+    if isinstance(task_doc, OutputReference):
+        task_doc = task_doc.resolve(CURRENT_JOB.store, on_missing=OnMissing.NONE, deserialize=False)
+    fields = result_from_task_doc(task_doc, relax)
+    if fields.get("wall_time_s") is None:
+        fields["wall_time_s"] = round(time.time() - started, 2)
+    result = DftResultDoc(**header, **fields, task_uuid=task_uuid if task_doc is not None else None)
+    write_result(get_database(get_settings()), candidate_id, result)
+    return result
+
+
+@job
+def dft_candidate(
+    candidate_id: str, spec: dict, campaign: str | None = None, iteration: int | None = None
+) -> DftResultDoc | Response:
+    """Run (or reuse) DFT for one candidate; see the module docstring."""
+    from cspflow.settings import get_settings
+    from cspflow.store import get_database
+
+    cs = get_settings()
+    db = get_database(cs)
+    dspec = DftSpec.model_validate(spec)
+    candidate = db["candidates"].find_one({"candidate_id": candidate_id})
+    if candidate is None:
+        raise CspflowError(f"candidate {candidate_id} is not in the database")
+    preset, settings = resolve_settings(dspec)
+    structure = input_structure(candidate)
+    shash = settings_hash(structure, dspec.engine, preset, settings)
+    header = _header(candidate_id, dspec, preset, shash)
+
+    stored = (candidate.get("relaxed") or {}).get("dft") or {}
+    if stored.get("settings_hash") == shash and stored.get("status") == "converged":
+        return DftResultDoc.model_validate({**stored, "reused": True})
+
+    try:
+        engine_job = build_engine_job(dspec, settings, structure, cs)
+    except CspflowError as exc:
+        result = DftResultDoc(**header, status="failed", reason=str(exc))
+        write_result(db, candidate_id, result)
+        return result
+
+    meta = _metadata(candidate_id, campaign, iteration)
+    engine_job.update_metadata(meta)
+    recorder = record_dft(
+        engine_job.output,
+        candidate_id,
+        header,
+        engine_job.uuid,
+        settings.get("relax", "cell"),
+        time.time(),
+    )
+    recorder.name = f"dft record {candidate_id}"
+    recorder.config.on_missing_references = OnMissing.NONE
+    recorder.config.resolve_references = False
+    recorder.config.expose_store = True
+    recorder.update_metadata(meta)
+    return Response(replace=Flow([engine_job, recorder], output=recorder.output))
+
+
+@job
+def dft_fanout(
+    candidate_ids: list[str], spec: dict, campaign: str | None = None, iteration: int | None = None
+) -> Response | list:
+    """Replace this job with one :func:`dft_candidate` job per candidate id."""
+    dspec = DftSpec.model_validate(spec)
+    if dspec.engine == "none" or not candidate_ids:
+        return []  # the MLIP energy is final
+    jobs: list[Job | Flow] = []
+    for cid in candidate_ids:
+        j = dft_candidate(cid, spec, campaign, iteration)
+        j.name = f"dft {cid}"
+        j.update_metadata(_metadata(cid, campaign, iteration))
+        jobs.append(j)
+    return Response(replace=Flow(jobs, output=[j.output for j in jobs], name="dft"))
+
+
+@dataclass
+class DftStageMaker(Maker):
+    """Make the DFT stage for a list of candidate ids (resolved at run time).
+
+    Parameters
+    ----------
+    name : str
+        Job name.
+    spec : dict
+        The campaign's ``dft:`` block (validated as :class:`DftSpec`).
+    campaign : str or None
+        Campaign name (job metadata).
+    iteration : int or None
+        Iteration number (job metadata).
+    """
+
+    name: str = "dft stage"
+    spec: dict = field(default_factory=lambda: DftSpec.model_validate({}).model_dump())
+    campaign: str | None = None
+    iteration: int | None = None
+
+    def make(self, candidate_ids: list[str] | Any) -> Job:
+        """Return the fan-out job (``candidate_ids`` may be an upstream job's output)."""
+        spec = DftSpec.model_validate(self.spec).model_dump()
+        j = dft_fanout(candidate_ids, spec, self.campaign, self.iteration)
+        j.name = self.name
+        j.update_metadata(_metadata(None, self.campaign, self.iteration))
+        return j

@@ -1,0 +1,54 @@
+"""``cspflow dft relax``: CIFs + summary.json, --json, and the one-line error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from cspflow.cli.main import main
+
+FAKE_VASP = Path(__file__).with_name("fake_vasp.py")
+
+
+def _cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0)
+
+
+def test_dft_cli_vasp_relax_writes_cif_and_summary(settings, tmp_path, monkeypatch, capsys):
+    from cspflow.settings import get_settings
+
+    monkeypatch.setenv("CSPFLOW_VASP_CMD", f"{sys.executable} {FAKE_VASP}")
+    get_settings.cache_clear()
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.62), ["Cu"], [[0, 0, 0]])
+    cu.translate_sites([0], [0.01, 0, 0])
+    cu.to(filename=str(tmp_path / "cu.cif"))
+    out = tmp_path / "out"
+    code = _cli(
+        ["dft", "relax", str(tmp_path / "cu.cif"), "--engine", "vasp", "--potcar-spec",
+         "--out", str(out), "--json"]
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert printed == json.loads(json.dumps(summary))
+    row = summary["results"][0]
+    assert summary["engine"] == "vasp" and summary["preset"] == "mp"
+    assert row["status"] == "converged" and row["energy_per_atom"] < 0
+    assert row["wall_time_s"] > 0
+    relaxed = Structure.from_file(row["cif"])
+    assert relaxed.composition.reduced_formula == "Cu" and len(relaxed) == 4
+
+
+def test_dft_cli_vasp_without_command_is_one_line(settings, tmp_path, capsys):
+    Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]]).to(filename=str(tmp_path / "cu.cif"))
+    code = _cli(["dft", "relax", str(tmp_path / "cu.cif"), "--engine", "vasp", "--out",
+                 str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err and "CSPFLOW_VASP_CMD" in err
