@@ -1,15 +1,105 @@
-"""``cspflow results ...``: placeholder until its stage lands."""
+"""``cspflow results hull|top NAME``: what a campaign found."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from cspflow.cli.common import not_built
+from cspflow.cli.common import JsonOpt, print_json
 
-app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app = typer.Typer(no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="Campaign name.")]
 
 
-@app.callback()
-def _placeholder() -> None:
-    """Not built yet."""
-    not_built("results")
+def _campaign(db, name: str) -> dict:
+    from cspflow.errors import CspflowError
+
+    doc = db.campaigns.find_one({"name": name}, {"_id": 0, "chemsys": 1, "name": 1})
+    if doc is None:
+        names = sorted(db.campaigns.distinct("name"))
+        raise CspflowError(f"no campaign named {name!r}; known: {', '.join(names) or 'none'}")
+    return doc
+
+
+@app.command("hull")
+def hull(
+    name: NameArg,
+    plot: Annotated[Path | None, typer.Option(help="Write the hull plot (PNG) here.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The latest convex hull of the campaign's chemical system, as a table or JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cspflow.errors import CspflowError
+    from cspflow.hull import latest_hull, plot_hull
+    from cspflow.store import get_database
+
+    db = get_database()
+    chemsys = _campaign(db, name)["chemsys"]
+    doc = latest_hull(db, chemsys)
+    if doc is None:
+        raise CspflowError(f"no hull yet for {chemsys}: campaign {name!r} has no relaxed structures")
+    if plot is not None:
+        plot_hull(doc, plot)
+    entries = sorted(doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))
+    if json_out:
+        print_json({"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+                    "complete": doc["complete"], "stable": doc["stable"],
+                    "stable_formulas": doc["stable_formulas"], "entries": entries,
+                    "plot": str(plot) if plot else None})  # fmt: skip
+        return
+    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
+                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
+    for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
+        t.add_column(col)
+    for e in entries:
+        ef = e.get("formation_energy_per_atom")
+        t.add_row(e["entry_id"], e["formula"], f"{e['energy_per_atom']:.4f}",
+                  "-" if ef is None else f"{ef:.4f}", f"{e['e_above_hull'] * 1000:.1f}",
+                  "yes" if e["entry_id"] in doc["stable"] else "")  # fmt: skip
+    Console().print(t)
+    if plot is not None:
+        typer.echo(f"plot: {plot}")
+
+
+@app.command("top")
+def top(
+    name: NameArg,
+    n: Annotated[int, typer.Option("-n", help="How many structures.", min=1)] = 10,
+    cif: Annotated[Path | None, typer.Option(help="Write each structure as a CIF here.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The lowest-energy unique structures (best fidelity), ranked by E above hull.
+
+    ``--json`` prints ``{"schema_version": 1, "structures": [...]}``; see docs/results.md.
+    """
+    from cspflow.cli.campaign import _top_json, _top_table
+    from cspflow.store import get_database, top_structures
+
+    db = get_database()
+    _campaign(db, name)
+    rows = top_structures(db, name, n=n)
+    if cif is not None:
+        from pymatgen.core import Structure
+
+        cif.mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            path = cif / f"{r['rank']:03d}_{r['formula']}_{r['candidate_id']}.cif"
+            Structure.from_dict(r["structure"]).to(filename=str(path))
+            r["cif"] = str(path)
+    if json_out:
+        data = _top_json(rows)
+        if cif is not None:
+            for rec, r in zip(data["structures"], rows, strict=True):
+                rec["cif"] = r["cif"]
+        print_json(data)
+        return
+    from rich.console import Console
+
+    Console().print(_top_table(rows, f"{name}: lowest-energy unique structures"))
+    if cif is not None:
+        typer.echo(f"{len(rows)} CIF file(s) in {cif}")
