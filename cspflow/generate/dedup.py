@@ -1,9 +1,13 @@
 """Database-wide deduplication: fingerprint buckets + StructureMatcher within a bucket.
 
-A lookup reads one bucket (``candidates.bucket``, a multikey index), keeps the stored
-fingerprints within :data:`~cspflow.generate.fingerprint.FP_TOLERANCE` and confirms with
-pymatgen's StructureMatcher (ltol 0.2, stol 0.3, angle_tol 5, scale=True, primitive cells), so
-its cost does not grow with the number of stored structures.
+Every stored form of a candidate (the generated structure, and relaxed ones) has a small
+document in ``fingerprints``: candidate id, level, formula, symmetry, bucket keys and the
+fingerprint vector, no structure. A lookup reads one bucket there (``fingerprints.bucket``, a
+multikey index), keeps the fingerprints within
+:data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and only for those fetches the structure
+from ``candidates`` and confirms with pymatgen's StructureMatcher (ltol 0.2, stol 0.3,
+angle_tol 5, scale=True, primitive cells). The server reads each matching document whole, so
+keeping the bucket's documents small is what keeps a lookup fast as the store grows.
 
 Registration is atomic across processes: a writer takes a lock document (``dedup_locks``, keyed
 by ``_id``, so the server's own unique ``_id`` index arbitrates) for every bucket its structure
@@ -54,6 +58,7 @@ __all__ = [
     "register",
     "register_relaxed",
     "candidate_document",
+    "fingerprint_document",
 ]
 
 MATCHER_KWARGS: dict[str, Any] = {
@@ -66,6 +71,7 @@ MATCHER_KWARGS: dict[str, Any] = {
 }
 LEVELS = ("mlip", "dft")
 LOCKS = "dedup_locks"
+FINGERPRINTS = "fingerprints"
 LOCK_STALE_S = 120.0
 LOCK_WAIT_S = 60.0
 
@@ -98,10 +104,6 @@ def content_hash(structure: Structure) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _close(fp: Fingerprint, vector: Any) -> float:
-    return fingerprint_distance(fp.vector, vector) if vector is not None else float("inf")
-
-
 # ---------------------------------------------------------------------------------------------
 # in-memory index (batches without a database, and the CLI's default)
 
@@ -122,7 +124,7 @@ class MemoryIndex:
         hits = []
         for cid in self._buckets.get(fp.query_key(), []):
             other_fp, other = self._items[cid]
-            d = _close(fp, other_fp.vector)
+            d = fingerprint_distance(fp.vector, other_fp.vector)
             if d <= FP_TOLERANCE:
                 hits.append((d, cid, other))
         for _, cid, other in sorted(hits, key=lambda h: h[0]):
@@ -195,13 +197,49 @@ def candidate_document(
     return doc.model_dump()
 
 
-_FP_FIELDS = ["fingerprint"] + [f"dedup_forms.{lv}.fingerprint" for lv in LEVELS]
+def fingerprint_document(
+    candidate_id: str, level: str, structure: Structure, fp: Fingerprint
+) -> dict[str, Any]:
+    """Build the ``fingerprints`` document of one stored form of a candidate.
+
+    Small on purpose (no structure): a lookup reads every document of one bucket, and the
+    server reads each document whole. The vector is stored as
+    little-endian float32 bytes, which the server and the client handle as one value.
+    """
+    from bson import Binary
+
+    return {
+        "_id": f"{candidate_id}|{level}",
+        "candidate_id": candidate_id,
+        "level": level,
+        "formula": fp.formula,
+        "chemsys": fp.chemsys,
+        "spacegroup": fp.spacegroup,
+        "nprim": fp.nprim,
+        "nsites": len(structure),
+        "bucket": fp.buckets(),
+        "fp": Binary(np.asarray(fp.vector, dtype="<f4").tobytes()),
+    }
 
 
-def _forms(doc: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    yield "initial", doc.get("fingerprint")
-    for lv in LEVELS:
-        yield lv, (doc.get("dedup_forms") or {}).get(lv, {}).get("fingerprint")
+def _close_hits(fp: Fingerprint, docs: list[dict[str, Any]]) -> list[tuple[float, str, str]]:
+    """(distance, candidate id, level) of the documents within FP_TOLERANCE, closest first."""
+    want = np.asarray(fp.vector, dtype=float)
+    rows = [d for d in docs if len(d["fp"]) == 4 * want.size]
+    if not rows:
+        return []
+    vecs = np.frombuffer(b"".join(d["fp"] for d in rows), dtype="<f4").reshape(len(rows), -1)
+    dist = np.sqrt(np.mean((vecs - want) ** 2, axis=1))
+    hits = [(float(x), d["candidate_id"], d["level"]) for x, d in zip(dist, rows, strict=True)]
+    return sorted(h for h in hits if h[0] <= FP_TOLERANCE)
+
+
+def _stored_structure(db: Database, candidate_id: str, level: str) -> Structure | None:
+    field = "structure" if level == "initial" else f"dedup_forms.{level}.structure"
+    data: Any = db["candidates"].find_one({"candidate_id": candidate_id}, {"_id": 0, field: 1})
+    for part in field.split("."):
+        data = (data or {}).get(part)
+    return Structure.from_dict(data) if data else None
 
 
 def find_duplicate(
@@ -212,8 +250,11 @@ def find_duplicate(
 ) -> str | None:
     """Return the id of a stored candidate that is the same structure, or None.
 
-    Matches against every stored form: the generated structure and any relaxed structure filed
-    with :func:`register_relaxed`. Works across campaigns.
+    Reads one bucket of the small ``fingerprints`` collection, keeps the fingerprints within
+    :data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and fetches from ``candidates`` only
+    those structures, closest first, for StructureMatcher. Matches against every stored form:
+    the generated structure and any relaxed structure filed with :func:`register_relaxed`.
+    Works across campaigns.
 
     Parameters
     ----------
@@ -227,26 +268,13 @@ def find_duplicate(
         A candidate id to ignore (the structure's own document).
     """
     fp = fp or fingerprint(structure)
-    coll = db["candidates"]
     query: dict[str, Any] = {"bucket": fp.query_key()}
     if exclude is not None:
         query["candidate_id"] = {"$ne": exclude}
-    projection = {"_id": 0, "candidate_id": 1, **{f: 1 for f in _FP_FIELDS}}
-    hits = []
-    for doc in coll.find(query, projection):
-        for form, vector in _forms(doc):
-            d = _close(fp, vector)
-            if d <= FP_TOLERANCE:
-                hits.append((d, doc["candidate_id"], form))
-    for _, cid, form in sorted(hits, key=lambda h: h[0]):
-        field = "structure" if form == "initial" else f"dedup_forms.{form}.structure"
-        stored = coll.find_one({"candidate_id": cid}, {"_id": 0, field: 1})
-        data = (
-            stored.get("structure")
-            if form == "initial"
-            else stored["dedup_forms"][form]["structure"]
-        )
-        if structures_match(structure, Structure.from_dict(data)):
+    docs = list(db[FINGERPRINTS].find(query, {"_id": 0, "candidate_id": 1, "level": 1, "fp": 1}))
+    for _, cid, level in _close_hits(fp, docs):
+        stored = _stored_structure(db, cid, level)
+        if stored is not None and structures_match(structure, stored):
             return cid
     return None
 
@@ -327,6 +355,9 @@ def register(
             if same is None:
                 raise
             return same["candidate_id"], False
+        # After the candidate, so a lookup never meets a fingerprint without its structure.
+        fdoc = fingerprint_document(doc["candidate_id"], "initial", structure, fp)
+        db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
     return doc["candidate_id"], True
 
 
@@ -335,8 +366,9 @@ def register_relaxed(
 ) -> str | None:
     """File a candidate's relaxed structure for deduplication; return a duplicate's id or None.
 
-    The relaxed form is stored under ``dedup_forms.<level>`` (fingerprint and structure) and its
-    buckets are added to the candidate's ``bucket`` list, so later lookups match it too.
+    The relaxed structure is stored under the candidate's ``dedup_forms.<level>`` and its
+    fingerprint in ``fingerprints`` (replacing an earlier one of the same level), so later
+    lookups match it too.
 
     Parameters
     ----------
@@ -371,9 +403,10 @@ def register_relaxed(
                         "spacegroup": fp.spacegroup,
                     }
                 },
-                "$addToSet": {"bucket": {"$each": keys}},
             },
         )
+        fdoc = fingerprint_document(candidate_id, level, structure, fp)
+        db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
     return dup
 
 

@@ -9,7 +9,7 @@ treats such structures as the same, and so does cspflow).
 
 The bucket keys make lookups O(1) in the number of stored structures: a key is the reduced
 formula, the space group and the number of atoms in the primitive cell (spglib, ``symprec``
-0.1), and the cell of the fingerprint's projections on three fixed unit vectors. A difference of
+0.1), and the cell of the fingerprint's projections on four fixed unit vectors. A difference of
 RMS size ``t`` between two D-component fingerprints projects on a unit direction with a
 standard deviation of about ``t``, so a stored structure is also filed under the neighbouring
 cell whenever it lies within :data:`PROJ_RADIUS` (three tolerances) of a cell boundary. A
@@ -45,7 +45,7 @@ R_MIN, R_MAX, DR, SIGMA = 0.3, 2.8, 0.1, 0.05
 #: fingerprints closer than this (RMS over components) are checked with StructureMatcher
 FP_TOLERANCE = 0.25
 #: projections in a bucket key; the radius a stored structure reaches into neighbouring cells
-N_PROJ, PROJ_RADIUS, CELL_WIDTH = 3, 3 * FP_TOLERANCE, 3 * 3 * FP_TOLERANCE
+N_PROJ, PROJ_RADIUS, CELL_WIDTH = 4, 3 * FP_TOLERANCE, 3 * 3 * FP_TOLERANCE
 SYMPREC = 0.1
 
 

@@ -236,3 +236,87 @@ def test_mutation_takes_parents_from_lowest_energy_candidates(db, structures):
         doc = db.candidates.find_one({"candidate_id": cid})
         assert doc["source"] == "mutation" and doc["parent_ids"]
         assert set(doc["parent_ids"]) <= {p.candidate_id for p in parents}
+
+
+_NEAR_WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from pymatgen.core import Structure
+    from pymatgen.core.operations import SymmOp
+    import cspflow.generate.dedup as dedup
+    from cspflow.store import get_database
+    rank, start, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+    structures = [Structure.from_dict(d) for d in json.load(open(path))]
+    db = get_database()
+    lookup = dedup.find_duplicate
+
+    def slow_lookup(*args, **kwargs):
+        # A writer that is slow between its lookup and its insert: without the bucket locks
+        # every worker misses and inserts.
+        found = lookup(*args, **kwargs)
+        time.sleep(0.4)
+        return found
+
+    dedup.find_duplicate = slow_lookup
+    rng = np.random.default_rng(rank)
+    out = []
+    for s in structures:
+        s = s.copy()
+        s.apply_operation(SymmOp.from_axis_angle_and_translation([1, rank, 2], 20.0 * rank))
+        s = Structure(s.lattice, s.species, s.cart_coords + rng.normal(0, 0.01, (len(s), 3)),
+                      coords_are_cartesian=True)
+        while time.time() < start:
+            time.sleep(0.001)
+        out.append(dedup.register(db, s, source="race"))
+        start += 2.0
+    print(json.dumps(out))
+    """
+)
+
+
+def test_concurrent_near_duplicates_store_one(db, settings, tmp_path, structures):
+    """Rattled copies differ in fingerprint_hash, so only the bucket locks keep them apart."""
+    import time
+
+    from cspflow.generate.fingerprint import fingerprint
+
+    chosen = [structures["random_sto"], structures["spinel"]]
+    rng = np.random.default_rng(0)
+    for s in chosen:  # the noise really defeats the unique (chemsys, fingerprint_hash) index
+        noise = rng.normal(0, 0.01, (len(s), 3))
+        noisy = Structure(s.lattice, s.species, s.cart_coords + noise, coords_are_cartesian=True)
+        assert fingerprint(noisy).hash() != fingerprint(s).hash()
+    path = tmp_path / "structures.json"
+    path.write_text(json.dumps([s.as_dict() for s in chosen]))
+    script = tmp_path / "worker.py"
+    script.write_text(_NEAR_WORKER)
+    start = time.time() + 8.0
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(start), str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(1, 4)]  # fmt: skip
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for k in range(len(chosen)):
+        assert len({r[k][0] for r in results}) == 1 and sum(r[k][1] for r in results) == 1, k
+    assert db.candidates.count_documents({}) == len(chosen)
+    assert db.fingerprints.count_documents({}) == len(chosen)
+    assert db.dedup_locks.count_documents({}) == 0
+
+
+def test_fingerprints_collection_holds_one_small_document_per_form(db, structures):
+    cid, _ = register(db, structures["spinel"], source="test")
+    doc = db.fingerprints.find_one({"candidate_id": cid})
+    assert doc["level"] == "initial" and doc["formula"] == "MgAl2O4" and doc["nsites"] == 14
+    assert "structure" not in doc and doc["bucket"] == fingerprint(structures["spinel"]).buckets()
+    relaxed = structures["spinel"].copy()
+    relaxed.scale_lattice(relaxed.volume * 1.02)
+    for _ in range(2):  # filing the same level again replaces its document
+        assert register_relaxed(db, cid, relaxed, "mlip") is None
+    assert sorted(d["level"] for d in db.fingerprints.find({"candidate_id": cid})) == [
+        "initial",
+        "mlip",
+    ]
