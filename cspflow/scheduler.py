@@ -192,7 +192,11 @@ def run_worker(
     base = Path(launch_dir or settings.runs_dir) / category
     base.mkdir(parents=True, exist_ok=True)
     before = lp.launches.count_documents({"fworker.category": category})
-    with _jobflow_store_env(settings):
+    import contextlib
+    import sys
+
+    # job logs go to stderr so that stdout stays clean for --json output
+    with _jobflow_store_env(settings), contextlib.redirect_stdout(sys.stderr):
         rapidfire(
             lp,
             fworker=fworker,

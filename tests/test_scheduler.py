@@ -161,3 +161,23 @@ def test_concurrent_workers_run_every_firework_exactly_once(settings):
     assert all(c == 1 for c in per_fw.values()) and len(per_fw) == n
     assert all(len(f["launches"]) == 1 for f in fws)
     assert len(workers_used) >= 2
+
+
+def test_worker_check_cli_reports_who_ran_what(settings):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "worker", "check", "--json"],
+                          env=env_for(settings), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["workflow_state"] == "COMPLETED"
+    assert {(fw["stage"], fw["category"], fw["ran_on"]) for fw in report["fireworks"]} == {
+        ("generate", "cpu", "cpu"), ("prerelax", "gpu", "gpu")}  # fmt: skip
+    assert report["launches"] == {"cpu": 1, "gpu": 1}
+
+
+def test_unknown_worker_category_is_one_line(settings):
+    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "worker", "start", "-c", "tpu"],
+                          env=env_for(settings), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown worker category 'tpu'; use --category gpu or --category cpu"
