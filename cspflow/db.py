@@ -152,8 +152,13 @@ def _check_data_dir(data_dir: Path) -> None:
         ) from None
 
 
-def start_server(settings: CspflowSettings | None = None, timeout: float = 30.0) -> ServerInfo:
+def start_server(
+    settings: CspflowSettings | None = None, timeout: float = 30.0, bound_to_caller: bool = False
+) -> ServerInfo:
     """Start the embedded server as a daemon (or return the one already running).
+
+    With ``bound_to_caller`` (test sessions) the server is killed when the calling process dies,
+    so an interrupted test run leaves no server behind.
 
     Raises
     ------
@@ -200,6 +205,7 @@ def start_server(settings: CspflowSettings | None = None, timeout: float = 30.0)
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=data_dir,
+            preexec_fn=_die_with_parent if bound_to_caller else None,
         )
     uri = f"mongodb://{host}:{port}/?directConnection=true"
     deadline = time.monotonic() + timeout
@@ -218,6 +224,12 @@ def start_server(settings: CspflowSettings | None = None, timeout: float = 30.0)
         time.sleep(0.1)
     proc.terminate()
     raise CspflowError(f"the embedded database did not answer within {timeout:.0f} s (log: {log_file})")
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _last_error_line(log_file: Path) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fireworks import FWorker, LaunchPad
 from pymongo import ReturnDocument
 
+from cspflow.db import _die_with_parent
 from cspflow.stages import category_for
 
 if TYPE_CHECKING:
@@ -230,17 +231,6 @@ class _jobflow_store_env:
         SETTINGS.JOB_STORE = self._old
 
 
-def _die_with_parent() -> None:
-    """Make a worker subprocess die when the process that started it dies (Linux prctl)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class LocalWorkers:
     """A cpu and a gpu rapidfire worker as subprocesses of this process (``campaign run``).
 
@@ -282,7 +272,7 @@ class LocalWorkers:
                  category, "--sleep", str(self.sleep), "--name",
                  f"{socket.gethostname()}-{category}-local"],
                 env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # a killed `campaign run` leaves no worker
             )  # fmt: skip
 
     def stop(self) -> None:

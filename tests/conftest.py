@@ -24,7 +24,7 @@ def db_server(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("cspflow-data")
     settings = CspflowSettings(data_dir=data_dir, db_uri=None, db_port=0)
-    info = start_server(settings)
+    info = start_server(settings, bound_to_caller=True)
     yield info
     stop_server(settings)
 
