@@ -1,0 +1,151 @@
+"""MLIP relaxations per second: one batched prerelax job vs one job per structure.
+
+Makes N random 8-20 atom candidates (strained, rattled supercells of Si, NaCl, MgO and SrTiO3
+prototypes), then relaxes them
+
+* batched: the model loaded once, all structures relaxed in lock step with batched evaluation
+  (what one ``PrerelaxMaker`` job does);
+* one by one: a jobflow job per structure, run with ``run_locally`` (the per-job overhead a
+  FireWorks launch adds), each job loading the model and relaxing its one structure;
+
+and prints both rates and their ratio, measured in one run.
+
+    .venv/bin/python bench/bench_prerelax.py [--n 64] [--model chgnet] [--max-steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def candidates(n: int, seed: int = 0):
+    """``n`` random 8-20 atom structures from perturbed prototype supercells."""
+    from ase.build import bulk
+    from ase.spacegroup import crystal
+
+    sto = crystal(
+        ["Sr", "Ti", "O"],
+        basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)],
+        spacegroup=221,
+        cellpar=[3.905, 3.905, 3.905, 90, 90, 90],
+    )
+    protos = [
+        (bulk("Si", "diamond", 5.43, cubic=True), [(1, 1, 1), (1, 1, 2)]),  # 8, 16
+        (bulk("NaCl", "rocksalt", 5.64, cubic=True), [(1, 1, 1), (1, 1, 2)]),  # 8, 16
+        (bulk("MgO", "rocksalt", 4.21), [(2, 2, 2), (2, 2, 1)]),  # 16, 8
+        (sto, [(2, 1, 1), (3, 1, 1), (2, 2, 1)]),  # 10, 15, 20
+    ]
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        proto, reps = protos[k % len(protos)]
+        atoms = proto.repeat(reps[rng.integers(len(reps))])
+        strain = np.eye(3) * rng.uniform(0.95, 1.08) + rng.normal(0, 0.02, (3, 3))
+        atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+        atoms.positions += rng.normal(0, 0.12, atoms.positions.shape)
+        atoms.info.clear()  # ase.spacegroup.crystal leaves a Spacegroup object there
+        out.append(atoms)
+    return out
+
+
+def one_structure_job(atoms_dict: dict, model: str, fmax: float, max_steps: int) -> dict:
+    """The job-per-structure path: load the model, relax one structure, unbatched."""
+    from ase import Atoms
+
+    from cspflow.mlip import load_model
+    from cspflow.prerelax import relax_structures
+
+    mlip = load_model(model)
+    (o,) = relax_structures(
+        [Atoms.fromdict(atoms_dict)], mlip, fmax=fmax, max_steps=max_steps, batched=False
+    )
+    return {"steps": o.steps, "ok": o.ok, "energy_per_atom": o.energy_per_atom}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=64, help="number of candidates")
+    p.add_argument("--model", default="chgnet", help="model spec (chgnet, mace:PATH, ...)")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--max-steps", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    args = p.parse_args(argv)
+
+    import torch
+    from jobflow import Job, JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    from cspflow.mlip import load_model
+    from cspflow.prerelax import relax_structures
+
+    structs = candidates(args.n)
+    sizes = [len(a) for a in structs]
+
+    t0 = time.perf_counter()
+    mlip = load_model(args.model)
+    outs = relax_structures(structs, mlip, fmax=args.fmax, max_steps=args.max_steps, batched=True)
+    t_batched = time.perf_counter() - t0
+    steps_batched = sum(o.steps for o in outs)
+
+    store = JobStore(MemoryStore())
+    t0 = time.perf_counter()
+    single = []
+    for atoms in structs:
+        job = Job(
+            one_structure_job,
+            function_args=(atoms.todict(), args.model, args.fmax, args.max_steps),
+            metadata={"stage": "prerelax"},
+        )
+        res = run_locally(job, store=store, log=False, ensure_success=True)
+        single.append(res[job.uuid][1].output)
+    t_single = time.perf_counter() - t0
+    steps_single = sum(s["steps"] for s in single)
+
+    result = {
+        "n": args.n,
+        "atoms_min_max": [min(sizes), max(sizes)],
+        "model": mlip.model_id,
+        "device": mlip.device,
+        "torch_threads": torch.get_num_threads(),
+        "max_steps": args.max_steps,
+        "batched": {
+            "wall_s": round(t_batched, 2),
+            "relaxations_per_s": round(args.n / t_batched, 4),
+            "steps": steps_batched,
+            "ok": sum(o.ok for o in outs),
+        },
+        "one_job_per_structure": {
+            "wall_s": round(t_single, 2),
+            "relaxations_per_s": round(args.n / t_single, 4),
+            "steps": steps_single,
+            "ok": sum(s["ok"] for s in single),
+        },
+        "speedup": round(t_single / t_batched, 2),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        b, s = result["batched"], result["one_job_per_structure"]
+        print(
+            f"{args.n} candidates ({min(sizes)}-{max(sizes)} atoms), {mlip.model_id} on "
+            f"{mlip.device}, fmax {args.fmax}, max_steps {args.max_steps}"
+        )
+        print(
+            f"batched (1 job, model loaded once): {b['relaxations_per_s']:.4f} relax/s "
+            f"({b['wall_s']} s, {b['steps']} steps, {b['ok']} ok)"
+        )
+        print(
+            f"one job per structure (run_locally): {s['relaxations_per_s']:.4f} relax/s "
+            f"({s['wall_s']} s, {s['steps']} steps, {s['ok']} ok)"
+        )
+        print(f"ratio batched / one-by-one: {result['speedup']}x")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,115 @@
+"""Documents of the MLIP pre-relaxation and selection stages.
+
+``relaxed.mlip`` on a candidate document is a :class:`MlipRelaxDoc`; a prerelax job returns a
+:class:`PrerelaxSummary` and a select job a :class:`SelectionSummary` (small: ids and counts,
+never structures).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "RelaxFilters",
+    "CommitteeDoc",
+    "MlipRelaxDoc",
+    "PrerelaxSummary",
+    "SelectionSummary",
+]
+
+SCHEMA_VERSION = "1"
+
+
+class RelaxFilters(BaseModel):
+    """Safety filters applied before and during an MLIP relaxation.
+
+    A candidate that trips one is marked failed with the reason; the batch goes on.
+    """
+
+    isolated_distance: float = Field(
+        6.0, description="An atom with no neighbour within this distance (A) is isolated."
+    )
+    min_distance_ratio: float = Field(
+        0.5,
+        description="Two atoms closer than this fraction of the sum of their covalent radii "
+        "overlap (checked before and every check_every steps during relaxation).",
+    )
+    max_force: float = Field(
+        500.0, description="Largest allowed force component norm on any atom (eV/A)."
+    )
+    max_energy_drop_per_atom: float = Field(
+        10.0,
+        description="Largest allowed energy drop per atom from the starting structure (eV/atom): "
+        "more means the model fell into an unphysical hole.",
+    )
+    max_volume_ratio: float = Field(
+        4.0, description="Volume may change by at most this factor, up or down, from the start."
+    )
+    check_every: int = Field(10, description="Steps between geometry checks during relaxation.")
+
+
+class CommitteeDoc(BaseModel):
+    """Disagreement of a committee of models on the relaxed structure."""
+
+    energy_std: float = Field(description="Std of the energy per atom across models (eV/atom).")
+    force_std: float = Field(
+        description="Max over atoms of the RMS deviation of force vectors from the mean (eV/A)."
+    )
+    model_ids: list[str] = Field(default_factory=list, description="Committee members.")
+
+
+class MlipRelaxDoc(BaseModel):
+    """The ``relaxed.mlip`` sub-document of a candidate."""
+
+    structure: dict[str, Any] | None = Field(
+        None, description="Relaxed (or last) structure, pymatgen Structure.as_dict()."
+    )
+    energy_per_atom: float | None = Field(None, description="MLIP energy per atom (eV).")
+    spacegroup: str | None = Field(None, description="Space group symbol after relaxation.")
+    steps: int = Field(0, description="Optimizer steps taken.")
+    converged: bool = Field(False, description="Whether max force fell below fmax.")
+    fmax: float | None = Field(None, description="Final max force incl. cell (eV/A).")
+    model_id: str = Field(description="Model that relaxed it.")
+    optimizer: str = Field("FIRE", description="FIRE or BFGS (with FrechetCellFilter).")
+    committee: CommitteeDoc | None = Field(None, description="Committee disagreement, if any.")
+    key: str = Field(description="Content hash of structure + settings + model id.")
+    device: str | None = Field(None, description="cpu or cuda.")
+    wall_s: float | None = Field(None, description="Wall time of the batch it belonged to (s).")
+    schema_version: str = SCHEMA_VERSION
+
+
+class PrerelaxSummary(BaseModel):
+    """What a prerelax job returns: counts and ids, no structures."""
+
+    model_id: str = Field(description="Model that relaxed the batch.")
+    device: str = Field(description="cpu or cuda.")
+    batched: bool = Field(description="Whether the model evaluated the batch in one pass.")
+    n_candidates: int = Field(description="Candidates in the batch.")
+    relaxed: list[str] = Field(default_factory=list, description="Ids relaxed in this run.")
+    reused: list[str] = Field(
+        default_factory=list, description="Ids whose stored result had the same key (not redone)."
+    )
+    failed: dict[str, str] = Field(default_factory=dict, description="Id -> failure reason.")
+    duplicates: dict[str, str] = Field(
+        default_factory=dict, description="Id -> id of the candidate it relaxed into."
+    )
+    lowest: dict[str, float] = Field(
+        default_factory=dict, description="Reduced formula -> lowest energy per atom (eV)."
+    )
+    wall_s: float = Field(0.0, description="Wall time of the job (s).")
+    schema_version: str = SCHEMA_VERSION
+
+
+class SelectionSummary(BaseModel):
+    """What a select job returns."""
+
+    selected: list[str] = Field(default_factory=list, description="Ids sent on to DFT.")
+    reasons: dict[str, Literal["lowest", "uncertain"]] = Field(
+        default_factory=dict, description="Id -> why it was selected."
+    )
+    by_formula: dict[str, list[str]] = Field(
+        default_factory=dict, description="Reduced formula -> selected ids, lowest energy first."
+    )
+    schema_version: str = SCHEMA_VERSION

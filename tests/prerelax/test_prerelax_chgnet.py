@@ -1,0 +1,239 @@
+"""The prerelax stage with CHGNet (weights ship in its wheel): science, filters, database, jobs."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.spacegroup import crystal
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from cspflow.errors import CspflowError
+from cspflow.prerelax import (
+    PrerelaxMaker,
+    SelectMaker,
+    prerelax_candidates,
+    relax_structures,
+    select_candidates,
+)
+from cspflow.stages import category_for
+
+EXPERIMENT = {"Si": 5.43, "NaCl": 5.64, "SrTiO3": 3.905}  # conventional cubic lattice constants
+
+
+def perovskite(a: float = 3.905) -> Atoms:
+    return crystal(
+        ["Sr", "Ti", "O"],
+        basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)],
+        spacegroup=221,
+        cellpar=[a, a, a, 90, 90, 90],
+    )
+
+
+def start_structures() -> list[Atoms]:
+    """Si, NaCl and SrTiO3 strained away from experiment, so the cell has to relax."""
+    return [bulk("Si", "diamond", 5.20), bulk("NaCl", "rocksalt", 5.95), perovskite(3.75)]
+
+
+def cubic_constant(structure) -> float:
+    """Conventional cubic lattice constant from the volume per formula unit."""
+    formula = structure.composition.reduced_formula
+    z = structure.composition.get_reduced_composition_and_factor()[1]
+    per_cell = {"Si": 8, "NaCl": 4, "SrTiO3": 1}[formula]  # formula units per cubic cell
+    return (structure.volume / z * per_cell) ** (1 / 3)
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from cspflow.mlip import load_model
+
+    return load_model("chgnet", device="cpu")
+
+
+def candidate_doc(structure, campaign="t", iteration=0, cid=None) -> dict:
+    """A minimal ``candidates`` document as the generate stage writes it."""
+    from pymatgen.core import Structure
+
+    if not isinstance(structure, Structure):
+        structure = AseAtomsAdaptor.get_structure(structure)
+    comp = structure.composition
+    return {
+        "candidate_id": cid or f"{comp.reduced_formula}-{uuid.uuid4().hex[:8]}",
+        "campaign": campaign,
+        "iteration": iteration,
+        "composition": {el.symbol: float(n) for el, n in comp.items()},
+        "formula": comp.reduced_formula,
+        "chemsys": comp.chemical_system,
+        "nsites": len(structure),
+        "structure": structure.as_dict(),
+        "spacegroup": None,
+        "fingerprint_hash": uuid.uuid4().hex,  # unique (chemsys, fingerprint_hash) index
+        "bucket": [],
+        "status": "generated",
+        "energy_per_atom": {"mlip": None, "dft": None},
+        "failure_reason": None,
+    }
+
+
+@pytest.mark.slow
+def test_chgnet_lattice_constants_within_two_percent_of_experiment(chgnet):
+    outs = relax_structures(start_structures(), chgnet, fmax=0.02, max_steps=200)
+    for out in outs:
+        assert out.ok and out.converged, out.failure_reason
+        formula = out.structure.composition.reduced_formula
+        a = cubic_constant(out.structure)
+        assert abs(a / EXPERIMENT[formula] - 1) < 0.02, (formula, a)
+    spacegroups = [o.spacegroup for o in outs]
+    assert spacegroups == ["Fd-3m", "Fm-3m", "Pm-3m"]
+    energies = [o.energy_per_atom for o in outs]
+    # CHGNet (MP-compatible) energies per atom: Si -5.4, NaCl -3.7, SrTiO3 -8.4 eV/atom
+    assert np.allclose(energies, [-5.4, -3.7, -8.4], atol=0.15), energies
+
+
+def test_batched_and_one_by_one_evaluation_agree(chgnet):
+    structs = [bulk("Si", "diamond", 5.3), perovskite(3.8)]
+    batched = chgnet.evaluate(structs, batched=True)
+    single = chgnet.evaluate(structs, batched=False)
+    for b, s in zip(batched, single, strict=True):
+        assert b.energy == pytest.approx(s.energy, abs=1e-4)
+        assert np.allclose(b.forces, s.forces, atol=1e-4)
+        assert np.allclose(b.stress, s.stress, atol=1e-5)
+
+
+def test_non_convergence_and_time_limit_fail_the_candidate_only(chgnet):
+    rattled = bulk("NaCl", "rocksalt", 5.6, cubic=True)
+    rattled.rattle(0.2, seed=1)
+    outs = relax_structures([rattled, bulk("Si", "diamond", 5.468)], chgnet, max_steps=2)
+    assert outs[0].failure_reason.startswith("not converged in 2 steps")
+    assert outs[0].structure is not None and outs[0].energy_per_atom is not None
+    assert outs[1].ok
+    timed = relax_structures([rattled], chgnet, max_seconds=0.0)
+    assert timed[0].failure_reason.startswith("time limit")
+
+
+def test_broken_batch_completes_with_reasons(db, chgnet):
+    # a Na-Cl pair and a Na atom 9 A from everything (its own images are 18 A away)
+    lone = Atoms("NaClNa", positions=[[0, 0, 0], [2.8, 0, 0], [9, 9, 9]], cell=[18] * 3, pbc=True)
+    squashed = bulk("NaCl", "rocksalt", 5.64, cubic=True)
+    squashed.positions[1] = squashed.positions[0] + [0.3, 0.2, 0.0]
+    good = [bulk("Si", "diamond", 5.35), bulk("NaCl", "rocksalt", 5.8)]
+    docs = [candidate_doc(s) for s in [lone, *good, squashed]]
+    db["candidates"].insert_many([dict(d) for d in docs])
+    ids = [d["candidate_id"] for d in docs]
+
+    summary = prerelax_candidates(ids, db=db, loaded=chgnet, dedup=False)
+
+    assert set(summary.relaxed) == {ids[1], ids[2]}
+    assert summary.failed[ids[0]].startswith("isolated atom: Na2")
+    assert summary.failed[ids[3]].startswith("overlapping atoms")
+    by_id = {d["candidate_id"]: d for d in db["candidates"].find({}, {"_id": 0})}
+    for cid in ids[1:3]:
+        d = by_id[cid]
+        assert d["status"] == "prerelaxed" and d["failure_reason"] is None
+        mlip = d["relaxed"]["mlip"]
+        assert mlip["converged"] and mlip["model_id"] == "chgnet-0.3.0"
+        assert d["energy_per_atom"]["mlip"] == pytest.approx(mlip["energy_per_atom"])
+        assert mlip["spacegroup"] in ("Fd-3m", "Fm-3m") and mlip["steps"] > 0
+        assert mlip["committee"] is None
+    for cid in (ids[0], ids[3]):
+        d = by_id[cid]
+        assert d["status"] == "failed" and d["failure_reason"] == summary.failed[cid]
+        assert d["energy_per_atom"]["mlip"] is None
+    assert set(summary.lowest) == {"Si", "NaCl"}
+
+
+def test_relaxed_duplicates_are_marked_and_results_reused(db, chgnet):
+    si_a = bulk("Si", "diamond", 5.25)
+    si_b = bulk("Si", "diamond", 5.65)  # relaxes into the same diamond Si
+    si_b.rattle(0.02, seed=3)
+    docs = [candidate_doc(si_a), candidate_doc(si_b)]
+    db["candidates"].insert_many([dict(d) for d in docs])
+    ids = [d["candidate_id"] for d in docs]
+    seen = []
+
+    def find_duplicate(database, cid, structure):
+        seen.append(cid)
+        from cspflow.prerelax import deduplicate_batch
+
+        if len(seen) == 1:
+            find_duplicate.first = (cid, structure)
+            return None
+        return deduplicate_batch([find_duplicate.first, (cid, structure)]).get(cid)
+
+    summary = prerelax_candidates(ids, db=db, loaded=chgnet, find_duplicate=find_duplicate)
+    assert len(summary.duplicates) == 1
+    ((dup, orig),) = summary.duplicates.items()
+    assert {dup, orig} == set(ids)
+    stored = db["candidates"].find_one({"candidate_id": dup})
+    assert stored["duplicate_of"] == orig
+    # lowest-energy copy is looked up first and kept
+    e = {c: db["candidates"].find_one({"candidate_id": c})["energy_per_atom"]["mlip"] for c in ids}
+    assert e[orig] <= e[dup]
+
+    again = prerelax_candidates(ids, db=db, loaded=chgnet, find_duplicate=find_duplicate)
+    assert sorted(again.reused) == sorted(ids) and again.relaxed == []
+
+
+def test_default_dedup_uses_the_index_or_batch_matcher(db, chgnet):
+    docs = [candidate_doc(bulk("Si", "diamond", a)) for a in (5.3, 5.55)]
+    db["candidates"].insert_many([dict(d) for d in docs])
+    ids = [d["candidate_id"] for d in docs]
+    summary = prerelax_candidates(ids, db=db, loaded=chgnet)
+    assert len(summary.duplicates) == 1
+    assert set(summary.duplicates.items()) <= {(ids[0], ids[1]), (ids[1], ids[0])}
+
+
+def test_unknown_ids_and_uncovered_elements_are_user_errors(db, chgnet):
+    with pytest.raises(CspflowError, match="not in the candidates collection"):
+        prerelax_candidates(["nope-123"], db=db, loaded=chgnet)
+    from dataclasses import replace
+
+    si_only = replace(chgnet, elements=frozenset({14}))
+    doc = candidate_doc(bulk("NaCl", "rocksalt", 5.64))
+    db["candidates"].insert_one(dict(doc))
+    with pytest.raises(CspflowError, match=r"does not cover Na, Cl|does not cover Cl, Na"):
+        prerelax_candidates([doc["candidate_id"]], db=db, loaded=si_only)
+    assert db["candidates"].find_one({"candidate_id": doc["candidate_id"]})["status"] == "generated"
+
+
+def test_jobs_carry_stage_metadata_and_route_to_gpu():
+    job = PrerelaxMaker(max_steps=50).make(["a", "b"], campaign="c1", iteration=2)
+    assert job.metadata == {"stage": "prerelax", "campaign": "c1", "iteration": 2}
+    assert category_for(job.metadata["stage"]) == "gpu"
+    assert job.function_args == (["a", "b"],)  # ids only, never structures in the job doc
+    sel = SelectMaker().make("c1", 2)
+    assert sel.metadata["stage"] == "select" and category_for("select") == "cpu"
+    # two jobs never share one metadata dict
+    other = PrerelaxMaker().make(["c"])
+    other.metadata["x"] = 1
+    assert "x" not in job.metadata
+
+
+@pytest.mark.slow
+def test_prerelax_and_select_jobs_run_with_jobflow_on_cpu(db, settings):
+    from jobflow import Flow, run_locally
+
+    assert settings.device == "auto"  # a CPU-only worker still runs the gpu-routed job
+    structs = [bulk("Si", "diamond", 5.3), bulk("Si", "bcc", 3.2), bulk("NaCl", "rocksalt", 5.7)]
+    docs = [candidate_doc(s, campaign="jf", iteration=1) for s in structs]
+    db["candidates"].insert_many([dict(d) for d in docs])
+    ids = [d["candidate_id"] for d in docs]
+    relax_job = PrerelaxMaker(max_steps=150).make(ids, campaign="jf", iteration=1)
+    select_job = SelectMaker(top_k=1, energy_window=0.5).make(
+        "jf", 1, prerelax_outputs=[relax_job.output]
+    )
+    responses = run_locally(Flow([relax_job, select_job]), ensure_success=True)
+    summary = responses[relax_job.uuid][1].output
+    assert summary["n_candidates"] == 3 and summary["device"] == "cpu"
+    selection = responses[select_job.uuid][1].output
+    si_diamond = ids[0]
+    assert selection["by_formula"]["Si"] == [si_diamond]  # diamond is below bcc Si
+    assert selection["by_formula"]["NaCl"] == [ids[2]]
+    statuses = {d["candidate_id"]: d["status"] for d in db["candidates"].find()}
+    assert statuses[si_diamond] == "selected" and statuses[ids[1]] == "prerelaxed"
+    # selecting again gives the same answer (idempotent)
+    again = select_candidates("jf", 1, db=db, top_k=1, energy_window=0.5)
+    assert sorted(again.selected) == sorted(selection["selected"])
