@@ -16,3 +16,42 @@ def take_ids(args: tuple[str, str, int, str]) -> tuple[list[int], list[int]]:
     cls = CspflowLaunchPad if cls_name == "cspflow" else LaunchPad
     lp = cls(host=uri, name=name, uri_mode=True, strm_lvl="ERROR")
     return [lp.get_new_launch_id() for _ in range(n)], [lp.get_new_fw_id() for _ in range(n)]
+
+
+def insert_candidate(
+    db,
+    structure,
+    *,
+    status: str = "selected",
+    mlip_energy: float | None = None,
+    mlip_structure=None,
+    campaign: str = "test",
+    iteration: int = 0,
+) -> str:
+    """Store a minimal candidate document for a stage test; return its id.
+
+    The id doubles as ``fingerprint_hash``, so documents stay unique under the dedup index.
+    """
+    import uuid
+
+    cid = f"c-{uuid.uuid4().hex[:8]}"
+    comp = structure.composition
+    doc = {
+        "candidate_id": cid,
+        "campaign": campaign,
+        "iteration": iteration,
+        "composition": {str(el): float(n) for el, n in comp.items()},
+        "formula": comp.reduced_formula,
+        "chemsys": comp.chemical_system,
+        "fingerprint_hash": cid,
+        "nsites": len(structure),
+        "structure": structure.as_dict(),
+        "status": status,
+        "energy_per_atom": {"mlip": mlip_energy, "dft": None},
+    }
+    if mlip_structure is not None:
+        doc["relaxed"] = {
+            "mlip": {"structure": mlip_structure.as_dict(), "energy_per_atom": mlip_energy}
+        }
+    db["candidates"].insert_one(doc)
+    return cid

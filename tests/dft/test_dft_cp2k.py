@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from jobflow import run_locally
 from pymatgen.core import Lattice, Structure
@@ -11,6 +9,7 @@ from pymatgen.core import Lattice, Structure
 from cspflow.dft.stage import DftStageMaker
 from cspflow.errors import CspflowError
 from cspflow.store import get_jobstore
+from cspflow.testing import insert_candidate
 
 SI8 = [
     [0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0],
@@ -26,22 +25,7 @@ def _si8(shift: float = 0.0) -> Structure:
 
 
 def _add(db, structure: Structure) -> str:
-    cid = f"c-{uuid.uuid4().hex[:8]}"
-    db["candidates"].insert_one(
-        {
-            "candidate_id": cid,
-            "campaign": "test",
-            "iteration": 0,
-            "formula": structure.composition.reduced_formula,
-            "chemsys": structure.composition.chemical_system,
-            "fingerprint_hash": cid,
-            "nsites": len(structure),
-            "structure": structure.as_dict(),
-            "status": "selected",
-            "energy_per_atom": {"mlip": -5.0},
-        }
-    )
-    return cid
+    return insert_candidate(db, structure, mlip_energy=-5.0)
 
 
 def _run(settings, ids, spec, root):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 
 import pytest
 from jobflow import run_locally
@@ -11,6 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from cspflow.dft.stage import DftStageMaker
 from cspflow.store import get_jobstore
+from cspflow.testing import insert_candidate
 
 EXPERIMENT_A = {"Si": 5.431, "NaCl": 5.640}
 
@@ -28,22 +28,7 @@ def _primitive(formula: str, a: float) -> Structure:
 
 
 def _add(db, structure: Structure) -> str:
-    cid = f"c-{uuid.uuid4().hex[:8]}"
-    db["candidates"].insert_one(
-        {
-            "candidate_id": cid,
-            "campaign": "test",
-            "iteration": 0,
-            "formula": structure.composition.reduced_formula,
-            "chemsys": structure.composition.chemical_system,
-            "fingerprint_hash": cid,
-            "nsites": len(structure),
-            "structure": structure.as_dict(),
-            "status": "selected",
-            "energy_per_atom": {"mlip": -4.0},
-        }
-    )
-    return cid
+    return insert_candidate(db, structure, mlip_energy=-4.0)
 
 
 @pytest.mark.slow

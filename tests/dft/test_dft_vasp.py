@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from pymatgen.io.vasp import Incar, Kpoints
 
 from cspflow.dft.stage import DftStageMaker
 from cspflow.store import get_jobstore
+from cspflow.testing import insert_candidate
 
 FAKE_VASP = Path(__file__).with_name("fake_vasp.py")
 
@@ -30,24 +30,7 @@ def _cu(a: float = 3.62, shift: float = 0.01) -> Structure:
 
 
 def _add(db, structure: Structure, mlip_structure: Structure | None = None) -> str:
-    cid = f"c-{uuid.uuid4().hex[:8]}"
-    doc = {
-        "candidate_id": cid,
-        "campaign": "test",
-        "iteration": 0,
-        "composition": structure.composition.as_dict(),
-        "formula": structure.composition.reduced_formula,
-        "chemsys": structure.composition.chemical_system,
-        "fingerprint_hash": cid,
-        "nsites": len(structure),
-        "structure": structure.as_dict(),
-        "status": "selected",
-        "energy_per_atom": {"mlip": -3.0},
-    }
-    if mlip_structure is not None:
-        doc["relaxed"] = {"mlip": {"structure": mlip_structure.as_dict(), "energy_per_atom": -3.0}}
-    db["candidates"].insert_one(doc)
-    return cid
+    return insert_candidate(db, structure, mlip_energy=-3.0, mlip_structure=mlip_structure)
 
 
 @pytest.fixture
