@@ -69,6 +69,11 @@ def get_client(settings: CspflowSettings | None = None) -> MongoClient:
         client.admin.command("ping")
     except Exception as exc:
         kind = type(exc).__name__
+        if getattr(exc, "code", None) == 18:  # AuthenticationFailed
+            raise CspflowError(
+                f"the database at {redact_uri(uri)} refused the credentials (authentication "
+                "failed); check the user, password and authSource in CSPFLOW_DB_URI"
+            ) from None
         raise CspflowError(
             f"cannot reach the database at {redact_uri(uri)} ({kind}); check CSPFLOW_DB_URI, "
             "or unset it to use the embedded server (`cspflow db start`)"
