@@ -1,0 +1,54 @@
+"""An MLIP-only campaign (dft engine none) through FireWorks, then extended by one iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "si-mlip",
+    "compositions": ["Si"],
+    "max_atoms": 2,
+    "generate": {"per_iteration": 3, "sources": {"prototype": 1.0}, "seed": 1},
+    "prerelax": {"model": "chgnet", "max_steps": 100, "batch_size": 8},
+    "select": {"top_k": 2},
+    "dft": {"engine": "none"},
+    "stop": {"max_iterations": 1},
+}
+
+
+def run_cli(*args, env):
+    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
+    spec = tmp_path / "si.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = dict(os.environ, CSPFLOW_DB_URI=settings.db_uri.get_secret_value(),
+               CSPFLOW_DB_NAME=settings.db_name, CSPFLOW_WORK_DIR=str(settings.runs_dir))  # fmt: skip
+    out = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env).stdout)
+    assert out["state"] == "completed" and len(out["iterations"]) == 1
+    first = out["iterations"][0]
+    assert first["hull"]["level"] == "mlip"  # no DFT: the MLIP hull
+    assert db.candidates.count_documents({"relaxed.dft": {"$exists": True}}) == 0
+    best = out["top"]["structures"][0]
+    assert best["level"] == "mlip" and best["e_above_hull"] == 0.0 and best["spacegroup"] in (227, "Fd-3m")
+
+    run_cli("campaign", "extend", "si-mlip", "--iterations", "1", env=env)
+    out2 = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env).stdout)
+    assert [it["iteration"] for it in out2["iterations"]] == [0, 1]
+    assert out2["state"] == "completed"
+    assert db.candidates.count_documents({"campaign": "si-mlip", "iteration": 1}) >= 1
+    # every firework of the extended campaign belongs to one workflow, all completed
+    wf = db.workflows.find_one({"metadata.campaign": "si-mlip"})
+    assert wf["state"] == "COMPLETED" and len(wf["nodes"]) > 8
