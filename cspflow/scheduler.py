@@ -38,6 +38,11 @@ __all__ = [
     "make_fworker",
     "run_worker",
     "FW_CONFIG_DIR",
+    "LocalWorkers",
+    "rerun_lost_local",
+    "submit_campaign",
+    "take_run_lock",
+    "run_campaign_locally",
 ]
 
 FW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "fw_configs"
@@ -306,3 +311,126 @@ def rerun_lost_local(lp: LaunchPad, fw_ids: list[int], host: str | None = None) 
             lp.rerun_fw(fw["fw_id"])
             rerun.append(fw["fw_id"])
     return rerun
+
+
+def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, list[int]]:
+    """Register the campaign and add its first iteration to the LaunchPad (once).
+
+    Returns the campaign document, whether it was created now, and the workflow's fw ids.
+    """
+    from cspflow.campaign import campaign_flow, register_campaign
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database(settings)
+    doc, created = register_campaign(db, spec)
+    wf = campaign_workflow(db, spec.name)
+    if wf is None:
+        submit_flow(campaign_flow(spec, int(doc.get("iteration", 0))), settings,
+                    metadata={"campaign": spec.name})  # fmt: skip
+        wf = campaign_workflow(db, spec.name)
+    return doc, created, list(wf["nodes"])
+
+
+def take_run_lock(db: Any, name: str) -> None:
+    """Record this process as the campaign's local runner; refuse when another live one is."""
+    from cspflow.db import _pid_alive
+    from cspflow.errors import CspflowError
+
+    doc = db.campaigns.find_one({"name": name}, {"runner": 1}) or {}
+    runner = doc.get("runner") or {}
+    host = socket.gethostname()
+    if runner.get("host") == host and runner.get("pid") not in (None, os.getpid()):
+        if _pid_alive(int(runner["pid"])):
+            raise CspflowError(
+                f"campaign {name!r} is already being run by process {runner['pid']} on this "
+                "machine; watch it with `cspflow campaign status`"
+            )
+    db.campaigns.update_one({"name": name}, {"$set": {"runner": {"host": host, "pid": os.getpid()}}})
+
+
+def run_campaign_locally(
+    spec: Any,
+    settings: CspflowSettings,
+    nodes: list[int],
+    *,
+    created: bool,
+    timeout: float = 0,
+    poll_s: float = 1.0,
+    on_start: Any = None,
+    on_poll: Any = None,
+) -> dict[str, Any]:
+    """Run a submitted campaign to the end with a local cpu and gpu worker (``campaign run``).
+
+    Takes the run lock, reruns fireworks a dead local runner left behind (when resuming), keeps
+    the workers alive and polls the workflow every ``poll_s`` seconds until it is COMPLETED or
+    FIZZLED. The workers are stopped and the lock released however the loop ends.
+
+    Parameters
+    ----------
+    spec
+        The campaign's :class:`~cspflow.schemas.campaign.CampaignSpec`.
+    settings
+        Settings of the database the campaign lives in (the workers get the same).
+    nodes
+        The workflow's fw ids as returned by :func:`submit_campaign`.
+    created
+        Whether the campaign was created by this submission (False: resuming).
+    timeout
+        Give up with a CspflowError after this many seconds (0: never).
+    on_start
+        ``f(lost_fw_ids)`` called once before the workers start.
+    on_poll
+        ``f(nodes, elapsed_s)`` called on every poll while the campaign runs.
+
+    Returns
+    -------
+    dict
+        ``state`` (COMPLETED), ``nodes`` and ``elapsed_s``.
+
+    Raises
+    ------
+    CspflowError
+        Another live runner holds the campaign, the timeout passed, or a job failed (FIZZLED).
+    """
+    import time
+
+    from cspflow.errors import CspflowError
+    from cspflow.store import campaign_workflow, get_database
+
+    db = get_database(settings)
+    take_run_lock(db, spec.name)
+    lp = get_launchpad(settings)
+    lost = [] if created else rerun_lost_local(lp, nodes)
+    if on_start is not None:
+        on_start(lost)
+    workers = LocalWorkers(settings)
+    t0 = time.monotonic()
+    state = "RUNNING"
+    try:
+        while True:
+            wf = campaign_workflow(db, spec.name) or {}
+            nodes = list(wf.get("nodes", nodes))
+            state = wf.get("state", state)
+            if state in ("COMPLETED", "FIZZLED"):
+                break
+            workers.ensure_running()
+            elapsed = time.monotonic() - t0
+            if on_poll is not None:
+                on_poll(nodes, elapsed)
+            if timeout and elapsed > timeout:
+                raise CspflowError(f"campaign {spec.name} not finished after {timeout:.0f} s; "
+                                   "run the same command again to resume")  # fmt: skip
+            time.sleep(poll_s)
+    finally:
+        workers.stop()
+        db.campaigns.update_one({"name": spec.name}, {"$unset": {"runner": ""}})
+    if state == "FIZZLED":
+        failed = [
+            (fw["fw_id"], fw["name"]) for fw in db.fireworks.find(
+                {"fw_id": {"$in": nodes}, "state": "FIZZLED"}, {"fw_id": 1, "name": 1})
+        ]  # fmt: skip
+        raise CspflowError(
+            f"campaign {spec.name} stopped: job(s) failed {failed}; see `lpad get_fws -i ID -d all`"
+            " for the error, fix it and run the same command again"
+        )
+    return {"state": state, "nodes": nodes, "elapsed_s": time.monotonic() - t0}

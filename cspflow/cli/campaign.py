@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,18 +18,9 @@ NameArg = Annotated[str, typer.Argument(help="Campaign name (the spec's `name`).
 
 def _submit(spec, settings) -> tuple[dict, bool, list[int]]:
     """Register the campaign and add its first iteration to the LaunchPad (once)."""
-    from cspflow.campaign import campaign_flow, register_campaign
-    from cspflow.scheduler import submit_flow
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.scheduler import submit_campaign
 
-    db = get_database(settings)
-    doc, created = register_campaign(db, spec)
-    wf = campaign_workflow(db, spec.name)
-    if wf is None:
-        submit_flow(campaign_flow(spec, int(doc.get("iteration", 0))), settings,
-                    metadata={"campaign": spec.name})  # fmt: skip
-        wf = campaign_workflow(db, spec.name)
-    return doc, created, list(wf["nodes"])
+    return submit_campaign(spec, settings)
 
 
 @app.command("submit")
@@ -52,19 +41,9 @@ def submit(spec_file: SpecArg, json_out: JsonOpt = False) -> None:
 
 
 def _take_run_lock(db, name: str) -> None:
-    from cspflow.db import _pid_alive
-    from cspflow.errors import CspflowError
+    from cspflow.scheduler import take_run_lock
 
-    doc = db.campaigns.find_one({"name": name}, {"runner": 1}) or {}
-    runner = doc.get("runner") or {}
-    host = socket.gethostname()
-    if runner.get("host") == host and runner.get("pid") not in (None, os.getpid()):
-        if _pid_alive(int(runner["pid"])):
-            raise CspflowError(
-                f"campaign {name!r} is already being run by process {runner['pid']} on this "
-                "machine; watch it with `cspflow campaign status`"
-            )
-    db.campaigns.update_one({"name": name}, {"$set": {"runner": {"host": host, "pid": os.getpid()}}})
+    take_run_lock(db, name)
 
 
 def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
@@ -107,68 +86,52 @@ def run(
     from rich.live import Live
 
     from cspflow.errors import CspflowError
-    from cspflow.scheduler import LocalWorkers, get_launchpad, rerun_lost_local
+    from cspflow.scheduler import run_campaign_locally
     from cspflow.schemas.campaign import load_spec
     from cspflow.settings import get_settings
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
 
     spec = load_spec(spec_file)
     settings = get_settings()
     console = Console(stderr=True)
     db = get_database(settings)
     doc, created, nodes = _submit(spec, settings)
-    _take_run_lock(db, spec.name)
-    lp = get_launchpad(settings)
-    if not created:
-        lost = rerun_lost_local(lp, nodes)
-        console.print(f"resuming campaign {spec.name} (state {doc['state']})"
-                      + (f"; rerunning interrupted fireworks {lost}" if lost else ""))  # fmt: skip
-    else:
-        console.print(f"campaign {spec.name}: {', '.join(spec.formulas())} in {spec.system()}, "
-                      f"{spec.stop.max_iterations} iteration(s) max, DFT: {spec.dft.engine}")  # fmt: skip
-    workers = LocalWorkers(settings)
-    t0 = time.monotonic()
-    state = "RUNNING"
-    last_line = ""
-    live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
-    try:
+    if doc.get("state") == "paused":
+        raise CspflowError(f"campaign {spec.name} is paused; `cspflow campaign resume {spec.name}` "
+                           "first")  # fmt: skip
+
+    def on_start(lost: list[int]) -> None:
+        if not created:
+            console.print(f"resuming campaign {spec.name} (state {doc['state']})"
+                          + (f"; rerunning interrupted fireworks {lost}" if lost else ""))  # fmt: skip
+        else:
+            console.print(f"campaign {spec.name}: {', '.join(spec.formulas())} in {spec.system()}, "
+                          f"{spec.stop.max_iterations} iteration(s) max, DFT: {spec.dft.engine}")  # fmt: skip
         if live:
             live.start()
-        while True:
-            wf = campaign_workflow(db, spec.name) or {}
-            nodes = list(wf.get("nodes", nodes))
-            state = wf.get("state", state)
-            if state in ("COMPLETED", "FIZZLED"):
-                break
-            workers.ensure_running()
-            p = _progress_rows(db, spec.name, nodes)
-            elapsed = time.monotonic() - t0
-            if live:
-                live.update(_progress_table(p, elapsed))
-            else:
-                line = (f"[{elapsed:6.0f} s] iteration {p['iteration']}  candidates {p['candidates']}  "
-                        f"running {p['running']}")  # fmt: skip
-                if line.split("]", 1)[1] != last_line.split("]", 1)[-1]:
-                    console.print(line, highlight=False)
-                last_line = line
-            if timeout and elapsed > timeout:
-                raise CspflowError(f"campaign {spec.name} not finished after {timeout:.0f} s; "
-                                   "run the same command again to resume")  # fmt: skip
-            time.sleep(1.0)
+
+    last_line = ""
+
+    def on_poll(nodes: list[int], elapsed: float) -> None:
+        nonlocal last_line
+        p = _progress_rows(db, spec.name, nodes)
+        if live:
+            live.update(_progress_table(p, elapsed))
+        else:
+            line = (f"[{elapsed:6.0f} s] iteration {p['iteration']}  candidates {p['candidates']}  "
+                    f"running {p['running']}")  # fmt: skip
+            if line.split("]", 1)[1] != last_line.split("]", 1)[-1]:
+                console.print(line, highlight=False)
+            last_line = line
+
+    t0 = time.monotonic()
+    live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+    try:
+        run_campaign_locally(spec, settings, nodes, created=created, timeout=timeout,
+                             on_start=on_start, on_poll=on_poll)  # fmt: skip
     finally:
         if live:
             live.stop()
-        workers.stop()
-        db.campaigns.update_one({"name": spec.name}, {"$unset": {"runner": ""}})
-    if state == "FIZZLED":
-        failed = [
-            (fw["fw_id"], fw["name"]) for fw in db.fireworks.find(
-                {"fw_id": {"$in": nodes}, "state": "FIZZLED"}, {"fw_id": 1, "name": 1})
-        ]  # fmt: skip
-        raise CspflowError(
-            f"campaign {spec.name} stopped: job(s) failed {failed}; see `lpad get_fws -i ID -d all`"
-            " for the error, fix it and run the same command again"
-        )
     _report(spec.name, settings, out, json_out, elapsed=time.monotonic() - t0)
 
 

@@ -1,0 +1,161 @@
+"""``cspflow bench csp``: a real tiny benchmark run, its cleanup, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEV = Path("/work/shared/benchmarks/dev")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _nacl_cif(tmp_path: Path) -> Path:
+    src = DEV / "NaCl.cif"
+    if src.is_file():
+        return Path(shutil.copy(src, tmp_path / "NaCl.cif"))
+    from pymatgen.core import Lattice, Structure
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    rocksalt.to(filename=str(tmp_path / "NaCl.cif"))
+    return tmp_path / "NaCl.cif"
+
+
+def _write_set(tmp_path: Path, entries: str, name: str = "set.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        "name: tiny\nmatch: {ltol: 0.2, stol: 0.3, angle_tol: 5}\ntop_k: 5\n"
+        # prototype/spacegroup are documentation: the search must not receive them
+        f"entries:\n{entries}"
+    )
+    return path
+
+
+def _cli_env(settings, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CSPFLOW_DB_URI=settings.db_uri.get_secret_value(), CSPFLOW_DB_NAME=settings.db_name,
+               CSPFLOW_DATA_DIR=str(settings.data_dir), CSPFLOW_WORK_DIR=str(tmp_path / "runs"),
+               CSPFLOW_CONFIG_FILE=str(tmp_path / "no-config.yaml"))  # fmt: skip
+    return env
+
+
+def _bench(args: list[str], env: dict[str, str], timeout: int = 300):
+    return subprocess.run([sys.executable, "-m", "cspflow.cli.main", "bench", "csp", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _snapshot(db) -> dict[str, int]:
+    return {name: db[name].count_documents({}) for name in sorted(db.list_collection_names())}
+
+
+@pytest.mark.slow
+def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
+    from cspflow.db import _pid_alive, ping
+
+    _nacl_cif(tmp_path)
+    set_file = _write_set(
+        tmp_path, "- composition: NaCl\n  reference: NaCl.cif\n  prototype: rocksalt\n"
+        "  spacegroup: Fm-3m\n",
+    )  # fmt: skip
+    db.campaigns.insert_one({"name": "users-own", "state": "completed"})
+    before = _snapshot(db)
+    out = tmp_path / "report.json"
+    proc = _bench([str(set_file), "--model", "chgnet", "--sources", "prototype,random_symmetric",
+                   "--budget", "8", "--json", str(out)], _cli_env(settings, tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    (run,) = report["runs"]
+    assert run["formula"] == "NaCl" and run["max_atoms"] == 8  # max(8, 2 x 2-atom primitive)
+    assert run["relaxations"] == 8 and run["iterations"] * run["per_iteration"] == 8
+    assert run["found"] is True and run["rank"] == 1  # CHGNet puts rocksalt lowest
+    assert 1 <= run["first_found"] <= 8
+    assert run["top"][0]["matches_reference"] and run["top"][0]["spacegroup"] == "Fm-3m"
+    assert run["wall_s"] > 0 and run["error"] is None
+    s = report["summary"]
+    assert s["success_rate"] == 1.0 and s["median_relaxations_to_success"] == run["first_found"]
+    assert s["per_entry"]["NaCl"] == {"found": 1, "runs": 1, "first_found": [run["first_found"]],
+                                      "ranks": [1]}  # fmt: skip
+    assert report["options"]["sources"] == {"prototype": 1.0, "random_symmetric": 1.0}
+    assert report["total_s"] >= run["wall_s"]
+    # the table on stdout, progress on stderr
+    assert "NaCl" in proc.stdout and "success rate 1/1 = 100%" in proc.stdout
+    assert "NaCl repeat 0: found, rank 1" in proc.stderr
+
+    # the benchmark's own server and data dir are gone; the user's database is untouched
+    server = report["server"]
+    assert server["uri"] != settings.db_uri.get_secret_value()
+    assert not Path(server["data_dir"]).exists()
+    assert not _pid_alive(server["pid"]) and not ping(server["uri"], timeout_ms=500)
+    assert _snapshot(db) == before
+    assert [c["name"] for c in db.campaigns.find()] == ["users-own"]
+    assert not (tmp_path / "runs").exists()  # workers ran in the benchmark's dir, not the user's
+
+
+def test_bad_input_one_line_exit_2_nothing_started(settings, db, tmp_path):
+    env = _cli_env(settings, tmp_path)
+    before = _snapshot(db)
+    bench_dirs = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("cspflow-bench-csp-*"))
+    _nacl_cif(tmp_path)
+    cases = {
+        "missing set": ([str(tmp_path / "nope.yaml")], "cannot read benchmark set"),
+        "unknown element": (
+            [str(_write_set(tmp_path, "- composition: NaXx\n  reference: NaCl.cif\n", "xx.yaml"))],
+            "entries.0: 'NaXx' has unknown element(s) ['Xx']",
+        ),
+    }
+    bad_ref = tmp_path / "bad"
+    bad_ref.mkdir()
+    (bad_ref / "junk.cif").write_text("this is not a CIF\n")
+    (bad_ref / "set.yaml").write_text("entries:\n- composition: NaCl\n  reference: junk.cif\n")
+    cases["unreadable reference"] = ([str(bad_ref / "set.yaml")], "cannot read reference")
+    (bad_ref / "missing.yaml").write_text("entries:\n- composition: NaCl\n  reference: gone.cif\n")
+    cases["missing reference"] = ([str(bad_ref / "missing.yaml")], "cannot read reference")
+    good = str(_write_set(tmp_path, "- composition: NaCl\n  reference: NaCl.cif\n"))
+    cases["unknown source"] = ([good, "--sources", "random_symmetric,external"], "external")
+    cases["only not in set"] = ([good, "--only", "Si"], "--only: Si not in")
+    for what, (args, needle) in cases.items():
+        proc = _bench(args, env, timeout=120)
+        assert proc.returncode == 2, (what, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (
+            what,
+            lines,
+        )
+        assert proc.stdout == ""
+    assert _snapshot(db) == before
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("cspflow-bench-csp-*")) == bench_dirs
+
+
+def test_evaluate_run_rank_and_first_found():
+    """Scoring without a database: generation order, duplicates, failures, energy ranking."""
+    from pymatgen.core import Lattice, Structure
+
+    from cspflow.bench import MatchSpec, evaluate_run, plan_iterations
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    def row(cid, s, e, dup=None):
+        return {"candidate_id": cid, "structure": s, "energy_per_atom": e, "duplicate_of": dup,
+                "spacegroup": None, "nsites": None if s is None else len(s)}  # fmt: skip
+
+    relaxed = [row("a", cscl, -3.70), row("b", None, None), row("c", rocksalt, -3.65),
+               row("d", rocksalt.copy(), -3.66, dup="c"), row("e", cscl.copy(), -3.69)]  # fmt: skip
+    out = evaluate_run(rocksalt, relaxed, top_k=1, match=MatchSpec())
+    assert out["first_found"] == 3  # the failed relaxation counts as spent
+    assert out["relaxations"] == 5 and out["failed"] == 1
+    assert out["unique"] == 2  # "d" is a duplicate, "e" matches "a"
+    assert out["rank"] == 2 and out["found"] is False  # rank 2 > top_k 1
+    assert out["reference_delta_mev"] == pytest.approx(50.0)
+    assert evaluate_run(rocksalt, relaxed, top_k=2, match=MatchSpec())["found"] is True
+    assert plan_iterations(20) == (1, 20) and plan_iterations(200) == (10, 20)
+    n, per = plan_iterations(25)
+    assert n * per <= 25 and n * per >= 25 - n
