@@ -43,6 +43,7 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
     ("hull", [("chemsys", 1), ("version", -1)], {"unique": True, "name": "chemsys_version"}),
     ("models", [("model_id", 1)], {"unique": True, "name": "model_id"}),
     ("models", [("chemsys", 1), ("created_at", -1)], {"name": "chemsys_created"}),
+    ("models", [("chemsys", 1), ("promoted", 1), ("created_at", -1)], {"name": "current_model"}),
     ("campaigns", [("name", 1)], {"unique": True, "name": "name"}),
 )
 

@@ -1,0 +1,76 @@
+"""Pure pieces of the learn stage: split, E0s, stress units, promotion rule, subsystems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from cspflow.learn import fit_e0s, promotion, split_frames, subsystems
+from cspflow.schemas.learn import ModelMetrics
+
+
+def _frame(cid: str, symbols: str = "Si2", energy: float = 0.0) -> Atoms:
+    a = Atoms(symbols, positions=np.zeros((len(Atoms(symbols)), 3)), cell=np.eye(3) * 5, pbc=True)
+    a.info.update({"candidate_id": cid, "REF_energy": energy})
+    return a
+
+
+def test_split_is_fixed_by_candidate_and_only_grows():
+    first = [_frame(f"c{i}") for i in range(30) for _ in range(3)]
+    train, test = split_frames(first, 0.2)
+    held = {a.info["candidate_id"] for a in test}
+    assert 0 < len(held) < 30
+    # every frame of a candidate is on one side
+    assert not held & {a.info["candidate_id"] for a in train}
+    # more data later: earlier candidates keep their side
+    more = first + [_frame(f"d{i}") for i in range(30)]
+    _, test2 = split_frames(more, 0.2)
+    held2 = {a.info["candidate_id"] for a in test2}
+    assert held <= held2 and held2 - held <= {f"d{i}" for i in range(30)}
+    # a set too small for the fraction still holds one candidate out, and keeps one to train on
+    tr, te = split_frames([_frame("a"), _frame("b")], 0.01)
+    assert len(te) == 1 and len(tr) == 1
+
+
+def test_e0s_are_least_squares_per_element():
+    e0 = {"Mg": -1.5, "O": -4.25}
+    frames = [
+        _frame(f"x{i}", symbols, energy=sum(e0[s] for s in Atoms(symbols).get_chemical_symbols()))
+        for i, symbols in enumerate(["MgO", "Mg2O2", "Mg2", "O2", "MgO2"])
+    ]
+    fitted = fit_e0s(frames)
+    assert fitted == pytest.approx(e0)
+
+
+def test_stress_from_task_docs_is_ase_convention():
+    from ase.units import GPa
+    from atomate2.ase.schemas import convert_stress_from_voigt_to_symm
+
+    from cspflow.learn import _ase_stress
+
+    voigt = np.array([0.01, -0.02, 0.03, 0.001, -0.002, 0.003])  # eV/A^3, as ASE reports
+    kbar = convert_stress_from_voigt_to_symm(voigt)  # what atomate2 stores
+    assert _ase_stress(kbar) == pytest.approx(voigt)
+    assert _ase_stress([[-10 / GPa * 0.01, 0, 0], [0, 0, 0], [0, 0, 0]])[0] == pytest.approx(0.01)
+
+
+def _m(e, f, model="x"):
+    return ModelMetrics(model=model, energy_mae_mev_per_atom=e, force_mae_mev_per_a=f, n_frames=5)
+
+
+def test_promotion_needs_both_errors_lower_and_says_why():
+    assert promotion(_m(5, 50), None) == (True, "no current model for this system")
+    ok, why = promotion(_m(5, 50), _m(6, 60, "chgnet"))
+    assert ok and why.startswith("beats chgnet: energy MAE 5.0 vs 6.0 meV/atom")
+    ok, why = promotion(_m(7, 50), _m(6, 60, "registry:m1"))
+    assert not ok and why.startswith("does not beat registry:m1 on energy MAE")
+    ok, why = promotion(_m(7, 70), _m(6, 60))
+    assert not ok and "on energy and force MAE" in why
+    none = ModelMetrics(model="chgnet", n_frames=5, note="model chgnet does not cover Xx")
+    assert promotion(_m(7, 70), none)[0]
+
+
+def test_subsystems():
+    assert subsystems("O-Mg") == ["Mg", "O", "Mg-O"]
+    assert len(subsystems("Sr-Ti-O")) == 7
