@@ -259,6 +259,10 @@ class LocalWorkers:
         env["CSPFLOW_DB_NAME"] = self.settings.db_name
         env["CSPFLOW_DATA_DIR"] = str(self.settings.data_dir)
         env["CSPFLOW_WORK_DIR"] = str(self.settings.runs_dir)
+        # the local workers share this machine's cores: without a cap, torch (gpu worker) and
+        # BLAS/OpenMP codes (cpu worker) each spin as many threads as there are cores
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.categories)))
+        env.setdefault("OMP_NUM_THREADS", str(threads))
         return env
 
     def ensure_running(self) -> None:
