@@ -291,8 +291,23 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         "created_at": _now(),
         "iteration_started_at": _now(),
     }
+    if spec.references:
+        # read before anything is stored, so a bad file leaves the database as it was
+        from monty.serialization import loadfn
+
+        try:
+            loadfn(spec.references)
+        except Exception as exc:
+            raise CspflowError(
+                f"cannot read reference entries {spec.references}: {exc}; give a JSON file of "
+                "pymatgen ComputedEntries (monty dumpfn)"
+            ) from None
     try:
         db.campaigns.insert_one(dict(doc))
+        if spec.references:
+            from cspflow.hull import load_reference_entries
+
+            load_reference_entries(spec.references, db, level="dft")
         return doc, True
     except DuplicateKeyError:
         existing = campaign_doc(db, spec.name)

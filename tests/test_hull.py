@@ -85,3 +85,33 @@ def test_mlip_hull_when_no_dft_and_binary_plot(db, tmp_path):
 
 def test_no_entries_gives_none(db):
     assert update_hull(db, "Mg-O") is None
+
+
+def test_reference_entries_complete_a_dft_hull(db, tmp_path):
+    from monty.serialization import dumpfn
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    refs = tmp_path / "refs.json"
+    dumpfn([ComputedEntry("Na2", -2.6, entry_id="na-bcc"), ComputedEntry("Cl4", -7.2, entry_id="cl2")], refs)
+    from cspflow.hull import load_reference_entries
+
+    assert load_reference_entries(refs, db) == 2
+    db.candidates.insert_many([cand("rs", "Na4Cl4", e_mlip=-3.3, e_dft=-3.4),
+                               cand("cs", "NaCl", e_mlip=-3.3, e_dft=-3.3)])  # fmt: skip
+    doc = update_hull(db, "Cl-Na")
+    assert doc["level"] == "dft" and doc["complete"]
+    assert doc["stable"] == ["ref-cl2", "ref-na-bcc", "rs"]
+    assert db.candidates.find_one({"candidate_id": "cs"})["e_above_hull"] == pytest.approx(0.1)
+
+
+def test_unreadable_reference_file_stores_nothing(db, tmp_path):
+    from cspflow.campaign import register_campaign
+    from cspflow.errors import CspflowError
+    from cspflow.schemas.campaign import parse_spec
+
+    bad = tmp_path / "refs.json"
+    bad.write_text("{not json")
+    spec = parse_spec({"name": "r", "compositions": ["NaCl"], "references": str(bad)})
+    with pytest.raises(CspflowError, match="cannot read reference entries"):
+        register_campaign(db, spec)
+    assert db.campaigns.count_documents({}) == 0

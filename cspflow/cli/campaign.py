@@ -260,7 +260,9 @@ def resume(name: NameArg) -> None:
 
     db = get_database()
     wf = _need_wf(db, name, campaign_workflow)
-    get_launchpad().resume_wf(wf["nodes"][0])
+    lp = get_launchpad()
+    for fw_id in wf["nodes"]:  # FireWorks has pause_wf but no resume_wf
+        lp.resume_fw(fw_id)
     db.campaigns.update_one({"name": name}, {"$set": {"state": "running"}})
     typer.echo(f"campaign {name} resumed")
 
