@@ -55,6 +55,22 @@ def structures():
     }
 
 
+
+def _race(script, path, workers: int = 3) -> list:
+    """Run ``script`` in ``workers`` processes that start their inserts at the same moment."""
+    import time
+
+    start = time.time() + 8.0  # all workers imported and connected by then
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(start), str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(1, workers + 1)]  # fmt: skip
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
 def test_fingerprint_is_invariant_and_variants_share_a_bucket(structures):
     for s in structures.values():
         fp = fingerprint(s)
@@ -146,17 +162,8 @@ def test_concurrent_processes_inserting_the_same_structure_store_one(
     path.write_text(json.dumps([s.as_dict() for s in structures.values()]))
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    import time
 
-    start = time.time() + 8.0  # all workers imported and connected by then
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(start), str(path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(1, 4)]  # fmt: skip
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = _race(script, path)
     for k in range(len(structures)):
         ids = {r[k][0] for r in results}
         news = [r[k][1] for r in results]
@@ -277,7 +284,6 @@ _NEAR_WORKER = textwrap.dedent(
 
 def test_concurrent_near_duplicates_store_one(db, settings, tmp_path, structures):
     """Rattled copies differ in fingerprint_hash, so only the bucket locks keep them apart."""
-    import time
 
     from cspflow.generate.fingerprint import fingerprint
 
@@ -291,15 +297,7 @@ def test_concurrent_near_duplicates_store_one(db, settings, tmp_path, structures
     path.write_text(json.dumps([s.as_dict() for s in chosen]))
     script = tmp_path / "worker.py"
     script.write_text(_NEAR_WORKER)
-    start = time.time() + 8.0
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(start), str(path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(1, 4)]  # fmt: skip
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = _race(script, path)
     for k in range(len(chosen)):
         assert len({r[k][0] for r in results}) == 1 and sum(r[k][1] for r in results) == 1, k
     assert db.candidates.count_documents({}) == len(chosen)
