@@ -171,6 +171,10 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
                   f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     console.print(t)
+    if hull:
+        from cspflow.cli.results import hull_table
+
+        console.print(hull_table(hull))
     console.print(_top_table(top, "lowest-energy unique structures"))
     if plot:
         console.print(f"hull plot: {plot}")

@@ -24,6 +24,25 @@ def _campaign(db, name: str) -> dict:
     return doc
 
 
+def hull_table(doc: dict, entries: list[dict] | None = None):
+    """A rich table of a stored hull version: every entry, its energies and whether it is stable."""
+    from rich.table import Table
+
+    chemsys = doc["chemsys"]
+    entries = entries if entries is not None else sorted(
+        doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
+    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
+                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
+    for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
+        t.add_column(col)
+    for e in entries:
+        ef = e.get("formation_energy_per_atom")
+        t.add_row(e["entry_id"], e["formula"], f"{e['energy_per_atom']:.4f}",
+                  "-" if ef is None else f"{ef:.4f}", f"{e['e_above_hull'] * 1000:.1f}",
+                  "yes" if e["entry_id"] in doc["stable"] else "")  # fmt: skip
+    return t
+
+
 @app.command("hull")
 def hull(
     name: NameArg,
@@ -32,7 +51,6 @@ def hull(
 ) -> None:
     """The latest convex hull of the campaign's chemical system, as a table or JSON."""
     from rich.console import Console
-    from rich.table import Table
 
     from cspflow.errors import CspflowError
     from cspflow.hull import latest_hull, plot_hull
@@ -52,16 +70,7 @@ def hull(
                     "stable_formulas": doc["stable_formulas"], "entries": entries,
                     "plot": str(plot) if plot else None})  # fmt: skip
         return
-    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
-                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
-    for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
-        t.add_column(col)
-    for e in entries:
-        ef = e.get("formation_energy_per_atom")
-        t.add_row(e["entry_id"], e["formula"], f"{e['energy_per_atom']:.4f}",
-                  "-" if ef is None else f"{ef:.4f}", f"{e['e_above_hull'] * 1000:.1f}",
-                  "yes" if e["entry_id"] in doc["stable"] else "")  # fmt: skip
-    Console().print(t)
+    Console().print(hull_table(doc, entries))
     if plot is not None:
         typer.echo(f"plot: {plot}")
 
