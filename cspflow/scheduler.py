@@ -304,6 +304,11 @@ def rerun_lost_local(lp: LaunchPad, fw_ids: list[int], host: str | None = None) 
     campaign's run lock). Returns the fw ids rerun.
     """
     host = host or socket.gethostname()
+    # A worker killed while it held FireWorks' workflow lock leaves the lock behind; every
+    # later update of the workflow would wait for it to expire (5 min), then fail.
+    lp.workflows.update_many(
+        {"nodes": {"$in": fw_ids}, "locked": {"$exists": True}}, {"$unset": {"locked": ""}}
+    )
     rerun = []
     for fw in lp.fireworks.find(
         {"fw_id": {"$in": fw_ids}, "state": {"$in": ["RUNNING", "RESERVED"]}},

@@ -109,6 +109,23 @@ def test_two_iterations_killed_and_resumed(settings, db, tmp_path):
     status = json.loads(cspflow("campaign", "status", "si-e2e", "--json", env=env).stdout)
     assert status["workflow_state"] == "COMPLETED" and status["state"] == "completed"
 
+    # the same campaign run without interruption, in a database of its own, ends with the same hull
+    other = dict(env, CSPFLOW_DB_NAME=f"{settings.db_name}_ref", CSPFLOW_WORK_DIR=str(tmp_path / "ref"))
+    cspflow("campaign", "run", str(spec), env=other)
+    ref_db = db.client[f"{settings.db_name}_ref"]
+    ref_hull = ref_db.hull.find_one({"chemsys": "Si"}, sort=[("version", -1)])
+    try:
+        def energies(h):
+            return sorted(round(e["energy_per_atom"], 3) for e in h["entries"])
+
+        assert ref_hull["level"] == hull["level"] and ref_hull["version"] == hull["version"]
+        assert energies(ref_hull) == energies(hull)
+        ref_stable = ref_db.candidates.find_one({"candidate_id": ref_hull["stable"][0]})
+        assert ref_stable["energy_per_atom"]["dft"] == pytest.approx(
+            diamond["energy_per_atom"]["dft"], abs=1e-3)  # fmt: skip
+    finally:
+        db.client.drop_database(f"{settings.db_name}_ref")
+
     lp_file = tmp_path / "lp.yaml"
     lp_file.write_text(yaml.safe_dump({"host": settings.db_uri.get_secret_value(),
                                        "uri_mode": True, "name": settings.db_name}))  # fmt: skip
