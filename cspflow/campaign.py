@@ -162,7 +162,8 @@ def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]
 
 
 def _improved(hull: dict | None, previous: list[dict]) -> bool:
-    """Did this iteration improve the hull: a new stable entry or a better best energy."""
+    """Did this iteration improve the hull: a new stable entry (a lower-energy structure of a
+    formula becomes a new stable entry), or the first hull of the campaign."""
     if hull is None:
         return False
     if hull.get("added_to_stable"):
@@ -322,5 +323,4 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
 
 def _comparable(spec: dict) -> dict:
     """A spec without the fields that `campaign extend` may change."""
-    out = {k: v for k, v in spec.items() if k != "stop"}
-    return out
+    return {k: v for k, v in spec.items() if k != "stop"}
