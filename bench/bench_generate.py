@@ -6,14 +6,17 @@ fingerprints mixed from pairs of real PyXtal SrTiO3 structures plus noise, space
 sizes drawn the way the random_symmetric source draws them, a real structure attached, written
 with ``insert_many`` into ``candidates`` and ``fingerprints``. The lookups are real
 ``find_duplicate`` calls for fresh structures (misses) and for stored ones rotated (hits),
-registered through ``register``.
+registered through ``register``. Each size has its own database, and the lookups are
+interleaved (each query against every size in turn, ``--rounds`` times), so a change of machine
+load during the run affects all sizes alike.
 
-    .venv/bin/python bench/bench_generate.py [--sizes 1000,10000,100000] [--lookups 200]
+    .venv/bin/python bench/bench_generate.py [--sizes 1000,10000,100000] [--lookups 200] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +40,9 @@ def _pool(n: int, seed: int):
     return out
 
 
+_CELLS = None
+
+
 def _synthetic_docs(pool, count: int, rng: np.random.Generator, start: int, near=None):
     """``count`` fingerprints documents and their candidates documents, built in bulk.
 
@@ -46,10 +52,14 @@ def _synthetic_docs(pool, count: int, rng: np.random.Generator, start: int, near
     from bson import Binary
     from pyxtal.symmetry import Group
 
+    from cspflow.generate.dedup import cell_document, reduced_cell
     from cspflow.generate.fingerprint import Fingerprint
     from cspflow.generate.sources import compatible_space_groups
 
     formula, chemsys = pool[0][1].formula, pool[0][1].chemsys
+    global _CELLS
+    if _CELLS is None:  # the reduced cell of each attached structure, as register stores it
+        _CELLS = [cell_document(reduced_cell(s)) for s, _ in pool]
     groups = {fu: compatible_space_groups((fu, fu, 3 * fu)) for fu in range(1, 5)}
     centring: dict[int, int] = {}
     dicts = [s.as_dict() for s, _ in pool]  # shared: the server stores a copy per document
@@ -89,7 +99,7 @@ def _synthetic_docs(pool, count: int, rng: np.random.Generator, start: int, near
             "_id": f"{cid}|initial", "candidate_id": cid, "level": "initial",
             "formula": formula, "chemsys": chemsys, "spacegroup": sg, "nprim": nprim,
             "nsites": len(structure["sites"]), "bucket": keys,
-            "fp": Binary(vecs[i].astype("<f4").tobytes()),
+            "fp": Binary(vecs[i].astype("<f4").tobytes()), "cell": _CELLS[int(a[i])],
         })  # fmt: skip
     return cands, fps
 
@@ -98,6 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--lookups", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="passes over the lookups (interleaved by size)"
+    )
     parser.add_argument("--batch", type=int, default=60, help="candidates for the throughput row")
     parser.add_argument(
         "--all-candidates",
@@ -118,6 +131,7 @@ def main() -> None:
     from cspflow.settings import CspflowSettings
     from cspflow.store import _client_for, ensure_indexes
 
+    load_start = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="cspflow-bench-")
     settings = CspflowSettings(data_dir=tmp, db_uri=None, db_port=0)
     info = start_server(settings)
@@ -153,49 +167,70 @@ def main() -> None:
             structures_match(a[0], b[0])
             fit_times.append(time.perf_counter() - t0)
         fit = statistics.median(fit_times)
-        db.candidates.delete_many({})
-        db.fingerprints.delete_many({})
-        stored = 0
-        for size in [int(x) for x in args.sizes.split(",")]:
+        # One database per size, so that the lookups can be interleaved: every query runs
+        # against each size in turn, and a change of machine load hits all sizes alike.
+        from cspflow.generate.dedup import register
+
+        sizes = [int(x) for x in args.sizes.split(",")]
+        stores = {}
+        for size in sizes:
+            sdb = db.client[f"bench_{size}"]
+            sdb.drop_collection("candidates")
+            sdb.drop_collection("fingerprints")
+            ensure_indexes(sdb)
             t0 = time.perf_counter()
+            stored = 0
             while stored < size:
                 k = min(5000, size - stored)
                 cands, fps = _synthetic_docs(pool, k, rng, stored, near)
                 if cands:
-                    db.candidates.insert_many(cands, ordered=False)
-                db.fingerprints.insert_many(fps, ordered=False)
+                    sdb.candidates.insert_many(cands, ordered=False)
+                # Short writes: one insert of 5000 documents (each with 32 index keys) outlasts
+                # SecantusDB's background sweep and was seen to restart without end.
+                for i in range(0, len(fps), 500):
+                    sdb.fingerprints.insert_many(fps[i : i + 500], ordered=False)
                 stored += k
             fill = time.perf_counter() - t0
             # real stored structures to hit: register some pool members under new ids
             hits = []
             for j, (s, _) in enumerate(pool[: args.lookups // 2]):
-                from cspflow.generate.dedup import register
-
-                cid, _ = register(db, s, source="bench", candidate_id=f"real-{size}-{j}")
+                cid, _ = register(sdb, s, source="bench", candidate_id=f"real-{size}-{j}")
                 r = s.copy()
                 r.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 40.0))
                 hits.append((cid, r))
-            miss_t, hit_t, found = [], [], 0
+            stores[size] = (sdb, hits, fill)
+        miss_t: dict[int, list[float]] = {size: [] for size in sizes}
+        hit_t: dict[int, list[float]] = {size: [] for size in sizes}
+        found = dict.fromkeys(sizes, 0)
+        for _ in range(args.rounds):
             for s in fresh:
-                t0 = time.perf_counter()
-                find_duplicate(db, s)
-                miss_t.append(time.perf_counter() - t0)
-            for cid, s in hits:
-                t0 = time.perf_counter()
-                got = find_duplicate(db, s)
-                hit_t.append(time.perf_counter() - t0)
-                found += got == cid
+                for size in sizes:
+                    t0 = time.perf_counter()
+                    find_duplicate(stores[size][0], s)
+                    miss_t[size].append(time.perf_counter() - t0)
+            for j in range(len(stores[sizes[0]][1])):
+                for size in sizes:
+                    sdb, hits, _ = stores[size]
+                    t0 = time.perf_counter()
+                    got = find_duplicate(sdb, hits[j][1])
+                    hit_t[size].append(time.perf_counter() - t0)
+                    found[size] += got == hits[j][0]
+        for size in sizes:
+            sdb, hits, fill = stores[size]
             read = [
-                db.fingerprints.count_documents({"bucket": fingerprint(s).query_key()})
+                sdb.fingerprints.count_documents({"bucket": {"$in": fingerprint(s).buckets()}})
                 for s in fresh + [r for _, r in hits]
             ]
-            med = statistics.median(miss_t + hit_t) * 1e3
-            p90 = float(np.percentile(miss_t + hit_t, 90)) * 1e3
+            both = miss_t[size] + hit_t[size]
             rows.append((
-                f"lookup, {db.fingerprints.estimated_document_count():,} stored",
-                f"median {med:.1f} ms (p90 {p90:.1f})",
-                f"new {statistics.median(miss_t) * 1e3:.1f} ms, duplicate "
-                f"{statistics.median(hit_t) * 1e3:.1f} ms ({found}/{len(hits)} found); "
+                f"lookup, {sdb.fingerprints.estimated_document_count():,} stored",
+                f"median {statistics.median(both) * 1e3:.1f} ms (p90 "
+                f"{np.percentile(both, 90) * 1e3:.1f})",
+                f"new {statistics.median(miss_t[size]) * 1e3:.1f} ms (p90 "
+                f"{np.percentile(miss_t[size], 90) * 1e3:.1f}), duplicate "
+                f"{statistics.median(hit_t[size]) * 1e3:.1f} ms (p90 "
+                f"{np.percentile(hit_t[size], 90) * 1e3:.1f}; "
+                f"{found[size]}/{len(hit_t[size])} found); "
                 f"bucket {statistics.median(read):.0f} docs (p90 {np.percentile(read, 90):.0f}); "
                 f"pairwise StructureMatcher would take ~{fit * size:.0f} s; fill {fill:.0f} s",
             ))  # fmt: skip
@@ -206,6 +241,8 @@ def main() -> None:
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
         print(f"(StructureMatcher.fit median {fit * 1e3:.1f} ms per pair; SrTiO3, max 20 atoms)")
+        print(f"(load average: {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+              f"{os.cpu_count()} cores)")  # fmt: skip
     finally:
         stop_server(settings)
 

@@ -5,12 +5,17 @@ prototypes), then relaxes them
 
 * batched: the model loaded once, all structures relaxed in lock step with batched evaluation
   (what one ``PrerelaxMaker`` job does);
-* one by one: a jobflow job per structure, run with ``run_locally`` (the per-job overhead a
-  FireWorks launch adds), each job loading the model and relaxing its one structure;
+* one by one: a job per structure, each job loading the model and relaxing its one structure;
 
-and prints both rates and their ratio, measured in one run.
+and prints both rates and their ratio, measured in one run. ``--launcher fireworks`` (the
+default) runs both paths as ``PrerelaxMaker`` jobs through FireWorks on a throwaway embedded
+database, executed by one warm gpu worker process (what a cluster's worker daemon is): one job
+of N candidates against N jobs of one candidate, so the one-by-one path pays the per-launch
+cost of FireWorks + the database + loading the model; ``--launcher local`` uses jobflow's
+``run_locally`` in this process instead (no FireWorks).
 
     .venv/bin/python bench/bench_prerelax.py [--n 64] [--model chgnet] [--max-steps 100]
+                                             [--launcher fireworks|local]
 """
 
 from __future__ import annotations
@@ -74,7 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    p.add_argument("--launcher", choices=("fireworks", "local"), default="fireworks")
     args = p.parse_args(argv)
+    if args.launcher == "fireworks":
+        return fireworks_paths(args)
 
     import torch
     from jobflow import Job, JobStore, run_locally
@@ -145,6 +153,84 @@ def main(argv: list[str] | None = None) -> dict:
         )
         print(f"ratio batched / one-by-one: {result['speedup']}x")
     return result
+
+
+def fireworks_paths(args: argparse.Namespace) -> dict:
+    """Both paths as PrerelaxMaker jobs through FireWorks, run by one warm gpu worker."""
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_engine import _env, _insert_batches, _wait
+
+    from cspflow.bench import bench_server
+    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.store import get_database
+
+    structs = candidates(args.n)
+    sizes = [len(a) for a in structs]
+    out: dict = {"n": args.n, "atoms_min_max": [min(sizes), max(sizes)], "model": args.model,
+                 "max_steps": args.max_steps, "launcher": "fireworks",
+                 "torch_threads": torch.get_num_threads()}  # fmt: skip
+    with bench_server() as (settings, _info):
+        s = settings.model_copy(update={"db_name": "prerelax_paths"})
+        db = get_database(s)
+        [batch_ids] = _insert_batches(db, structs, args.n, 1)
+        [single_ids] = _insert_batches(db, structs, args.n, 1)
+        lp = get_launchpad(s)
+        log = Path(settings.runs_dir) / "worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        submit_flow(PrerelaxMaker(model=args.model, max_steps=5, dedup=False).make(batch_ids[:1]), s)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
+             "--sleep", "1", "--name", "bench-prerelax"],
+            env=_env(settings, "prerelax_paths"), stdout=open(log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait(lp, 1, timeout=900)  # the worker is warm (imports, a first model load)
+            maker = PrerelaxMaker(model=args.model, fmax=args.fmax, max_steps=args.max_steps,
+                                  dedup=False)  # fmt: skip
+            t0 = time.perf_counter()
+            submit_flow(maker.make(batch_ids), s)
+            _wait(lp, 2, timeout=7200)
+            t_batched = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for cid in single_ids:
+                submit_flow(PrerelaxMaker(model=args.model, fmax=args.fmax, max_steps=args.max_steps,
+                                          dedup=False, batched=False).make([cid]), s)  # fmt: skip
+            _wait(lp, 2 + len(single_ids), timeout=7200)
+            t_single = time.perf_counter() - t0
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+        def stats(ids: list[str]) -> dict:
+            docs = list(db.candidates.find({"candidate_id": {"$in": ids}}, {"relaxed.mlip": 1, "status": 1}))
+            return {"steps": sum(d["relaxed"]["mlip"]["steps"] for d in docs),
+                    "ok": sum(d["status"] == "prerelaxed" for d in docs)}  # fmt: skip
+
+        out["batched"] = {"wall_s": round(t_batched, 2), "jobs": 1,
+                          "relaxations_per_s": round(args.n / t_batched, 4), **stats(batch_ids)}  # fmt: skip
+        out["one_job_per_structure"] = {"wall_s": round(t_single, 2), "jobs": args.n,
+                                        "relaxations_per_s": round(args.n / t_single, 4),
+                                        **stats(single_ids)}  # fmt: skip
+    out["speedup"] = round(t_single / t_batched, 2)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        b, o = out["batched"], out["one_job_per_structure"]
+        print(f"{args.n} candidates ({min(sizes)}-{max(sizes)} atoms), {args.model}, fmax {args.fmax}, "
+              f"max_steps {args.max_steps}, through FireWorks (one warm gpu worker)")  # fmt: skip
+        print(f"batched (1 job): {b['relaxations_per_s']:.4f} relax/s ({b['wall_s']} s, "
+              f"{b['steps']} steps, {b['ok']} ok)")  # fmt: skip
+        print(f"one job per structure ({o['jobs']} jobs): {o['relaxations_per_s']:.4f} relax/s "
+              f"({o['wall_s']} s, {o['steps']} steps, {o['ok']} ok)")  # fmt: skip
+        print(f"ratio batched / one-by-one: {out['speedup']}x")
+    return out
 
 
 if __name__ == "__main__":

@@ -126,6 +126,11 @@ class BenchOptions(BaseModel):
     seed: int = Field(0, ge=0, description="Base seed; repeat r uses seed + 1000 r.")
     top_k: int | None = Field(None, ge=1, description="Overrides the set's top_k.")
     max_steps: int = Field(300, ge=1, description="Per-candidate optimizer step limit.")
+    until_found: bool = Field(
+        False, description="End an entry's search after the iteration that put the reference "
+        "in the top-k (USPEX-style: relaxations to success), instead of spending the budget.",
+    )  # fmt: skip
+    workers: int = Field(1, ge=1, description="Campaigns run at once (each its own workers).")
 
 
 class BenchRunDoc(BaseModel):
@@ -155,6 +160,9 @@ class BenchRunDoc(BaseModel):
         default_factory=list, description="Top-k unique structures: id, spacegroup, nsites, energy."
     )
     wall_s: float = Field(0.0, description="Wall time of the campaign (s).")
+    stopped_early: bool = Field(
+        False, description="The search ended before its budget because the reference was found."
+    )
     error: str | None = Field(None, description="Why the campaign did not finish, if it did not.")
 
 
@@ -499,11 +507,21 @@ def run_entry(
     db = get_database(run_settings)
     t0 = time.monotonic()
     error = None
+    state = {"relaxed": 0, "stopped": False}
+
+    def poll(nodes: Any, elapsed: float) -> None:
+        n = count_relaxed(db, name)
+        if on_progress:
+            on_progress(n)
+        if options.until_found and n != state["relaxed"] and not state["stopped"]:
+            state["relaxed"] = n
+            if evaluate_run(entry.reference, relaxed_candidates(db, name), top_k, match)["found"]:
+                # decide ends the campaign after this iteration (its batch is relaxed at once)
+                db.campaigns.update_one({"name": name}, {"$set": {"state": "paused"}})
+                state["stopped"] = True
+
     try:
         _, created, nodes = submit_campaign(spec, run_settings)
-        poll = (
-            (lambda nodes, elapsed: on_progress(count_relaxed(db, name))) if on_progress else None
-        )
         run_campaign_locally(spec, run_settings, nodes, created=created, on_poll=poll)
     except CspflowError as exc:
         error = str(exc)
@@ -521,8 +539,14 @@ def run_entry(
         per_iteration=spec.generate.per_iteration,
         wall_s=round(wall, 1),
         error=error,
+        stopped_early=state["stopped"] and scores_budget_left(spec, scores),
         **scores,
     )
+
+
+def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:
+    """Whether the search ended before spending its planned relaxations."""
+    return scores["relaxations"] < spec.stop.max_iterations * spec.generate.per_iteration
 
 
 def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
@@ -552,6 +576,36 @@ def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
     }
 
 
+def _run_parallel(
+    tasks: list[tuple[int, int, PreparedEntry]],
+    settings: Any,
+    options: BenchOptions,
+    top_k: int,
+    match: MatchSpec,
+    on_run_end: Callable[[BenchRunDoc], None] | None,
+) -> list[BenchRunDoc]:
+    """``options.workers`` campaigns at once (threads waiting on worker processes)."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # each campaign runs a cpu and a gpu worker: share the cores instead of oversubscribing
+    threads = max(1, (os.cpu_count() or 1) // (2 * options.workers))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    lock = threading.Lock()
+
+    def one(task: tuple[int, int, PreparedEntry]) -> BenchRunDoc:
+        repeat, index, entry = task
+        run = run_entry(entry, repeat, index, settings, options, top_k, match)
+        if on_run_end:
+            with lock:
+                on_run_end(run)
+        return run
+
+    with ThreadPoolExecutor(max_workers=options.workers) as pool:
+        return list(pool.map(one, tasks))  # in task order, whichever finished first
+
+
 def run_benchmark(
     set_file: str | Path,
     options: BenchOptions,
@@ -577,10 +631,12 @@ def run_benchmark(
               "platform": platform.platform()},
     )  # fmt: skip
     t0 = time.monotonic()
+    tasks = [(repeat, index, entry) for repeat in range(options.repeats)
+             for index, entry in enumerate(entries)]  # fmt: skip
     with bench_server() as (settings, info):
         report.server = {"pid": info.pid, "uri": info.uri, "data_dir": str(info.data_dir)}
-        for repeat in range(options.repeats):
-            for index, entry in enumerate(entries):
+        if options.workers == 1:
+            for repeat, index, entry in tasks:
                 if on_run_start:
                     on_run_start(entry, repeat)
                 run = run_entry(entry, repeat, index, settings, options, top_k, bset.match,
@@ -588,6 +644,9 @@ def run_benchmark(
                 report.runs.append(run)
                 if on_run_end:
                     on_run_end(run)
+        else:
+            report.runs.extend(_run_parallel(tasks, settings, options, top_k, bset.match,
+                                             on_run_end))  # fmt: skip
     report.total_s = round(time.monotonic() - t0, 1)
     report.summary = summarize(report.runs, options.repeats)
     return report

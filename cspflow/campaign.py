@@ -6,7 +6,8 @@ Three layers (as in dpgen2):
   ``campaigns`` collection and either stops (max_iterations, patience, DFT budget, paused) or
   returns ``Response(addition=iteration_flow(next))`` (jobflow's fibonacci idiom);
 - one iteration: :func:`iteration_flow` = generate (one job per formula) -> prerelax fan-out
-  (batches, gpu) -> select -> DFT fan-out (cpu) -> hull -> decide;
+  (batches, gpu) -> select -> DFT fan-out (cpu) -> hull -> [learn -> rescreen (gpu), when
+  ``learn.enabled``] -> decide;
 - the steps: the stage Makers of :mod:`cspflow.generate`, :mod:`cspflow.prerelax`,
   :mod:`cspflow.dft` and :mod:`cspflow.hull`.
 
@@ -79,8 +80,8 @@ def prerelax_fanout(generated: list[dict], name: str, iteration: int) -> Respons
         return []
     p = spec.prerelax
     maker = PrerelaxMaker(
-        model=p.model, committee=list(p.committee), fmax=p.fmax, max_steps=p.max_steps,
-        optimizer=p.optimizer,
+        model=prerelax_model(spec), committee=list(p.committee), fmax=p.fmax,
+        max_steps=p.max_steps, optimizer=p.optimizer,
     )  # fmt: skip
     size = p.batch_size
     jobs = [
@@ -90,6 +91,23 @@ def prerelax_fanout(generated: list[dict], name: str, iteration: int) -> Respons
     for k, j in enumerate(jobs):
         j.name = f"prerelax {name} it{iteration} batch{k}"
     return Response(replace=Flow(jobs, output=[j.output for j in jobs], name="prerelax"))
+
+
+def prerelax_model(spec: CampaignSpec) -> str:
+    """The model that pre-relaxes now: with learning on, the system's current registry model
+    (once one was promoted), else the spec's ``prerelax.model``."""
+    if not spec.learn.enabled:
+        return spec.prerelax.model
+    from cspflow.learn import current_model_spec
+
+    return current_model_spec(_db(), spec.system(), default=spec.prerelax.model) or spec.prerelax.model
+
+
+def learns_in(spec: CampaignSpec, iteration: int) -> bool:
+    """Whether ``iteration`` ends with a learning round: every ``learn.every`` iterations,
+    never in the last one (its model would pre-relax nothing)."""
+    last = iteration + 1 >= spec.stop.max_iterations
+    return spec.learn.enabled and (iteration + 1) % spec.learn.every == 0 and not last
 
 
 def dft_runs(db: Database, name: str) -> int:
@@ -172,7 +190,10 @@ def _improved(hull: dict | None, previous: list[dict]) -> bool:
 
 
 @job
-def decide(name: str, iteration: int, hull: dict | None = None) -> Response | dict:
+def decide(
+    name: str, iteration: int, hull: dict | None = None, learned: dict | None = None,
+    rescreened: dict | None = None,
+) -> Response | dict:
     """Record the iteration and continue (Response(addition=next iteration)) or stop."""
     db = _db()
     spec = _spec_from_db(name)
@@ -188,6 +209,7 @@ def decide(name: str, iteration: int, hull: dict | None = None) -> Response | di
             "improved": improved,
             "stale": stale,
             "dft_runs_total": dft_runs(db, name),
+            "learn": _learn_record(learned, rescreened),
             "finished_at": _now(),
             "wall_time_s": round((_now() - _aware(started)).total_seconds(), 1) if started else None,
         }
@@ -219,6 +241,22 @@ def decide(name: str, iteration: int, hull: dict | None = None) -> Response | di
     return Response(output=out, addition=iteration_flow(spec, iteration + 1))
 
 
+def _learn_record(learned: dict | None, rescreened: dict | None) -> dict | None:
+    """What the iteration's learning round did (small: ids, figures, reasons)."""
+    if learned is None:
+        return None
+    rec = {k: learned.get(k) for k in ("trained", "model_id", "promoted", "reason",
+                                       "current_model", "n_frames", "metrics")}  # fmt: skip
+    if rescreened is not None:
+        rec["rescreen"] = {
+            "skipped": rescreened.get("skipped"),
+            "n_single_points": rescreened.get("n_single_points", 0),
+            "relaxed": len(rescreened.get("relaxed") or []),
+            "best_changed": rescreened.get("best_changed", []),
+        }
+    return rec
+
+
 def _aware(t: datetime.datetime) -> datetime.datetime:
     return t if t.tzinfo else t.replace(tzinfo=datetime.UTC)
 
@@ -245,7 +283,13 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
     ).make(campaign=name, iteration=iteration, prerelax_outputs=[fan.output])  # fmt: skip
     gate = dft_gate(select.output, name, iteration)
     hull = hull_update(spec.system(), name, iteration, after=gate.output)
-    end = decide(name, iteration, hull.output)
+    extra: list[Job] = []
+    if learns_in(spec, iteration):
+        learn, rescreen = _learning_jobs(spec, iteration, after=hull.output)
+        extra = [learn, rescreen]
+        end = decide(name, iteration, hull.output, learn.output, rescreen.output)
+    else:
+        end = decide(name, iteration, hull.output)
     # dynamic=False: jobs these create at run time carry their own stage (routing), not ours
     for j, stage in ((fan, "control"), (gate, "dft"), (hull, "hull"), (end, "control")):
         j.update_metadata(_meta(stage, name, iteration), dynamic=False)
@@ -255,8 +299,27 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
     hull.name, end.name = f"hull {name} it{iteration}", f"decide {name} it{iteration}"
     select.name = f"select {name} it{iteration}"
     select.update_metadata(_meta("select", name, iteration), dynamic=False)
-    return Flow([*gens, fan, select, gate, hull, end], output=end.output,
+    return Flow([*gens, fan, select, gate, hull, *extra, end], output=end.output,
                 name=f"{name} iteration {iteration}")  # fmt: skip
+
+
+def _learning_jobs(spec: CampaignSpec, iteration: int, after: Any) -> tuple[Job, Job]:
+    """learn (retrain on the campaign's DFT data) -> rescreen (when a model was promoted)."""
+    from cspflow.learn import LearnMaker
+    from cspflow.rescreen import make_rescreen
+
+    name = spec.name
+    learn = LearnMaker(name=f"learn {name} it{iteration}",
+                       settings=spec.learn.train_settings()).make(
+        spec.system(), campaign=name, iteration=iteration, after=after,
+        baseline=spec.prerelax.model,
+    )  # fmt: skip
+    p = spec.prerelax
+    rescreen = make_rescreen(
+        learn.output, name, iteration, spec.learn.rescreen_top,
+        {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer},
+    )  # fmt: skip
+    return learn, rescreen
 
 
 def campaign_flow(spec: CampaignSpec, start_iteration: int = 0) -> Flow:

@@ -125,6 +125,14 @@ class TrainSettings:
     foundation_model
         MACE model file (``PATH``, ``mace:PATH`` or ``registry:ID``) to fine-tune naively;
         ``current`` fine-tunes the current registry model; None trains from scratch.
+    finetune
+        ``naive`` (the foundation's weights trained on the new data only) or ``multihead``
+        (mace's multi-head fine-tuning: a replay head keeps the foundation's data in the loss,
+        so the model does not forget what it knew; mace's own learning rate 1e-4 and EMA apply).
+    replay_file
+        extxyz replay data for ``multihead`` (``REF_*`` keys), e.g. the MP subset a foundation
+        model was trained on. None: with a registry foundation, the frames its training set
+        came from (rebuilt from the database); with a foundation file, an error.
     device
         Training device (None: the ``device`` setting, cuda when available).
     threads
@@ -151,6 +159,8 @@ class TrainSettings:
     seed: int = 1
     committee: int = 1
     foundation_model: str | None = None
+    finetune: str = "naive"
+    replay_file: str | None = None
     device: str | None = None
     threads: int = 1
 
@@ -306,10 +316,11 @@ def collect_frames(
         ASE Atoms with ``REF_energy``, ``REF_forces``, ``REF_stress`` (when known),
         ``frame_id`` and ``candidate_id``; and counts of what was left out, per reason.
     """
+    # duplicates count too: a candidate marked duplicate after its DFT relaxation (it relaxed
+    # into another one's minimum) still has its own trajectory, real labelled data
     query: dict[str, Any] = {
         "chemsys": {"$in": subsystems(chemsys)},
         "relaxed.dft.status": "converged",
-        "duplicate_of": {"$in": [None]},
     }
     if campaign is not None:
         query["campaign"] = campaign
@@ -529,6 +540,7 @@ def _mace_args(
     train_xyz: Path, name: str, e0s: dict[str, float], s: TrainSettings, seed: int, device: str,
     foundation: Path | None,
     n_train: int = 100,
+    replay_xyz: Path | None = None,
 ) -> list[str]:  # fmt: skip
     from ase.data import atomic_numbers
 
@@ -556,7 +568,12 @@ def _mace_args(
         "--eval_interval=1",  # the best checkpoint by validation loss is the model
         "--save_cpu",
     ]
-    if foundation is not None:
+    if foundation is not None and replay_xyz is not None:
+        # multi-head fine-tuning: a "pt_head" trained on the replay data alongside ours
+        # ("Default", the head cspflow evaluates); mace sets lr 1e-4 and EMA for this mode
+        args += [f"--foundation_model={foundation}", "--multiheads_finetuning=True",
+                 f"--pt_train_file={replay_xyz}"]  # fmt: skip
+    elif foundation is not None:
         # naive fine-tuning: the foundation's architecture and weights, new data only
         args += [f"--foundation_model={foundation}", "--multiheads_finetuning=False"]
     else:
@@ -580,6 +597,7 @@ def train_mace(
     seed: int | None = None,
     foundation: Path | None = None,
     name: str = "model",
+    replay: list[Atoms] | None = None,
 ) -> Path:
     """Train one MACE model with ``mace_run_train`` (subprocess) and return its file.
 
@@ -596,7 +614,10 @@ def train_mace(
     seed
         Overrides ``settings.seed``.
     foundation
-        A MACE model file to fine-tune naively (its architecture is kept).
+        A MACE model file to fine-tune (its architecture is kept): naively, or multi-head
+        when ``replay`` is given.
+    replay
+        Replay frames (``REF_*`` keys) for multi-head fine-tuning.
 
     Raises
     ------
@@ -609,10 +630,12 @@ def train_mace(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     train_xyz = write_extxyz(train, work_dir / "train.xyz")
+    replay_xyz = write_extxyz(replay, work_dir / "replay.xyz") if replay else None
     device = resolve_device(s.device)
     args = _mace_args(
-        train_xyz, name, e0s, s, s.seed if seed is None else seed, device, foundation, len(train)
-    )
+        train_xyz, name, e0s, s, s.seed if seed is None else seed, device, foundation, len(train),
+        replay_xyz,
+    )  # fmt: skip
     cmd = [sys.executable, "-m", "mace.cli.run_train", *args]
     (work_dir / "mace_run_train.cmd").write_text(shlex.join(cmd) + "\n")
     env = dict(os.environ)
@@ -670,12 +693,26 @@ def evaluate(model_spec: str, frames: list[Atoms], db: Database | None = None) -
     )
 
 
+# differences within these (or 1 % of the current figure) are ties: frames whose forces vanish
+# by symmetry give force MAE 0 for every model, and a tie must not block a better energy
+TIE_ENERGY_MEV = 0.1
+TIE_FORCE_MEV = 0.5
+
+
+def _compare(d: float, current: float, tie: float) -> int:
+    """-1 better, 0 tie, 1 worse."""
+    if abs(d) <= max(tie, 0.01 * abs(current)):
+        return 0
+    return -1 if d < 0 else 1
+
+
 def promotion(new: ModelMetrics, current: ModelMetrics | None) -> tuple[bool, str]:
     """Whether the new model replaces the current one, and why (or why not).
 
-    The new model must beat the current one on the held-out split in both energy and force
-    MAE; a current model without figures (none, or it cannot run on these elements) is beaten
-    by any new model with figures.
+    The new model must beat the current one on the held-out split: lower energy or force MAE
+    and worse on neither (a difference within :data:`TIE_ENERGY_MEV` / :data:`TIE_FORCE_MEV` or
+    1 % is a tie); a current model without figures (none, or it cannot run on these elements)
+    is beaten by any new model with figures.
     """
     if new.energy_mae_mev_per_atom is None or new.force_mae_mev_per_a is None:
         return False, f"new model has no held-out figures ({new.note})"
@@ -690,9 +727,17 @@ def promotion(new: ModelMetrics, current: ModelMetrics | None) -> tuple[bool, st
         f"meV/atom, force MAE {new.force_mae_mev_per_a:.1f} vs {current.force_mae_mev_per_a:.1f} "
         f"meV/A on {new.n_frames} held-out frames"
     )
-    if de < 0 and df < 0:
-        return True, f"beats {current.model}: {figures}"
-    worse = [n for n, d in (("energy", de), ("force", df)) if d >= 0]
+    verdict = {
+        "energy": _compare(de, current.energy_mae_mev_per_atom, TIE_ENERGY_MEV),
+        "force": _compare(df, current.force_mae_mev_per_a, TIE_FORCE_MEV),
+    }
+    worse = [n for n, v in verdict.items() if v > 0]
+    if not worse and any(v < 0 for v in verdict.values()):
+        ties = [n for n, v in verdict.items() if v == 0]
+        tie_note = f" ({' and '.join(ties)} MAE tied)" if ties else ""
+        return True, f"beats {current.model}{tie_note}: {figures}"
+    if not worse:
+        return False, f"ties with {current.model} on energy and force MAE: {figures}"
     return False, f"does not beat {current.model} on {' and '.join(worse)} MAE: {figures}"
 
 
@@ -873,8 +918,18 @@ def learn(
                 "learn.foundation_model is 'current' but the current model is not a MACE model; "
                 "give a MACE file or train from scratch"
             )
-        foundation, _ = check_foundation(label, db)
+        foundation, known = check_foundation(label, db)
         foundation_label = label
+        if s.finetune == "multihead" and known is not None and len(known) < 2:
+            # mace-torch 0.3.16 indexes the foundation's E0s as a vector for the replay head;
+            # a one-element model's squeezes to a scalar (IndexError: invalid index of a 0-dim
+            # tensor) after minutes of data loading
+            raise CspflowError(
+                f"multihead fine-tuning needs a foundation model with two or more elements "
+                f"({label} knows one: mace-torch fails on it); use finetune: naive"
+            )
+    if s.finetune not in ("naive", "multihead"):
+        raise CspflowError(f"unknown finetune mode {s.finetune!r}; use naive or multihead")
     tset = build_training_set(
         db, chemsys, store=store, settings=s, campaign=data_campaign, max_iteration=max_iteration
     )
@@ -883,6 +938,11 @@ def learn(
     if reused is not None:  # a rerun of a finished round: no retraining
         return _summary(reused, current_spec)
     e0s = fit_e0s(tset.train)
+    replay = (
+        replay_frames(db, s, foundation_label, tset)
+        if foundation is not None and s.finetune == "multihead"
+        else None
+    )
     work_dir = Path(work_dir)
     t0 = time.time()
     files = [
@@ -893,6 +953,7 @@ def learn(
             settings=s,
             seed=s.seed + k,
             foundation=foundation,
+            replay=replay,
         )  # fmt: skip
         for k in range(max(1, s.committee))
     ]
@@ -936,6 +997,39 @@ def learn(
         json.dumps({"model_id": record.model_id, "reason": reason})
     )
     return _summary(get_model(db, record.model_id), current_spec)
+
+
+def replay_frames(
+    db: Database, s: TrainSettings, foundation: str | None, tset: TrainingSet
+) -> list[Atoms]:
+    """Replay data of a multi-head fine-tuning: the replay file, or the foundation's own data.
+
+    A registry foundation was trained on frames of candidates listed in its record; those
+    frames (train side) are rebuilt from this round's set. A foundation file from elsewhere
+    needs ``replay_file`` (e.g. the Materials Project subset its authors publish).
+    """
+    if s.replay_file:
+        from ase.io import read
+
+        path = Path(s.replay_file).expanduser()
+        try:
+            frames = read(path, index=":")
+        except Exception as exc:
+            raise CspflowError(
+                f"cannot read replay file {path}: {exc}; give an extxyz file with REF_energy, "
+                "REF_forces and REF_stress"
+            ) from None
+        return list(frames)
+    if foundation and foundation.startswith("registry:"):
+        record = get_model(db, foundation.split(":", 1)[1])
+        ids = set((record.get("training_set") or {}).get("candidate_ids") or [])
+        frames = [a for a in tset.train if a.info.get("candidate_id") in ids]
+        if frames:
+            return frames
+    raise CspflowError(
+        f"multihead fine-tuning of {foundation} needs replay data: set learn.replay_file to an "
+        "extxyz of the foundation's training data, or use finetune: naive"
+    )
 
 
 def _stored_round(

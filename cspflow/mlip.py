@@ -77,12 +77,33 @@ def parse_model_spec(spec: str) -> ModelSpec:
             raise CspflowError(
                 f"MACE model file {path} not found; give an existing file as --model mace:PATH"
             )
+        _check_torch_file(path)
         return ModelSpec("mace", str(path.resolve()))
     if kind == "registry" and value:
         return ModelSpec("registry", value)
     raise CspflowError(
         f"unknown model spec {spec!r}; use 'chgnet', 'mace:PATH' or 'registry:MODEL_ID'"
     )
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that cannot be a saved torch model before torch and MACE are imported.
+
+    ``torch.save`` writes a zip archive (or, in its legacy format, a pickle); a CIF, an extxyz
+    or a text file given by mistake is neither, and loading it fails deep inside torch.
+    """
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise CspflowError(f"cannot read MACE model file {path} ({exc.strerror})") from None
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CspflowError(
+            f"{path} is not a loadable MACE model (not a saved torch file); give a MACE .model "
+            "file (mace_run_train output, or `cspflow model export`)"
+        )
 
 
 def resolve_device(device: str | None = None) -> str:

@@ -380,6 +380,17 @@ def _relax_key(structure: dict, settings: dict, model_id: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _start_structure(doc: dict[str, Any], start: str) -> dict[str, Any]:
+    """The structure a relaxation starts from (``initial`` or the stored ``mlip`` result)."""
+    if start == "mlip":
+        relaxed = ((doc.get("relaxed") or {}).get("mlip") or {}).get("structure")
+        if relaxed:
+            return relaxed
+    elif start != "initial":
+        raise ValueError(f"start must be 'initial' or 'mlip', not {start!r}")
+    return doc["structure"]
+
+
 def _default_find_duplicate() -> FindDuplicate | None:
     try:
         from cspflow.generate.dedup import register_relaxed
@@ -408,6 +419,7 @@ def prerelax_candidates(
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
     loaded: LoadedModel | None = None,
+    start: str = "initial",
 ) -> PrerelaxSummary:
     """Relax a batch of stored candidates and write the results to ``candidates``.
 
@@ -440,6 +452,9 @@ def prerelax_candidates(
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     loaded
         An already loaded model (skips loading ``model``).
+    start
+        ``initial`` relaxes the generated structure; ``mlip`` starts from the stored MLIP
+        relaxed structure where there is one (re-screening with a new model).
 
     Raises
     ------
@@ -487,7 +502,8 @@ def prerelax_candidates(
         batched=bool(mlip.batched if batched is None else batched and mlip.batched),
         n_candidates=len(ids),
     )
-    keys = {cid: _relax_key(docs[cid]["structure"], run_settings, mlip.model_id) for cid in ids}
+    starts = {cid: _start_structure(docs[cid], start) for cid in ids}
+    keys = {cid: _relax_key(starts[cid], run_settings, mlip.model_id) for cid in ids}
     todo = []
     for cid in ids:
         stored = ((docs[cid].get("relaxed") or {}).get("mlip")) or {}
@@ -496,7 +512,7 @@ def prerelax_candidates(
         else:
             todo.append(cid)
 
-    structures = [Structure.from_dict(docs[cid]["structure"]) for cid in todo]
+    structures = [Structure.from_dict(starts[cid]) for cid in todo]
     outcomes = relax_structures(
         structures,
         mlip,
@@ -583,7 +599,9 @@ def select_candidates(
     """Mark the candidates chosen by :func:`select_for_dft` as ``selected`` in the database.
 
     Considers prerelaxed (and already selected), non-duplicate candidates of the
-    campaign/iteration (or exactly ``candidate_ids`` when given); rerunning it is idempotent.
+    campaign/iteration, plus older ones re-screened for this iteration by a newly promoted
+    model (``rescreen.iteration``; see :mod:`cspflow.rescreen`), or exactly ``candidate_ids``
+    when given; rerunning it is idempotent.
     """
     if db is None:
         from cspflow.store import get_database
@@ -595,7 +613,8 @@ def select_candidates(
         query["candidate_id"] = {"$in": list(candidate_ids)}
     else:
         query["campaign"] = campaign
-        query["iteration"] = iteration
+        # this iteration's candidates, and older ones a newly promoted model re-screened for it
+        query["$or"] = [{"iteration": iteration}, {"rescreen.iteration": iteration}]
     projection = {
         "_id": 0,
         "candidate_id": 1,

@@ -9,6 +9,12 @@ to every firework it writes, including those a running job adds dynamically
 ``findAndModify``: SecantusDB (the embedded server) can hand the same pre-image to two
 concurrent clients, and FireWorks' own counters use the pre-image form. The post-image form is
 equally correct on a real MongoDB.
+
+Workers ride out database outages (:mod:`cspflow.outage`): every LaunchPad operation, the
+jobflow output store and cspflow's own database access wait with backoff while the database is
+unreachable, and a task that the outage interrupted is run again in the same launch (jobs are
+idempotent), so a restart of the database neither kills a worker nor fails its firework.
+Launches whose worker died are found and rerun by :mod:`cspflow.reconcile`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     from fireworks import Firework, Workflow
     from jobflow import Flow, Job, JobStore
 
+    from cspflow.outage import Retry
     from cspflow.settings import CspflowSettings
 
 __all__ = [
@@ -41,8 +48,11 @@ __all__ = [
     "LocalWorkers",
     "rerun_lost_local",
     "submit_campaign",
+    "check_models",
+    "check_local_engine",
     "take_run_lock",
     "run_campaign_locally",
+    "reconcile_lost_runs",
 ]
 
 FW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "fw_configs"
@@ -84,10 +94,67 @@ class CspflowLaunchPad(LaunchPad):
         # Checkout (READY -> RESERVED) must hand each firework to exactly one worker.
         self.fireworks = _PostImageCollection(self.db.fireworks)
 
+    _retry: Retry | None = None
+
     def _upsert_fws(self, fws: list[Firework], reassign_all: bool = False) -> dict:
         for fw in fws:
             route_firework(fw)
         return super()._upsert_fws(fws, reassign_all=reassign_all)
+
+    def ride_out_outages(self, retry: Retry) -> None:
+        """Make every operation on FireWorks' collections wait out database outages.
+
+        Checkout, heartbeat, checkpoint and completion all go through these collections, so a
+        worker neither dies nor loses its firework when the database restarts under it. Only
+        for workers: interactive commands should fail at once with one line.
+        """
+        from cspflow.outage import RetryingCollection
+
+        self._retry = retry
+        for name in ("fireworks", "launches", "workflows", "fw_id_assigner", "offline_runs"):
+            setattr(self, name, RetryingCollection(getattr(self, name), retry))
+
+    def checkout_fw(self, *args: Any, **kwargs: Any) -> tuple[Firework | None, int | None]:
+        m_fw, launch_id = super().checkout_fw(*args, **kwargs)
+        if m_fw is not None and self._retry is not None:
+            m_fw.tasks = [_RerunOnOutage(task, self._retry) for task in m_fw.tasks]
+        return m_fw, launch_id
+
+
+class _RerunOnOutage:
+    """A Firetask that runs its task again, in the same launch, when a database outage broke it.
+
+    Without this, FireWorks marks the firework FIZZLED although the job itself did nothing
+    wrong. Jobs are idempotent (results are keyed by content hash), so a second run is safe;
+    the number of reruns is bounded so that a task that always fails this way still fails.
+    """
+
+    MAX_RERUNS = 5
+
+    def __init__(self, task: Any, retry: Retry) -> None:
+        object.__setattr__(self, "_task", task)
+        object.__setattr__(self, "_retry", retry)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._task, name, value)
+
+    def run_task(self, fw_spec: dict) -> Any:
+        from cspflow.outage import is_outage, log_event
+
+        reruns = 0
+        while True:
+            try:
+                return self._task.run_task(fw_spec)
+            except Exception as exc:
+                if reruns >= self.MAX_RERUNS or not is_outage(exc):
+                    raise
+                self._retry.wait_until_up(what=f"task {self._task.fw_name}")
+                reruns += 1
+                log_event(f"task {self._task.fw_name} was interrupted by the database outage "
+                          f"({type(exc).__name__}); running it again (rerun {reruns})")  # fmt: skip
 
 
 def _job_of(fw: Firework) -> Any:
@@ -182,19 +249,32 @@ def run_worker(
     max_loops: int = -1,
     launch_dir: str | os.PathLike | None = None,
     name: str | None = None,
+    reconcile_first: bool = False,
 ) -> int:
     """Run a rapidfire worker of one category until nothing is ready (``nlaunches=0``).
 
     jobflow's JobStore for the jobs comes from cspflow's settings (the same database).
-    Returns the number of launches made.
+    Database outages are waited out with backoff (``db_outage_max_wait_s``, logged one line
+    per attempt to stderr). The launches record this worker's host, pid and Slurm job id, so
+    that ``cspflow worker reconcile`` can tell when it is gone. With ``reconcile_first``, lost
+    runs are rerun before the first checkout. Returns the number of launches made.
     """
     from fireworks.core.rocket_launcher import rapidfire
 
+    from cspflow.db import resolve_uri
+    from cspflow.outage import retry_for, riding_out
+    from cspflow.reconcile import worker_identity
     from cspflow.settings import get_settings
 
     settings = settings or get_settings()
-    lp = get_launchpad(settings)
+    lp = get_launchpad(settings)  # an unreachable database at start-up: one line, no waiting
+    retry = retry_for(settings, resolve_uri(settings))
+    if retry is not None:
+        lp.ride_out_outages(retry)
+    if reconcile_first:
+        reconcile_lost_runs(lp, settings)
     fworker = make_fworker(category, name)
+    fworker.env.update(worker_identity())
     base = Path(launch_dir or settings.runs_dir) / category
     base.mkdir(parents=True, exist_ok=True)
     before = lp.launches.count_documents({"fworker.category": category})
@@ -202,7 +282,7 @@ def run_worker(
     import sys
 
     # job logs go to stderr so that stdout stays clean for --json output
-    with _jobflow_store_env(settings), contextlib.redirect_stdout(sys.stderr):
+    with riding_out(retry), _jobflow_store_env(settings, retry), contextlib.redirect_stdout(sys.stderr):
         rapidfire(
             lp,
             fworker=fworker,
@@ -215,20 +295,40 @@ def run_worker(
     return lp.launches.count_documents({"fworker.category": category}) - before
 
 
-class _jobflow_store_env:
-    """Point jobflow's default JobStore (used by JobFiretask) at cspflow's database."""
+def reconcile_lost_runs(lp: LaunchPad, settings: CspflowSettings, **kwargs: Any) -> Any:
+    """Rerun lost runs (dead worker process, ended Slurm job, stale heartbeat); see
+    :func:`cspflow.reconcile.reconcile`. Returns its report."""
+    from cspflow.reconcile import default_expiration_s, reconcile
 
-    def __init__(self, settings: CspflowSettings) -> None:
+    return reconcile(lp, default_expiration_s(settings), **kwargs)
+
+
+class _jobflow_store_env:
+    """Point jobflow's default JobStore (used by JobFiretask) at cspflow's database.
+
+    With a ``retry`` policy the output collection waits out database outages, so a job whose
+    result is ready when the database drops out stores it once the database is back instead of
+    failing (and being computed again).
+    """
+
+    def __init__(self, settings: CspflowSettings, retry: Retry | None = None) -> None:
         self.settings = settings
+        self.retry = retry
         self._old: Any = None
 
     def __enter__(self) -> None:
         from jobflow import SETTINGS
 
+        from cspflow.outage import RetryingCollection
         from cspflow.store import get_jobstore
 
         self._old = SETTINGS.JOB_STORE
-        SETTINGS.JOB_STORE = get_jobstore(self.settings)
+        store = get_jobstore(self.settings)
+        if self.retry is not None:
+            docs: Any = store.docs_store  # a maggma MongoStore
+            docs.connect()
+            docs._coll = RetryingCollection(docs._coll, self.retry)
+        SETTINGS.JOB_STORE = store
 
     def __exit__(self, *exc: object) -> None:
         from jobflow import SETTINGS
@@ -331,6 +431,7 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
     from cspflow.store import campaign_workflow, get_database
 
     db = get_database(settings)
+    check_models(spec, db)
     doc, created = register_campaign(db, spec)
     wf = campaign_workflow(db, spec.name)
     if wf is None:
@@ -338,6 +439,53 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
                     metadata={"campaign": spec.name})  # fmt: skip
         wf = campaign_workflow(db, spec.name)
     return doc, created, list(wf["nodes"])
+
+
+def check_models(spec: Any, db: Any) -> None:
+    """Refuse a campaign whose pre-relaxation models cannot be found, before anything is stored.
+
+    Without this a missing or wrong ``mace:PATH`` is only found when the first prerelax job
+    runs on a gpu node, after the campaign was registered and generation ran.
+    """
+    from cspflow.errors import CspflowError
+    from cspflow.mlip import parse_model_spec
+
+    for field, model in [("prerelax.model", spec.prerelax.model),
+                         *(("prerelax.committee", m) for m in spec.prerelax.committee)]:  # fmt: skip
+        try:
+            parsed = parse_model_spec(model)
+        except CspflowError as exc:
+            raise CspflowError(f"{field}: {exc}") from None
+        if parsed.kind == "registry" and db.models.find_one({"model_id": parsed.value}) is None:
+            raise CspflowError(f"{field}: model {parsed.value!r} is not in the registry; "
+                               "list the registered models with `cspflow model list`")  # fmt: skip
+
+
+def check_local_engine(spec: Any, settings: CspflowSettings) -> None:
+    """Refuse to run a campaign locally when this machine cannot run its DFT engine.
+
+    Local workers use this machine's settings, so a missing VASP command, CP2K binary or GPAW
+    setup is known before anything is stored; found later, every DFT job would fail and the
+    campaign would end without DFT. (``campaign submit`` does not check: cluster workers have
+    their own settings, and a failing DFT job names the problem there.)
+    """
+    from pymatgen.core import Composition
+
+    engine = spec.dft.engine
+    elements = sorted({el.symbol for f in spec.formulas() for el in Composition(f).elements})
+    if engine == "vasp":
+        from cspflow.dft.vasp import check_vasp
+
+        check_vasp(settings.vasp_cmd, elements, spec.dft.potcar_spec)
+    elif engine == "cp2k":
+        from cspflow.dft.cp2k import check_cp2k_cmd
+
+        check_cp2k_cmd(settings.cp2k_cmd)
+    elif engine == "gpaw":
+        from cspflow.dft.gpaw import check_gpaw, gpaw_setup_dir
+
+        xc = (spec.dft.gpaw or {}).get("xc", "PBE")
+        check_gpaw(elements, gpaw_setup_dir(settings.gpaw_setup_path), xc)
 
 
 def take_run_lock(db: Any, name: str) -> None:
@@ -367,12 +515,16 @@ def run_campaign_locally(
     poll_s: float = 1.0,
     on_start: Any = None,
     on_poll: Any = None,
+    reconcile_every_s: float = 30.0,
+    on_reconcile: Any = None,
 ) -> dict[str, Any]:
     """Run a submitted campaign to the end with a local cpu and gpu worker (``campaign run``).
 
     Takes the run lock, reruns fireworks a dead local runner left behind (when resuming), keeps
     the workers alive and polls the workflow every ``poll_s`` seconds until it is COMPLETED or
-    FIZZLED. The workers are stopped and the lock released however the loop ends.
+    FIZZLED. Every ``reconcile_every_s`` seconds lost runs (a worker killed mid-job, an ended
+    Slurm job, a stale heartbeat) are rerun. A database outage is waited out like in the
+    workers. The workers are stopped and the lock released however the loop ends.
 
     Parameters
     ----------
@@ -390,6 +542,10 @@ def run_campaign_locally(
         ``f(lost_fw_ids)`` called once before the workers start.
     on_poll
         ``f(nodes, elapsed_s)`` called on every poll while the campaign runs.
+    reconcile_every_s
+        How often lost runs are looked for (0: never).
+    on_reconcile
+        ``f(report)`` called when a reconciliation reran something.
 
     Returns
     -------
@@ -403,7 +559,9 @@ def run_campaign_locally(
     """
     import time
 
+    from cspflow.db import resolve_uri
     from cspflow.errors import CspflowError
+    from cspflow.outage import retry_for
     from cspflow.store import campaign_workflow, get_database
 
     db = get_database(settings)
@@ -412,12 +570,19 @@ def run_campaign_locally(
     lost = [] if created else rerun_lost_local(lp, nodes)
     if on_start is not None:
         on_start(lost)
+    retry = retry_for(settings, resolve_uri(settings))
+    if retry is not None:
+        lp.ride_out_outages(retry)
+
+    def call(fn: Any, *args: Any) -> Any:
+        return fn(*args) if retry is None else retry.call(fn, *args, what="campaign poll")
+
     workers = LocalWorkers(settings)
-    t0 = time.monotonic()
+    t0 = last_reconcile = time.monotonic()
     state = "RUNNING"
     try:
         while True:
-            wf = campaign_workflow(db, spec.name) or {}
+            wf = call(campaign_workflow, db, spec.name) or {}
             nodes = list(wf.get("nodes", nodes))
             state = wf.get("state", state)
             if state in ("COMPLETED", "FIZZLED"):
@@ -425,14 +590,19 @@ def run_campaign_locally(
             workers.ensure_running()
             elapsed = time.monotonic() - t0
             if on_poll is not None:
-                on_poll(nodes, elapsed)
+                call(on_poll, nodes, elapsed)
+            if reconcile_every_s and time.monotonic() - last_reconcile >= reconcile_every_s:
+                report = reconcile_lost_runs(lp, settings)
+                last_reconcile = time.monotonic()
+                if report.rerun and on_reconcile is not None:
+                    on_reconcile(report)
             if timeout and elapsed > timeout:
                 raise CspflowError(f"campaign {spec.name} not finished after {timeout:.0f} s; "
                                    "run the same command again to resume")  # fmt: skip
             time.sleep(poll_s)
     finally:
         workers.stop()
-        db.campaigns.update_one({"name": spec.name}, {"$unset": {"runner": ""}})
+        call(db.campaigns.update_one, {"name": spec.name}, {"$unset": {"runner": ""}})
     if state == "FIZZLED":
         failed = [
             (fw["fw_id"], fw["name"]) for fw in db.fireworks.find(

@@ -60,6 +60,21 @@ class CspflowSettings(BaseSettings):
     db_server_selection_timeout_ms: int = Field(
         5000, description="How long a client waits for the database before giving up (ms)."
     )
+    db_outage_max_wait_s: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="How long a worker waits out a database outage, retrying with backoff, "
+        "before it stops (0: fail at the first outage, as a plain FireWorks worker does).",
+    )
+    db_retry_cap_s: float = Field(
+        60.0, gt=0, description="Longest pause between two retries while the database is down (s)."
+    )
+    lost_run_expiration_s: float | None = Field(
+        None,
+        gt=0,
+        description="A RUNNING launch without a heartbeat for this long is lost and rerun "
+        "(default: FireWorks' RUN_EXPIRATION_SECS, 4x its PING_TIME_SECS).",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(user_data_dir("cspflow")),
         description="Where the embedded database keeps its data, pid and uri files.",

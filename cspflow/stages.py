@@ -15,6 +15,7 @@ STAGE_CATEGORY: dict[str, str] = {
     "dft": "cpu",
     "hull": "cpu",
     "learn": "gpu",
+    "rescreen": "gpu",
     "control": "cpu",
 }
 

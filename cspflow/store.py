@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from cspflow.db import redact_uri, resolve_uri
-from cspflow.errors import CspflowError
+from cspflow.errors import CspflowError, DatabaseUnreachable
 from cspflow.settings import CspflowSettings, get_settings
 
 if TYPE_CHECKING:
@@ -58,14 +58,30 @@ def _client_for(uri: str, timeout_ms: int) -> MongoClient:
 def get_client(settings: CspflowSettings | None = None) -> MongoClient:
     """Return a (cached) pymongo client for the configured or embedded database.
 
+    In a worker riding out outages (:func:`cspflow.outage.riding_out`) this waits, with
+    backoff, for the database to answer instead of failing at once.
+
     Raises
     ------
     CspflowError
-        When the database does not answer; the message never contains the password.
+        When the database does not answer (:class:`~cspflow.errors.DatabaseUnreachable`) or
+        refuses the credentials; the message never contains the password.
     """
+    from cspflow.outage import active_retry
+
     settings = settings or get_settings()
     uri = resolve_uri(settings)
     client = _client_for(uri, settings.db_server_selection_timeout_ms)
+    retry = active_retry()
+    if retry is not None:
+        retry.call(_ping, client, uri, what="ping")
+    else:
+        _ping(client, uri)
+    return client
+
+
+def _ping(client: MongoClient, uri: str) -> None:
+    """Ping the server; turn a failure into one line that says what to check."""
     try:
         client.admin.command("ping")
     except Exception as exc:
@@ -75,11 +91,10 @@ def get_client(settings: CspflowSettings | None = None) -> MongoClient:
                 f"the database at {redact_uri(uri)} refused the credentials (authentication "
                 "failed); check the user, password and authSource in CSPFLOW_DB_URI"
             ) from None
-        raise CspflowError(
+        raise DatabaseUnreachable(
             f"cannot reach the database at {redact_uri(uri)} ({kind}); check CSPFLOW_DB_URI, "
             "or unset it to use the embedded server (`cspflow db start`)"
         ) from None
-    return client
 
 
 def get_database(settings: CspflowSettings | None = None) -> Database:
@@ -103,8 +118,12 @@ def get_jobstore(settings: CspflowSettings | None = None) -> JobStore:
 
     settings = settings or get_settings()
     uri = resolve_uri(settings)
-    docs = MongoStore(database=settings.db_name, collection_name="outputs", uri=uri)
-    blobs = GridFSStore(database=settings.db_name, collection_name="outputs_blobs", uri=uri)
+    # the same server-selection timeout as cspflow's own clients (pymongo's default is 30 s)
+    kwargs = {"serverSelectionTimeoutMS": settings.db_server_selection_timeout_ms}
+    docs = MongoStore(database=settings.db_name, collection_name="outputs", uri=uri,
+                      mongoclient_kwargs=kwargs)  # fmt: skip
+    blobs = GridFSStore(database=settings.db_name, collection_name="outputs_blobs", uri=uri,
+                        mongoclient_kwargs=kwargs)  # fmt: skip
     return JobStore(docs, additional_stores={"data": blobs})
 
 
@@ -121,6 +140,35 @@ def firework_counts(db: Database, fw_ids: list[int]) -> dict[str, int]:
     for fw in db.fireworks.find({"fw_id": {"$in": fw_ids}}, {"state": 1}):
         counts[fw["state"]] = counts.get(fw["state"], 0) + 1
     return counts
+
+
+def rerun_summary(db: Database, fw_ids: list[int]) -> dict:
+    """Which of ``fw_ids`` ran more than once, and the lost runs among their launches.
+
+    A firework was rerun when FireWorks archived a launch of it (``rerun_fw``); a lost run is
+    a launch that ``cspflow worker reconcile`` (or the campaign runner) found without a live
+    worker and marked with why (``lost.reason``: slurm, process or heartbeat).
+    """
+    rerun = list(db.fireworks.find(
+        {"fw_id": {"$in": fw_ids}, "archived_launches.0": {"$exists": True}},
+        {"fw_id": 1, "name": 1, "archived_launches": 1},
+    ))  # fmt: skip
+    names = {fw["fw_id"]: fw.get("name", "") for fw in rerun}
+    archived = [lid for fw in rerun for lid in fw["archived_launches"]]
+    lost = [
+        {"fw_id": ln["fw_id"], "name": names.get(ln["fw_id"], ""), "launch_id": ln["launch_id"],
+         "reason": ln["lost"].get("reason"), "detail": ln["lost"].get("detail")}
+        for ln in db.launches.find({"launch_id": {"$in": archived}, "lost": {"$exists": True}},
+                                   {"launch_id": 1, "fw_id": 1, "lost": 1})
+    ]  # fmt: skip
+    return {
+        "fireworks_rerun": len(rerun),
+        "archived_launches": len(archived),
+        "lost_runs": len(lost),
+        "rerun": [{"fw_id": fw["fw_id"], "name": fw.get("name", ""),
+                   "runs": 1 + len(fw["archived_launches"])} for fw in rerun],  # fmt: skip
+        "lost": lost,
+    }
 
 
 def candidate_counts(db: Database, campaign: str) -> dict[str, int]:

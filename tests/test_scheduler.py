@@ -8,6 +8,7 @@ import sys
 from multiprocessing import get_context
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cspflow.stages import STAGE_CATEGORY, category_for
@@ -181,3 +182,45 @@ def test_unknown_worker_category_is_one_line(settings):
                           env=env_for(settings), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown worker category 'tpu'; use --category gpu or --category cpu"
+
+
+@pytest.mark.slow
+def test_500_jobs_4_workers_every_job_exactly_once(settings, db):
+    """Every job runs exactly once at scale: one launch per firework, and the job's own side
+    effect (a counter in the database, outside FireWorks' books) incremented once."""
+    import time
+
+    from cspflow.scheduler import submit_flow
+    from cspflow.testing.jobs import EFFECTS, work_flow
+
+    n = 500
+    submit_flow(work_flow(n, stage="dft", name="scale"), settings)
+    env = env_for(settings)
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(worker_cmd("cpu", "--name", f"w{i}"), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=1800) for p in procs]
+    elapsed = time.monotonic() - t0
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    fws = list(db.fireworks.find({}, {"fw_id": 1, "state": 1, "launches": 1}))
+    launches = list(db.launches.find({}, {"launch_id": 1, "fw_id": 1, "fworker": 1}))
+    effects = {e["tag"]: e["runs"] for e in db[EFFECTS].find({})}
+    per_fw: dict[int, int] = {}
+    for ln in launches:
+        per_fw[ln["fw_id"]] = per_fw.get(ln["fw_id"], 0) + 1
+    by_worker: dict[str, int] = {}
+    for ln in launches:
+        by_worker[ln["fworker"]["name"]] = by_worker.get(ln["fworker"]["name"], 0) + 1
+    duplicate_runs = sum(c - 1 for c in effects.values())
+    print(f"\n{n} jobs, 4 workers in {elapsed:.0f} s ({n / elapsed:.1f} jobs/s): "
+          f"{len(launches)} launches {dict(sorted(by_worker.items()))}, "
+          f"{sum(c - 1 for c in per_fw.values())} reruns, {sum(effects.values())} executions, "
+          f"{duplicate_runs} duplicate executions, {n - len(effects)} jobs never run")  # fmt: skip
+    assert len(fws) == n and all(f["state"] == "COMPLETED" for f in fws)
+    assert len(launches) == n and len({ln["launch_id"] for ln in launches}) == n
+    assert all(c == 1 for c in per_fw.values()) and len(per_fw) == n
+    assert len(effects) == n and duplicate_runs == 0
+    assert sum(1 for c in by_worker.values() if c) >= 2

@@ -46,6 +46,12 @@ def csp(
         int | None,
         typer.Option(help="Candidates per iteration (default: budget in <= 20s).", min=1),
     ] = None,
+    until_found: Annotated[
+        bool, typer.Option("--until-found", help="Stop an entry once the reference is in the top-k.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option(help="Campaigns run at once (each with its own cpu+gpu worker).", min=1)
+    ] = 1,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (JSON) to this file.")
     ] = None,
@@ -62,7 +68,7 @@ def csp(
 
     options = BenchOptions(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,
-        repeats=repeats, seed=seed, top_k=top_k,
+        repeats=repeats, seed=seed, top_k=top_k, until_found=until_found, workers=workers,
     )  # fmt: skip
     only_list = [o.strip() for o in only.split(",") if o.strip()] if only else None
     # bad input: one line, nothing started
@@ -90,13 +96,24 @@ def csp(
     def on_run_end(run) -> None:
         what = (f"found, rank {run.rank}, first after {run.first_found} relaxations" if run.found
                 else "not found" + (f" (rank {run.rank})" if run.rank else ""))  # fmt: skip
+        if run.stopped_early:
+            what += " (stopped: found)"
         if run.error:
             what = f"error: {run.error}"
         progress.console.print(f"{run.formula} repeat {run.repeat}: {what}; "
                                f"{run.relaxations} relaxations in {run.wall_s:.0f} s", highlight=False)  # fmt: skip
 
+    def on_parallel_end(run) -> None:
+        progress.update(total, advance=budget)
+        on_run_end(run)
+
     with progress:
-        report = run_benchmark(set_file, options, only_list, on_run_start, on_progress, on_run_end)
+        if workers > 1:  # runs overlap: one bar for the whole set
+            progress.update(current, visible=False)
+            report = run_benchmark(set_file, options, only_list, on_run_end=on_parallel_end)
+        else:
+            report = run_benchmark(set_file, options, only_list, on_run_start, on_progress,
+                                   on_run_end)  # fmt: skip
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(report.model_dump_json(indent=2))

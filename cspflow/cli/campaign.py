@@ -86,13 +86,14 @@ def run(
     from rich.live import Live
 
     from cspflow.errors import CspflowError
-    from cspflow.scheduler import run_campaign_locally
+    from cspflow.scheduler import check_local_engine, run_campaign_locally
     from cspflow.schemas.campaign import load_spec
     from cspflow.settings import get_settings
     from cspflow.store import get_database
 
     spec = load_spec(spec_file)
     settings = get_settings()
+    check_local_engine(spec, settings)  # before anything is stored
     console = Console(stderr=True)
     db = get_database(settings)
     doc, created, nodes = _submit(spec, settings)
@@ -124,11 +125,17 @@ def run(
                 console.print(line, highlight=False)
             last_line = line
 
+    def on_reconcile(report) -> None:
+        for lost in report.lost:
+            if lost.fw_id in report.rerun:
+                console.print(f"lost run rerun: fw {lost.fw_id} {lost.name} ({lost.reason}: "
+                              f"{lost.detail})", highlight=False)  # fmt: skip
+
     t0 = time.monotonic()
     live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
     try:
         run_campaign_locally(spec, settings, nodes, created=created, timeout=timeout,
-                             on_start=on_start, on_poll=on_poll)  # fmt: skip
+                             on_start=on_start, on_poll=on_poll, on_reconcile=on_reconcile)  # fmt: skip
     finally:
         if live:
             live.stop()
@@ -171,6 +178,9 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
                   f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     console.print(t)
+    learning = learn_table(doc.get("iterations", []))
+    if learning is not None:
+        console.print(learning)
     if hull:
         from cspflow.cli.results import hull_table
 
@@ -179,6 +189,43 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
     if plot:
         console.print(f"hull plot: {plot}")
     console.print(f"finished in {elapsed:.0f} s; `cspflow results top {name} --json` for scripts")
+
+
+def _mae(metrics: dict | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def learn_table(iterations: list[dict]):
+    """Per learning round: model, frames, held-out MAEs before -> after, promotion, re-screening."""
+    from rich.table import Table
+
+    rounds = [it for it in iterations if it.get("learn")]
+    if not rounds:
+        return None
+    t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
+    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A", "promoted",
+                "re-screened"):  # fmt: skip
+        t.add_column(col)
+    for it in rounds:
+        rec = it["learn"]
+        if not rec.get("trained"):
+            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-",
+                      "no", rec.get("reason") or "")  # fmt: skip
+            continue
+        m = rec.get("metrics") or {}
+        before, after = m.get("current"), m.get("new")
+        rs = rec.get("rescreen") or {}
+        screened = "-" if rs.get("skipped") or not rs else (
+            f"{rs.get('n_single_points')} sp, {rs.get('relaxed')} relaxed"
+            + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
+        )  # fmt: skip
+        t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
+                  f"{_mae(before, 'energy_mae_mev_per_atom')} -> {_mae(after, 'energy_mae_mev_per_atom')}",
+                  f"{_mae(before, 'force_mae_mev_per_a')} -> {_mae(after, 'force_mae_mev_per_a')}",
+                  "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
+    t.caption = "why a model was (not) promoted: `cspflow model show ID`"
+    return t
 
 
 def _top_json(rows: list[dict]) -> dict:
@@ -211,7 +258,7 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
 
     from cspflow.campaign import campaign_doc
     from cspflow.errors import CspflowError
-    from cspflow.store import campaign_workflow, get_database, top_structures
+    from cspflow.store import campaign_workflow, get_database, rerun_summary, top_structures
 
     db = get_database()
     doc = campaign_doc(db, name)
@@ -220,13 +267,14 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
         raise CspflowError(f"no campaign named {name!r}; known: {', '.join(names) or 'none'}")
     wf = campaign_workflow(db, name) or {}
     p = _progress_rows(db, name, list(wf.get("nodes", [])))
+    reruns = rerun_summary(db, list(wf.get("nodes", [])))
     top = top_structures(db, name, n=5)
     if json_out:
         print_json({"campaign": name, "state": doc["state"], "stop_reason": doc.get("stop_reason"),
                     "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
                     "candidates": p["candidates"], "fireworks": p["fireworks"],
                     "running": p["running"], "iterations": doc.get("iterations", []),
-                    "top": _top_json(top)})  # fmt: skip
+                    "reruns": reruns, "top": _top_json(top)})  # fmt: skip
         return
     console = Console()
     t = Table(title=f"campaign {name}")
@@ -238,9 +286,22 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
     t.add_row("candidates", "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())))
     t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
     t.add_row("running", "\n".join(p["running"]) or "-")
+    t.add_row("reruns", _reruns_line(reruns))
     console.print(t)
+    learning = learn_table(doc.get("iterations", []))
+    if learning is not None:
+        console.print(learning)
     if top:
         console.print(_top_table(top, "best structures"))
+
+
+def _reruns_line(reruns: dict) -> str:
+    """One cell: how many fireworks ran more than once, and the lost runs with their reasons."""
+    if not reruns["fireworks_rerun"]:
+        return "none"
+    lost = "; ".join(f"fw {r['fw_id']} {r['name']}: {r['reason']} ({r['detail']})" for r in reruns["lost"])
+    return (f"{reruns['fireworks_rerun']} firework(s) rerun, {reruns['lost_runs']} lost run(s)"
+            + (f": {lost}" if lost else ""))  # fmt: skip
 
 
 @app.command("pause")

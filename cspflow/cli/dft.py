@@ -45,7 +45,6 @@ def relax(
     if engine not in ("gpaw", "cp2k", "vasp"):
         raise CspflowError(f"--engine must be gpaw, cp2k or vasp, not {engine!r}")
     structures = read_structures(inputs)
-    out.mkdir(parents=True, exist_ok=True)
     spec = {"engine": engine, "preset": preset, "relax": relax_kind, "potcar_spec": potcar_spec}
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -67,6 +66,7 @@ def relax(
 
         summary = relax_structures(structures, spec, out, on_done=tick)
 
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if as_json:
         print_json(summary)

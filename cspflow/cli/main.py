@@ -49,7 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2 (``--debug`` shows the traceback)."""
     from cspflow.errors import CspflowError, SpecError
 
-    debug = "--debug" in (argv if argv is not None else sys.argv)
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    command = next((a for a in args if not a.startswith("-")), None)
+    if not debug and command != "worker":
+        # library warnings (pymatgen's CIF parser, torch, atomate2) would bury the one line a
+        # user error prints; --debug shows them, and job logs (workers) keep them
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         code = app(args=argv, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
@@ -62,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     except SpecError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        for problem in exc.problems:
-            typer.echo(f"  - {problem}", err=True)
+        head, *rest = exc.lines()
+        typer.echo(f"error: {head}", err=True)
+        for line in rest:
+            typer.echo(line, err=True)
         sys.exit(2)
     except CspflowError as exc:
         if debug:
@@ -72,11 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # typer >= 0.20 raises its vendored click's exceptions (typer._click), not click's
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if debug:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)

@@ -1,4 +1,4 @@
-"""``cspflow worker start --category gpu|cpu``: a FireWorks rapidfire worker for this node."""
+"""``cspflow worker start|check|reconcile``: FireWorks workers for this node, and lost runs."""
 
 from __future__ import annotations
 
@@ -46,8 +46,48 @@ def start(
         sleep_time=sleep,
         launch_dir=launch_dir,
         name=name,
+        reconcile_first=not (singleshot or until_empty),  # a daemon: rerun lost runs first
     )
     typer.echo(f"{category} worker: {count} launch(es)")
+
+
+@app.command("reconcile")
+def reconcile(
+    expiration: Annotated[
+        float | None,
+        typer.Option(help="Heartbeat expiration in seconds (default: setting "
+                     "lost_run_expiration_s, else FireWorks' RUN_EXPIRATION_SECS)."),  # fmt: skip
+    ] = None,
+    slurm: Annotated[bool, typer.Option("--slurm/--no-slurm", help="Compare with squeue.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report lost runs, change nothing.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find lost runs (worker process gone, Slurm job ended, no heartbeat) and rerun them.
+
+    Safe to run at any time and from several places (cron, a login node): each lost launch is
+    rerun once. Live workers keep pinging their launches and are left alone.
+    """
+    from cspflow.reconcile import default_expiration_s
+    from cspflow.reconcile import reconcile as do_reconcile
+    from cspflow.scheduler import get_launchpad
+    from cspflow.settings import get_settings
+
+    settings = get_settings()
+    lp = get_launchpad(settings)
+    report = do_reconcile(lp, expiration or default_expiration_s(settings), slurm=slurm,
+                          dry_run=dry_run)  # fmt: skip
+    if json_out:
+        print_json(report.as_dict())
+        return
+    typer.echo(f"checked {report.running} RUNNING launch(es) (Slurm: {report.slurm}; heartbeat "
+               f"expiration {report.expiration_s:g} s): {len(report.lost)} lost")  # fmt: skip
+    done = "rerun" if not dry_run else "would rerun (--dry-run)"
+    for run in report.lost:
+        status = done if dry_run or run.fw_id in report.rerun else "left to another reconciler"
+        typer.echo(f"  fw {run.fw_id} {run.name!r} launch {run.launch_id} on {run.host}: "
+                   f"{run.reason}: {run.detail} -> {status}")  # fmt: skip
+    for launch_id in report.reservations_cancelled:
+        typer.echo(f"  reservation of launch {launch_id} cancelled (its Slurm job ended)")
 
 
 @app.command("check")

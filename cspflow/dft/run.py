@@ -42,7 +42,11 @@ def read_structures(paths: list[Path]) -> list[tuple[str, Structure]]:
 
                 structure = AseAtomsAdaptor.get_structure(read(path, index=-1))  # type: ignore[arg-type]
             except Exception as exc:
-                raise CspflowError(f"cannot read a structure from {path}: {exc}") from None
+                why = f"{type(exc).__name__}: {exc}" if str(exc).strip() else "no cell or atoms found"
+                raise CspflowError(
+                    f"cannot read a structure from {path} ({why}); give CIF, POSCAR or extxyz "
+                    "files of periodic crystals"
+                ) from None
         out.append((Path(path).stem, structure))
     names = [n for n, _ in out]
     return [(f"{n}-{i}" if names.count(n) > 1 else n, s) for i, (n, s) in enumerate(out)]
@@ -73,8 +77,7 @@ def relax_structures(
     preset, settings = resolve_settings(dspec)
     cs = get_settings()
     out = Path(out)
-    runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"  # created with the first job that runs: a refused run leaves no trace
     results: list[dict[str, Any]] = []
     preflight_errors: list[str] = []
     for name, structure in structures:
@@ -95,6 +98,7 @@ def relax_structures(
                 on_done(name)
             continue
         engine_job.update_metadata({"stage": "dft"})
+        runs.mkdir(parents=True, exist_ok=True)
         store = JobStore(MemoryStore())
         responses = run_locally(
             engine_job, store=store, create_folders=True, root_dir=runs, log=False

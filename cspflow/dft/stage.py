@@ -169,6 +169,37 @@ def write_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
         )
         update["$unset"] = {"energy_per_atom.dft": ""}
     db["candidates"].update_one({"candidate_id": candidate_id}, update)
+    if result.usable and result.structure:
+        dedup_dft(db, candidate_id, result)
+
+
+def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | None:
+    """File the DFT-relaxed structure; when it is another DFT result's structure, mark the
+    higher-energy of the two ``duplicate_of`` the lower (two candidates often relax to the
+    same minimum, and the hull and the top list should show it once). Returns the duplicate
+    candidate's id, or None."""
+    from pymatgen.core import Structure
+
+    from cspflow.generate.dedup import register_relaxed
+
+    other = register_relaxed(db, candidate_id, Structure.from_dict(result.structure), "dft")
+    if other is None:
+        return None
+    doc = db["candidates"].find_one(
+        {"candidate_id": other, "relaxed.dft.status": "converged", "duplicate_of": None},
+        {"energy_per_atom.dft": 1},
+    )
+    if doc is None:  # it matched a form that is not a usable DFT result
+        return None
+    theirs = (doc.get("energy_per_atom") or {}).get("dft")
+    mine = result.energy_per_atom
+    loser, winner = (
+        (other, candidate_id) if theirs is not None and mine is not None and mine < theirs
+        else (candidate_id, other)
+    )  # fmt: skip
+    db["candidates"].update_one({"candidate_id": loser}, {"$set": {"duplicate_of": winner}})
+    db["candidates"].update_many({"duplicate_of": loser}, {"$set": {"duplicate_of": winner}})
+    return loser
 
 
 def final_energy_per_atom(candidate: dict, engine: str) -> float | None:

@@ -1,20 +1,27 @@
 """Database-wide deduplication: fingerprint buckets + StructureMatcher within a bucket.
 
 Every stored form of a candidate (the generated structure, and relaxed ones) has a small
-document in ``fingerprints``: candidate id, level, formula, symmetry, bucket keys and the
-fingerprint vector, no structure. A lookup reads one bucket there (``fingerprints.bucket``, a
-multikey index), keeps the fingerprints within
-:data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and only for those fetches the structure
-from ``candidates`` and confirms with pymatgen's StructureMatcher (ltol 0.2, stol 0.3,
-angle_tol 5, scale=True, primitive cells). The server reads each matching document whole, so
-keeping the bucket's documents small is what keeps a lookup fast as the store grows.
+document in ``fingerprints``: candidate id, level, formula, symmetry, bucket keys, the
+fingerprint vector and the reduced cell StructureMatcher compares (``cell``: the primitive cell
+of the Niggli cell, as float64 bytes; about 0.6 kB for 20 sites), not the structure. A lookup
+reads the buckets of its fingerprint there (``fingerprints.bucket``, a multikey index; one key
+per hash table, see :mod:`cspflow.generate.fingerprint`), keeps the fingerprints within
+:data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, closest first, and confirms with pymatgen's
+StructureMatcher (ltol 0.2, stol 0.3, angle_tol 5, scale=True, primitive cells). Both sides
+enter the matcher already reduced (``fit(..., skip_structure_reduction=True)``): the stored
+side's reduction was done once when it was filed, the query's once per lookup. That is the
+same comparison as ``StructureMatcher.fit`` on the original structures, which spends about 75%
+of its time on those two reductions. Fingerprint documents written by older versions (no
+``cell``, keys of the old scheme) are still found and checked the old way, with the structure
+from ``candidates`` and the full matcher.
 
 Registration is atomic across processes: a writer takes a lock document (``dedup_locks``, keyed
-by ``_id``, so the server's own unique ``_id`` index arbitrates) for every bucket its structure
-is filed under, looks up, inserts, and releases. Two near-identical structures always share at
-least one bucket, so their registrations are serialised and exactly one of them is stored. The
-unique (chemsys, fingerprint_hash) index is a second guard against exact repeats. A lock left by
-a killed process expires after :data:`LOCK_STALE_S` seconds.
+by ``_id``, so the server's own unique ``_id`` index arbitrates) for the formula, space group
+and primitive-cell size of its structure (:func:`~cspflow.generate.fingerprint.lock_key`),
+looks up, inserts, and releases. Every structure a lookup could match has the same key, so
+registrations of near-identical structures are serialised and exactly one of them is stored.
+The unique (chemsys, fingerprint_hash) index is a second guard against exact repeats. A lock
+left by a killed process expires after :data:`LOCK_STALE_S` seconds.
 
 Relaxed structures: :func:`register_relaxed` files a candidate's relaxed structure (level
 ``mlip`` or ``dft``) under its own buckets, so later lookups match initial and relaxed forms.
@@ -23,6 +30,7 @@ Relaxed structures: :func:`register_relaxed` files a candidate's relaxed structu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -41,7 +49,8 @@ from cspflow.generate.fingerprint import (
     FP_TOLERANCE,
     Fingerprint,
     fingerprint,
-    fingerprint_distance,
+    legacy_query_key,
+    lock_key,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +63,10 @@ __all__ = [
     "MongoIndex",
     "content_hash",
     "structures_match",
+    "reduced_cell",
+    "cells_match",
+    "cell_document",
+    "cell_from_document",
     "find_duplicate",
     "register",
     "register_relaxed",
@@ -83,14 +96,140 @@ def _utcnow() -> datetime:
 _matcher = None
 
 
-def structures_match(a: Structure, b: Structure) -> bool:
-    """True when pymatgen's StructureMatcher (cspflow's tolerances) finds a and b the same."""
+def _get_matcher() -> Any:
     global _matcher
     if _matcher is None:
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
         _matcher = StructureMatcher(**MATCHER_KWARGS)
-    return bool(_matcher.fit(a, b))
+    return _matcher
+
+
+def structures_match(a: Structure, b: Structure) -> bool:
+    """True when pymatgen's StructureMatcher (cspflow's tolerances) finds a and b the same."""
+    return bool(_get_matcher().fit(a, b))
+
+
+def reduced_cell(structure: Structure) -> Structure:
+    """Return the cell StructureMatcher compares: the primitive cell of the Niggli cell.
+
+    The same two steps, in the same order and with the same defaults, as the matcher's own
+    preprocessing with ``primitive_cell=True`` (``StructureMatcher._get_reduced_structure``),
+    so ``cells_match(reduced_cell(a), reduced_cell(b)) == structures_match(a, b)``.
+    """
+    return _niggli_cell(structure).get_primitive_structure()
+
+
+def _niggli_cell(structure: Structure) -> Structure:
+    return Structure.from_sites(structure).get_reduced_structure(reduction_algo="niggli")
+
+
+class _Confirmation:
+    """Confirms stored reduced cells against one query structure, reducing it at most once.
+
+    Before the primitive-cell search (the costly half of :func:`reduced_cell`), the query's
+    Niggli cell is compared with the stored cell by :func:`_same_cell`: a stored structure
+    re-submitted in its primitive cell (rotated, shifted, reordered, rescaled) is the same cell
+    already, and where the check says so the two are one crystal to 1e-3, which
+    StructureMatcher calls a match.
+    """
+
+    def __init__(self, structure: Structure, cell: Structure | None = None) -> None:
+        self.structure = structure
+        self.cell = cell  # reduced_cell(structure) once computed
+        self._niggli: Structure | None = None
+
+    def matches(self, stored: Structure) -> bool:
+        """True when the query and a stored reduced cell are the same structure."""
+        if self.cell is None:
+            if self._niggli is None:
+                self._niggli = _niggli_cell(self.structure)
+            if _same_cell(self._niggli, stored):
+                return True
+            self.cell = self._niggli.get_primitive_structure()  # reduced_cell, same steps
+        return cells_match(self.cell, stored)
+
+
+def cells_match(a: Structure, b: Structure) -> bool:
+    """:func:`structures_match` for cells already reduced by :func:`reduced_cell`.
+
+    pymatgen's ``fit(..., skip_structure_reduction=True)``: the matcher skips only the
+    reduction it would otherwise repeat on every comparison. Two cells that are the same up
+    to rotation, origin, site order and volume (:func:`_same_cell`, 1e-3 tolerances, far
+    inside the matcher's) are a match without running it: a repeat of a stored structure is
+    the common case, and that check costs a fifth of the matcher.
+    """
+    return _same_cell(a, b) or bool(_get_matcher().fit(a, b, skip_structure_reduction=True))
+
+
+#: proper changes of basis that permute and flip the axes (a Niggli cell is unique up to these
+#: where lengths or angles coincide)
+_AXIS_SWAPS = [
+    m
+    for m in (
+        np.array([[sign[i] * (perm[i] == j) for j in range(3)] for i in range(3)], dtype=float)
+        for perm in itertools.permutations(range(3))
+        for sign in itertools.product((1, -1), repeat=3)
+    )
+    if np.linalg.det(m) > 0
+]
+
+
+def _same_cell(a: Structure, b: Structure, tol: float = 1e-3) -> bool:
+    """True when a and b are one cell up to rotation, origin, site order and volume.
+
+    Lattices are compared at one atom per unit volume (the matcher's ``scale=True``), as metric
+    tensors (so rotation does not matter), under each of :data:`_AXIS_SWAPS`; sites must map
+    one to one within ``tol`` after one translation. Where this holds, StructureMatcher finds
+    the same lattice and translation within its far larger tolerances (ltol 0.2, stol 0.3,
+    angle_tol 5), so a True never disagrees with it; a False proves nothing.
+    """
+    n = len(a)
+    if n != len(b):
+        return False
+    sa = np.array([site.species_string for site in a])
+    sb = np.array([site.species_string for site in b])
+    if sorted(sa) != sorted(sb):
+        return False
+    la = a.lattice.matrix * (n / a.volume) ** (1 / 3)
+    lb = b.lattice.matrix * (n / b.volume) ** (1 / 3)
+    ga = la @ la.T
+    same = sa[:, None] == sb[None, :]
+    values, counts = np.unique(sa, return_counts=True)
+    anchor = int(np.flatnonzero(sa == values[np.argmin(counts)])[0])
+    fa = a.frac_coords
+    for m in _AXIS_SWAPS:
+        lm = m @ lb
+        if np.abs(lm @ lm.T - ga).max() > tol:
+            continue
+        fb = b.frac_coords @ m.T  # m is orthogonal: its inverse
+        for j in np.flatnonzero(sb == sa[anchor]):
+            d = fa[:, None, :] + (fb[j] - fa[anchor]) - fb[None, :, :]
+            d -= np.round(d)
+            dist = np.linalg.norm(d @ lm, axis=-1)
+            dist[~same] = np.inf
+            k = dist.argmin(axis=1)
+            if dist[np.arange(n), k].max() < tol and len(set(k.tolist())) == n:
+                return True
+    return False
+
+
+def cell_document(cell: Structure) -> dict[str, Any]:
+    """Compact, exact form of a reduced cell: float64 lattice and fractional coordinates."""
+    from bson import Binary
+
+    return {
+        "lattice": Binary(np.asarray(cell.lattice.matrix, dtype="<f8").tobytes()),
+        "species": " ".join(site.species_string for site in cell),
+        "frac": Binary(np.asarray(cell.frac_coords, dtype="<f8").tobytes()),
+    }
+
+
+def cell_from_document(doc: dict[str, Any]) -> Structure:
+    """Rebuild the cell written by :func:`cell_document`, bit for bit."""
+    lattice = np.frombuffer(doc["lattice"], dtype="<f8").reshape(3, 3).copy()
+    frac = np.frombuffer(doc["frac"], dtype="<f8").reshape(-1, 3).copy()
+    return Structure(lattice, doc["species"].split(" "), frac)
 
 
 def content_hash(structure: Structure) -> str:
@@ -114,28 +253,45 @@ class MemoryIndex:
     def __init__(self) -> None:
         self._buckets: dict[str, list[str]] = defaultdict(list)
         self._items: dict[str, tuple[Fingerprint, Structure]] = {}
+        self._cells: dict[str, Structure] = {}  # reduced cells, computed when first compared
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _cell(self, candidate_id: str) -> Structure:
+        if candidate_id not in self._cells:
+            self._cells[candidate_id] = reduced_cell(self._items[candidate_id][1])
+        return self._cells[candidate_id]
+
+    def _find(self, structure: Structure, fp: Fingerprint) -> tuple[str | None, Structure | None]:
+        ids = {cid for key in fp.buckets() for cid in self._buckets.get(key, ())}
+        hits = []
+        for cid in ids:
+            d = float(np.sqrt(np.mean((fp.vector - self._items[cid][0].vector) ** 2)))
+            if d <= FP_TOLERANCE:
+                hits.append((d, cid))
+        query = _Confirmation(structure)
+        for _, cid in sorted(hits):
+            if query.matches(self._cell(cid)):
+                return cid, query.cell
+        return None, query.cell
+
     def find(self, structure: Structure, fp: Fingerprint | None = None) -> str | None:
         """Return the id of a stored duplicate, or None."""
-        fp = fp or fingerprint(structure)
-        hits = []
-        for cid in self._buckets.get(fp.query_key(), []):
-            other_fp, other = self._items[cid]
-            d = fingerprint_distance(fp.vector, other_fp.vector)
-            if d <= FP_TOLERANCE:
-                hits.append((d, cid, other))
-        for _, cid, other in sorted(hits, key=lambda h: h[0]):
-            if structures_match(structure, other):
-                return cid
-        return None
+        return self._find(structure, fp or fingerprint(structure))[0]
 
-    def add(self, candidate_id: str, structure: Structure, fp: Fingerprint | None = None) -> None:
-        """File a structure under its buckets."""
+    def add(
+        self,
+        candidate_id: str,
+        structure: Structure,
+        fp: Fingerprint | None = None,
+        cell: Structure | None = None,
+    ) -> None:
+        """File a structure under its buckets (``cell``: its reduced cell, if known)."""
         fp = fp or fingerprint(structure)
         self._items[candidate_id] = (fp, structure)
+        if cell is not None:
+            self._cells[candidate_id] = cell
         for key in fp.buckets():
             self._buckets[key].append(candidate_id)
 
@@ -143,10 +299,10 @@ class MemoryIndex:
         self, structure: Structure, fp: Fingerprint, doc: dict[str, Any]
     ) -> tuple[str, bool]:
         """Return (id, True) after adding a new structure, or (existing id, False)."""
-        dup = self.find(structure, fp)
+        dup, cell = self._find(structure, fp)
         if dup is not None:
             return dup, False
-        self.add(doc["candidate_id"], structure, fp)
+        self.add(doc["candidate_id"], structure, fp, cell)
         return doc["candidate_id"], True
 
 
@@ -198,16 +354,22 @@ def candidate_document(
 
 
 def fingerprint_document(
-    candidate_id: str, level: str, structure: Structure, fp: Fingerprint
+    candidate_id: str,
+    level: str,
+    structure: Structure,
+    fp: Fingerprint,
+    cell: Structure | None = None,
 ) -> dict[str, Any]:
     """Build the ``fingerprints`` document of one stored form of a candidate.
 
-    Small on purpose (no structure): a lookup reads every document of one bucket, and the
-    server reads each document whole. The vector is stored as
-    little-endian float32 bytes, which the server and the client handle as one value.
+    Small on purpose (no structure): a lookup reads every document of its buckets, and the
+    server reads each document whole. The vector is stored as little-endian float32 bytes,
+    which the server and the client handle as one value; ``cell`` holds the reduced cell
+    (``cell`` argument, else :func:`reduced_cell` of the structure) for the confirmation.
     """
     from bson import Binary
 
+    cell = cell if cell is not None else reduced_cell(structure)
     return {
         "_id": f"{candidate_id}|{level}",
         "candidate_id": candidate_id,
@@ -219,19 +381,22 @@ def fingerprint_document(
         "nsites": len(structure),
         "bucket": fp.buckets(),
         "fp": Binary(np.asarray(fp.vector, dtype="<f4").tobytes()),
+        "cell": cell_document(cell),
     }
 
 
-def _close_hits(fp: Fingerprint, docs: list[dict[str, Any]]) -> list[tuple[float, str, str]]:
-    """(distance, candidate id, level) of the documents within FP_TOLERANCE, closest first."""
+def _close_hits(
+    fp: Fingerprint, docs: list[dict[str, Any]]
+) -> list[tuple[float, str, dict[str, Any]]]:
+    """(distance, _id, document) of the documents within FP_TOLERANCE, closest first."""
     want = np.asarray(fp.vector, dtype=float)
-    rows = [d for d in docs if len(d["fp"]) == 4 * want.size]
+    rows = list({d["_id"]: d for d in docs if len(d["fp"]) == 4 * want.size}.values())
     if not rows:
         return []
     vecs = np.frombuffer(b"".join(d["fp"] for d in rows), dtype="<f4").reshape(len(rows), -1)
     dist = np.sqrt(np.mean((vecs - want) ** 2, axis=1))
-    hits = [(float(x), d["candidate_id"], d["level"]) for x, d in zip(dist, rows, strict=True)]
-    return sorted(h for h in hits if h[0] <= FP_TOLERANCE)
+    hits = [(float(x), d["_id"], d) for x, d in zip(dist, rows, strict=True)]
+    return sorted((h for h in hits if h[0] <= FP_TOLERANCE), key=lambda h: h[:2])
 
 
 def _stored_structure(db: Database, candidate_id: str, level: str) -> Structure | None:
@@ -247,14 +412,17 @@ def find_duplicate(
     structure: Structure,
     fp: Fingerprint | None = None,
     exclude: str | None = None,
+    cell: Structure | None = None,
 ) -> str | None:
     """Return the id of a stored candidate that is the same structure, or None.
 
-    Reads one bucket of the small ``fingerprints`` collection, keeps the fingerprints within
-    :data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and fetches from ``candidates`` only
-    those structures, closest first, for StructureMatcher. Matches against every stored form:
-    the generated structure and any relaxed structure filed with :func:`register_relaxed`.
-    Works across campaigns.
+    Reads the buckets of the structure's fingerprint in the small ``fingerprints`` collection
+    (one query), keeps the fingerprints within
+    :data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and confirms them, closest first, with
+    StructureMatcher on the reduced cells (:func:`cells_match`); a document written by an older
+    version, without a reduced cell, is confirmed with the structure from ``candidates`` and
+    :func:`structures_match`. Matches against every stored form: the generated structure and
+    any relaxed structure filed with :func:`register_relaxed`. Works across campaigns.
 
     Parameters
     ----------
@@ -266,22 +434,32 @@ def find_duplicate(
         Its fingerprint, when already computed.
     exclude
         A candidate id to ignore (the structure's own document).
+    cell
+        Its reduced cell (:func:`reduced_cell`), when already computed.
     """
     fp = fp or fingerprint(structure)
-    query: dict[str, Any] = {"bucket": fp.query_key()}
+    query: dict[str, Any] = {"bucket": {"$in": [*fp.buckets(), legacy_query_key(fp)]}}
     if exclude is not None:
         query["candidate_id"] = {"$ne": exclude}
-    docs = list(db[FINGERPRINTS].find(query, {"_id": 0, "candidate_id": 1, "level": 1, "fp": 1}))
-    for _, cid, level in _close_hits(fp, docs):
-        stored = _stored_structure(db, cid, level)
+    fields = {"candidate_id": 1, "level": 1, "fp": 1, "cell": 1}
+    confirm = _Confirmation(structure, cell)
+    for _, _, doc in _close_hits(fp, list(db[FINGERPRINTS].find(query, fields))):
+        if doc.get("cell") is not None:
+            if confirm.matches(cell_from_document(doc["cell"])):
+                return doc["candidate_id"]
+            continue
+        stored = _stored_structure(db, doc["candidate_id"], doc["level"])  # older document
         if stored is not None and structures_match(structure, stored):
-            return cid
+            return doc["candidate_id"]
     return None
 
 
 @contextmanager
 def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold lock documents for every key (sorted, so two writers cannot deadlock)."""
+    """Hold lock documents for every key (sorted, so two writers cannot deadlock).
+
+    cspflow takes one key per registration (:func:`~cspflow.generate.fingerprint.lock_key`).
+    """
     from pymongo.errors import DuplicateKeyError
 
     locks = db[LOCKS]
@@ -340,9 +518,10 @@ def register(
     from pymongo.errors import DuplicateKeyError
 
     fp = fp or fingerprint(structure)
+    cell = reduced_cell(structure)  # before the lock: the lookup and the new document use it
     doc = candidate_document(structure, fp, **fields)
-    with _bucket_locks(db, doc["bucket"]):
-        dup = find_duplicate(db, structure, fp)
+    with _bucket_locks(db, [lock_key(fp)]):
+        dup = find_duplicate(db, structure, fp, cell=cell)
         if dup is not None:
             return dup, False
         try:
@@ -356,7 +535,7 @@ def register(
                 raise
             return same["candidate_id"], False
         # After the candidate, so a lookup never meets a fingerprint without its structure.
-        fdoc = fingerprint_document(doc["candidate_id"], "initial", structure, fp)
+        fdoc = fingerprint_document(doc["candidate_id"], "initial", structure, fp, cell)
         db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
     return doc["candidate_id"], True
 
@@ -390,9 +569,9 @@ def register_relaxed(
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     fp = fingerprint(structure)
-    keys = fp.buckets()
-    with _bucket_locks(db, keys):
-        dup = find_duplicate(db, structure, fp, exclude=candidate_id)
+    cell = reduced_cell(structure)
+    with _bucket_locks(db, [lock_key(fp)]):
+        dup = find_duplicate(db, structure, fp, exclude=candidate_id, cell=cell)
         db["candidates"].update_one(
             {"candidate_id": candidate_id},
             {
@@ -405,7 +584,7 @@ def register_relaxed(
                 },
             },
         )
-        fdoc = fingerprint_document(candidate_id, level, structure, fp)
+        fdoc = fingerprint_document(candidate_id, level, structure, fp, cell)
         db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
     return dup
 

@@ -518,9 +518,10 @@ def read_structures(path: str | Path) -> list[Structure]:
             else:
                 out.append(Structure.from_file(f))
         except Exception as exc:
+            detail = " ".join(str(exc).split())[:120] or "no cell or atoms found"
             raise CspflowError(
-                f"cannot read a structure from {f} ({type(exc).__name__}); give CIF, POSCAR, "
-                "extxyz or pymatgen JSON files"
+                f"cannot read a structure from {f} ({type(exc).__name__}: {detail}); give CIF, "
+                "POSCAR, extxyz or pymatgen JSON files"
             ) from None
     if not out:
         raise CspflowError(f"no structure files (CIF, POSCAR, extxyz, JSON) found in {p}")

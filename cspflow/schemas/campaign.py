@@ -87,11 +87,49 @@ class DftSpec(DftEngineSpec):
 
 
 class LearnSpec(_Strict):
+    """The ``learn:`` block: retrain MACE on the campaign's DFT data (see docs/learn.md)."""
+
     enabled: bool = False
     model: Literal["mace"] = "mace"
     every: int = Field(1, ge=1, description="Retrain every N iterations.")
-    min_frames: int = Field(20, ge=1)
-    foundation_model: str | None = Field(None, description="MACE model file to fine-tune.")
+    min_frames: int = Field(20, ge=1, description="Fewest DFT frames worth training on.")
+    foundation_model: str | None = Field(
+        None, description="MACE model to fine-tune (PATH, mace:PATH, registry:ID or current)."
+    )
+    finetune: Literal["naive", "multihead"] = Field(
+        "naive", description="Fine-tuning mode when foundation_model is set."
+    )
+    replay_file: str | None = Field(
+        None, description="extxyz replay data for multihead fine-tuning (the foundation's data)."
+    )
+    committee: int = Field(1, ge=1, le=8, description="Models trained with different seeds.")
+    rescreen_top: int = Field(
+        3, ge=0, description="Per formula, stored candidates relaxed again by a promoted model."
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Further TrainSettings (epochs, r_max, seed, ...)."
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from cspflow.learn import TrainSettings
+
+        known = {f.name for f in fields(TrainSettings)}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return v
+
+    def train_settings(self) -> dict[str, Any]:
+        """The TrainSettings fields of a learning round."""
+        return {
+            **self.train, "min_frames": self.min_frames, "committee": self.committee,
+            "foundation_model": self.foundation_model, "finetune": self.finetune,
+            "replay_file": self.replay_file,
+        }  # fmt: skip
 
 
 class StopSpec(_Strict):
@@ -139,6 +177,8 @@ class CampaignSpec(_Strict):
             extra = {el for f in self.compositions for el in _elements_of(f)} - set(self.chemsys)
             if extra:
                 raise ValueError(f"compositions use elements {sorted(extra)} outside chemsys")
+        if self.learn.enabled and self.dft.engine == "none":
+            raise ValueError("learn.enabled needs DFT labels: set dft.engine (gpaw, cp2k, vasp)")
         for f in self.compositions:
             from pymatgen.core import Composition
 
@@ -217,7 +257,8 @@ def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(f"{_loc(err['loc'])}: {msg}")
-        raise SpecError(f"{source}: {len(problems)} problem(s) in the campaign spec", problems) from None
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the campaign spec", problems,
+                        source=source) from None  # fmt: skip
 
 
 def load_spec(path: str | Path) -> CampaignSpec:
@@ -234,5 +275,7 @@ def load_spec(path: str | Path) -> CampaignSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: malformed YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise SpecError(f"{path}: malformed YAML{where}" + (f" ({problem})" if problem else "")
+                        + "; fix the YAML syntax there") from None  # fmt: skip
     return parse_spec(data, str(path))

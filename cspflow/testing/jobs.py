@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from jobflow import Flow, Response, job
 
-__all__ = ["record", "spawn_stage", "independent_flow"]
+__all__ = ["record", "spawn_stage", "independent_flow", "work", "work_flow", "EFFECTS",
+           "announce_candidates"]
+
+EFFECTS = "test_effects"
 
 
 @job
@@ -42,3 +46,48 @@ def independent_flow(n: int, stage: str = "dft", name: str = "many") -> Flow:
         j.metadata["stage"] = stage
         jobs.append(j)
     return Flow(jobs, name=name)
+
+
+@job
+def work(tag: str, seconds: float = 0.0) -> dict:
+    """Sleep, then count this execution in the ``test_effects`` collection.
+
+    The counter is a side effect outside FireWorks' bookkeeping: a job that runs twice shows
+    ``runs == 2`` there even when FireWorks records a single launch.
+    """
+    from cspflow.settings import get_settings
+    from cspflow.store import get_client
+
+    time.sleep(seconds)
+    settings = get_settings()
+    get_client(settings)[settings.db_name][EFFECTS].update_one(
+        {"tag": tag}, {"$inc": {"runs": 1}, "$push": {"pids": os.getpid()}}, upsert=True
+    )
+    return {"tag": tag, "pid": os.getpid()}
+
+
+def work_flow(n: int, seconds: float = 0.0, stage: str = "dft", name: str = "work") -> Flow:
+    """``n`` independent ``work`` jobs of one stage, tagged ``{name}-{i}``."""
+    jobs = []
+    for i in range(n):
+        j = work(f"{name}-{i}", seconds)
+        j.metadata["stage"] = stage
+        jobs.append(j)
+    return Flow(jobs, name=name)
+
+
+@job(metadata={"stage": "generate"})
+def announce_candidates(campaign: str, iteration: int, formula: str) -> dict:
+    """Stand-in for a generate job over candidates a test stored itself.
+
+    Returns a :class:`~cspflow.schemas.candidate.GenerateSummary` with the ids of the
+    iteration's ``generated`` candidates, as a real generate job would (ids, never structures).
+    """
+    from cspflow.schemas.candidate import GenerateSummary
+    from cspflow.store import get_database
+
+    ids = sorted(get_database().candidates.distinct(
+        "candidate_id", {"campaign": campaign, "iteration": iteration, "status": "generated"}))  # fmt: skip
+    return GenerateSummary(campaign=campaign, iteration=iteration, formula=formula,
+                           requested=len(ids), candidate_ids=ids, n_new=len(ids),
+                           seed=0).model_dump()  # fmt: skip

@@ -98,6 +98,26 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
     assert not (tmp_path / "runs").exists()  # workers ran in the benchmark's dir, not the user's
 
 
+@pytest.mark.slow
+def test_until_found_stops_after_the_iteration_that_found_it_two_at_once(settings, db, tmp_path):
+    _nacl_cif(tmp_path)
+    set_file = _write_set(tmp_path, "- composition: NaCl\n  reference: NaCl.cif\n"
+                          "- composition: NaCl\n  reference: NaCl.cif\n  max_atoms: 4\n")  # fmt: skip
+    out = tmp_path / "report.json"
+    proc = _bench([str(set_file), "--sources", "prototype", "--budget", "16", "--per-iteration",
+                   "4", "--until-found", "--workers", "2", "--json", str(out)],
+                  _cli_env(settings, tmp_path), timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["options"]["until_found"] and report["options"]["workers"] == 2
+    assert [r["max_atoms"] for r in report["runs"]] == [8, 4]  # set order, though run at once
+    for run in report["runs"]:
+        # rocksalt is among the first prototypes: found in iteration 0, the other 3 never run
+        assert run["found"] and run["stopped_early"] and run["relaxations"] == 4, run
+    assert "(stopped: found)" in proc.stderr
+    print(f"until-found: {[r['relaxations'] for r in report['runs']]} of 16 relaxations each")
+
+
 def test_bad_input_one_line_exit_2_nothing_started(settings, db, tmp_path):
     env = _cli_env(settings, tmp_path)
     before = _snapshot(db)

@@ -8,13 +8,23 @@ import subprocess
 import sys
 import textwrap
 
+import bson
 import numpy as np
 import pytest
 from pymatgen.core import Structure
 from pymatgen.core.operations import SymmOp
 
 from cspflow.generate.composition import parse_target
-from cspflow.generate.dedup import find_duplicate, register, register_relaxed
+from cspflow.generate.dedup import (
+    cell_document,
+    cell_from_document,
+    cells_match,
+    find_duplicate,
+    reduced_cell,
+    register,
+    register_relaxed,
+    structures_match,
+)
 from cspflow.generate.fingerprint import fingerprint, fingerprint_distance
 from cspflow.generate.sources import RandomSymmetric, SourceContext, builtin_prototypes, substitute
 
@@ -55,7 +65,6 @@ def structures():
     }
 
 
-
 def _race(script, path, workers: int = 3) -> list:
     """Run ``script`` in ``workers`` processes that start their inserts at the same moment."""
     import time
@@ -71,13 +80,14 @@ def _race(script, path, workers: int = 3) -> list:
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
+
 def test_fingerprint_is_invariant_and_variants_share_a_bucket(structures):
     for s in structures.values():
         fp = fingerprint(s)
         for name, v in _variants(s).items():
             fv = fingerprint(v)
             assert fingerprint_distance(fp.vector, fv.vector) < 1e-6, name
-            assert fv.query_key() in fp.buckets(), name
+            assert set(fv.buckets()) & set(fp.buckets()), name  # a lookup reads them
             assert fv.hash() == fp.hash(), name
 
 
@@ -95,6 +105,51 @@ def test_rotated_translated_permuted_supercell_are_duplicates(db, structures):
     assert db.candidates.count_documents({}) == len(structures)
     # lookups work across campaigns: campaign "b" found campaign "a"'s structures
     assert db.candidates.count_documents({"campaign": "b"}) == 0
+
+
+def test_reduced_cell_confirmation_agrees_with_structure_matcher(structures):
+    """The lookup's confirmation (stored reduced cells, fast same-cell check, matcher without
+    its own reduction) gives StructureMatcher's answer on the original structures."""
+    lib = builtin_prototypes()
+    others = [substitute(lib[n], {"Ti": "Ti", "O": "O"}) for n in ("rutile", "anatase")]
+    rng = np.random.default_rng(1)
+    pairs = [(a, b) for a, b in zip(others, others[1:] + others[:1], strict=True)]
+    for s in structures.values():
+        rattled = Structure(s.lattice, s.species, s.cart_coords + rng.normal(0, 0.03, (len(s), 3)),
+                            coords_are_cartesian=True)  # fmt: skip
+        pairs += [(s, v) for v in _variants(s).values()] + [(s, rattled), (rattled, s)]
+        pairs += [(s, o) for o in structures.values() if o is not s]
+    answers = []
+    for a, b in pairs:
+        stored = cell_document(reduced_cell(b))
+        back = cell_from_document(stored)
+        assert np.array_equal(back.lattice.matrix, reduced_cell(b).lattice.matrix)
+        assert np.array_equal(back.frac_coords, reduced_cell(b).frac_coords)
+        answers.append(structures_match(a, b))
+        assert cells_match(reduced_cell(a), back) == answers[-1], (a.formula, b.formula)
+    assert 0 < sum(answers) < len(answers)  # both answers occur
+
+
+def test_fingerprint_documents_of_older_versions_are_still_found(db, structures):
+    """Documents without a reduced cell, filed under the old single-cell keys, still match."""
+    from cspflow.generate.dedup import candidate_document
+    from cspflow.generate.fingerprint import legacy_query_key
+
+    s = structures["random_sto"]
+    fp = fingerprint(s)
+    doc = candidate_document(s, fp, source="test")
+    db.candidates.insert_one(dict(doc))
+    old = {"_id": f"{doc['candidate_id']}|initial", "candidate_id": doc["candidate_id"],
+           "level": "initial", "formula": fp.formula, "chemsys": fp.chemsys,
+           "spacegroup": fp.spacegroup, "nprim": fp.nprim, "nsites": len(s),
+           "bucket": [legacy_query_key(fp)],
+           "fp": bson.Binary(fp.vector.astype("<f4").tobytes())}  # fmt: skip
+    db.fingerprints.insert_one(old)
+    rotated = s.copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([2, 1, 1], 50.0))
+    assert find_duplicate(db, rotated) == doc["candidate_id"]
+    assert register(db, rotated, source="test") == (doc["candidate_id"], False)
+    assert find_duplicate(db, structures["perovskite"]) is None
 
 
 def test_other_polymorphs_are_not_duplicates(db):
@@ -310,6 +365,8 @@ def test_fingerprints_collection_holds_one_small_document_per_form(db, structure
     doc = db.fingerprints.find_one({"candidate_id": cid})
     assert doc["level"] == "initial" and doc["formula"] == "MgAl2O4" and doc["nsites"] == 14
     assert "structure" not in doc and doc["bucket"] == fingerprint(structures["spinel"]).buckets()
+    # a lookup reads every document of its buckets whole: reduced cell included, about 2 kB
+    assert len(bson.encode(doc)) < 2500 and doc["cell"]["species"].count(" ") == 13
     relaxed = structures["spinel"].copy()
     relaxed.scale_lattice(relaxed.volume * 1.02)
     for _ in range(2):  # filing the same level again replaces its document

@@ -59,7 +59,7 @@ def _m(e, f, model="x"):
     return ModelMetrics(model=model, energy_mae_mev_per_atom=e, force_mae_mev_per_a=f, n_frames=5)
 
 
-def test_promotion_needs_both_errors_lower_and_says_why():
+def test_promotion_needs_one_error_lower_none_worse_and_says_why():
     assert promotion(_m(5, 50), None) == (True, "no current model for this system")
     ok, why = promotion(_m(5, 50), _m(6, 60, "chgnet"))
     assert ok and why.startswith("beats chgnet: energy MAE 5.0 vs 6.0 meV/atom")
@@ -69,8 +69,33 @@ def test_promotion_needs_both_errors_lower_and_says_why():
     assert not ok and "on energy and force MAE" in why
     none = ModelMetrics(model="chgnet", n_frames=5, note="model chgnet does not cover Xx")
     assert promotion(_m(7, 70), none)[0]
+    # forces that vanish by symmetry: every model scores 0, a tie, which must not block
+    ok, why = promotion(_m(35.2, 0.0), _m(581.5, 0.0, "chgnet"))
+    assert ok and why.startswith("beats chgnet (force MAE tied): energy MAE 35.2 vs 581.5")
+    ok, why = promotion(_m(6.02, 60.3), _m(6.0, 60.0, "chgnet"))  # within 1 %: ties on both
+    assert not ok and why.startswith("ties with chgnet on energy and force MAE")
+    assert not promotion(_m(5.0, 61.0), _m(6.0, 60.0))[0]  # force worse by more than 1 %
 
 
 def test_subsystems():
     assert subsystems("O-Mg") == ["Mg", "O", "Mg-O"]
     assert len(subsystems("Sr-Ti-O")) == 7
+
+
+def test_replay_data_from_a_file_or_one_clear_line(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    from cspflow.errors import CspflowError
+    from cspflow.learn import TrainingSet, TrainSettings, replay_frames
+    from cspflow.schemas.learn import TrainingSetDoc
+
+    tset = TrainingSet(train=[], test=[], doc=TrainingSetDoc(chemsys="Si"))
+    with pytest.raises(CspflowError, match="cannot read replay file .*nope.xyz"):
+        replay_frames(None, TrainSettings(replay_file=str(tmp_path / "nope.xyz")), "x.model", tset)
+    with pytest.raises(CspflowError, match="needs replay data: set learn.replay_file"):
+        replay_frames(None, TrainSettings(), "mace:/models/foundation.model", tset)
+    frames = [bulk("Si", "diamond", 5.43 + 0.01 * k) for k in range(3)]
+    write(tmp_path / "replay.xyz", frames, format="extxyz")
+    got = replay_frames(None, TrainSettings(replay_file=str(tmp_path / "replay.xyz")), "x", tset)
+    assert len(got) == 3

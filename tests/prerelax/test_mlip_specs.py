@@ -19,8 +19,11 @@ from cspflow.mlip import (
 
 
 def test_specs_parse(tmp_path):
+    import zipfile
+
     f = tmp_path / "m.model"
-    f.write_bytes(b"x")
+    with zipfile.ZipFile(f, "w") as z:  # torch.save writes a zip archive
+        z.writestr("m/data.pkl", b"x")
     assert parse_model_spec("chgnet") == ModelSpec("chgnet")
     assert parse_model_spec(f"mace:{f}") == ModelSpec("mace", str(f.resolve()))
     assert parse_model_spec("registry:abc-1") == ModelSpec("registry", "abc-1")
@@ -35,6 +38,14 @@ def test_unknown_specs_say_what_to_use(spec):
 def test_missing_mace_file_is_one_line(tmp_path):
     with pytest.raises(CspflowError, match="not found") as exc:
         parse_model_spec(f"mace:{tmp_path / 'nope.model'}")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_file_that_is_no_torch_model_is_refused_before_loading(tmp_path):
+    cif = tmp_path / "si.cif"
+    cif.write_text("data_Si\n_cell_length_a 5.43\n")
+    with pytest.raises(CspflowError, match="is not a loadable MACE model") as exc:
+        parse_model_spec(f"mace:{cif}")
     assert "\n" not in str(exc.value)
 
 

@@ -1,0 +1,225 @@
+"""Engine throughput: launchpad jobs per second with 1, 2, 4 workers, and workflow overhead.
+
+Two measurements on a throwaway embedded server (removed afterwards; the user's databases are
+not touched), printed as tables:
+
+* launchpad throughput: ``--jobs`` trivial jobs (each writes one document) submitted as one
+  workflow, then run by W concurrent ``cspflow worker start`` processes (rapidfire, the way a
+  cluster runs them) for W in ``--workers``; jobs per second from the first worker's start to the
+  last job's completion, and the per-launch cost (worker seconds per job);
+* workflow overhead of an MLIP batch job of the default size (``prerelax.batch_size``, 32
+  candidates of 8-20 atoms, CHGNet, the campaign defaults fmax 0.05 and max_steps 300): the same
+  batches relaxed in this process by :func:`cspflow.prerelax.prerelax_candidates` (the job's
+  compute, model loading included) and as ``PrerelaxMaker`` jobs through FireWorks + the
+  database by a warm gpu worker; overhead = (FireWorks wall - in-process wall) / in-process wall.
+
+    .venv/bin/python bench/bench_engine.py [--jobs 200] [--workers 1,2,4] [--batches 2]
+                                           [--batch-size 32] [--skip-overhead] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _env(settings, db_name: str) -> dict[str, str]:
+    from cspflow.db import resolve_uri
+
+    env = dict(os.environ)
+    env.update({"CSPFLOW_DB_URI": resolve_uri(settings), "CSPFLOW_DB_NAME": db_name,
+                "CSPFLOW_WORK_DIR": str(settings.runs_dir), "OMP_NUM_THREADS": env.get(
+                    "OMP_NUM_THREADS", "1")})  # fmt: skip
+    return env
+
+
+def _t(value) -> datetime.datetime:
+    """A FireWorks launch time (stored as an ISO string or a datetime)."""
+    return value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
+
+
+def _worker(settings, db_name: str, category: str, name: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
+         "--sleep", "1", "--name", name, "--until-empty"],
+        env=_env(settings, db_name), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def throughput(settings, n_jobs: int, workers: int) -> dict:
+    """Run ``n_jobs`` trivial jobs with ``workers`` concurrent rapidfire workers."""
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.store import get_database
+    from cspflow.testing.jobs import EFFECTS, work_flow
+
+    db_name = f"throughput_{workers}"
+    s = settings.model_copy(update={"db_name": db_name})
+    submit_flow(work_flow(n_jobs, 0.0, stage="dft", name=f"t{workers}"), s)
+    lp = get_launchpad(s)
+    log_dir = Path(settings.runs_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    procs = [_worker(settings, db_name, "cpu", f"bench-{workers}-{k}", log_dir / f"tp-{workers}-{k}.log")
+             for k in range(workers)]  # fmt: skip
+    for p in procs:
+        p.wait(timeout=3600)
+    wall = time.monotonic() - t0
+    db = get_database(s)
+    completed = lp.fireworks.count_documents({"state": "COMPLETED"})
+    runs = [d["runs"] for d in db[EFFECTS].find({}, {"runs": 1})]
+    ends = [_t(d["time_end"]) for d in lp.launches.find({"state": "COMPLETED"}, {"time_end": 1})]
+    starts = [_t(d["time_start"]) for d in lp.launches.find({}, {"time_start": 1})]
+    busy = (max(ends) - min(starts)).total_seconds() if ends and starts else float("nan")
+    return {
+        "workers": workers, "jobs": n_jobs, "completed": completed,
+        "ran_twice": sum(r > 1 for r in runs), "never_ran": n_jobs - len(runs),
+        "wall_s": round(wall, 2), "jobs_per_s": round(completed / wall, 2),
+        "jobs_per_s_launch_window": round(completed / busy, 2) if busy == busy else None,
+        "worker_s_per_job": round(wall * workers / max(1, completed), 3),
+    }  # fmt: skip
+
+
+def _insert_batches(db, structures, batch_size: int, batches: int) -> list[list[str]]:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from cspflow.testing import insert_candidate
+
+    ids = []
+    for b in range(batches):
+        part = structures[b * batch_size : (b + 1) * batch_size]
+        ids.append([insert_candidate(db, AseAtomsAdaptor.get_structure(a), status="generated",
+                                     campaign="bench", iteration=b) for a in part])  # fmt: skip
+    return ids
+
+
+def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int) -> dict:
+    """In-process batch relaxations vs the same batches as FireWorks jobs (warm worker)."""
+    from bench_prerelax import candidates
+
+    from cspflow.prerelax import PrerelaxMaker, prerelax_candidates
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.store import get_database
+
+    structures = candidates(batch_size * batches, seed=5)
+    s_in = settings.model_copy(update={"db_name": "overhead_inproc"})
+    s_fw = settings.model_copy(update={"db_name": "overhead_fw"})
+    db_in, db_fw = get_database(s_in), get_database(s_fw)
+    ids_in = _insert_batches(db_in, structures, batch_size, batches)
+    ids_fw = _insert_batches(db_fw, structures, batch_size, batches)
+    # warm-up (imports, first model load) so neither side pays the process's one-time costs
+    prerelax_candidates(ids_in[0][:1], model=model, max_steps=5, db=db_in, dedup=False)
+    t_in = []
+    for ids in ids_in:
+        t = time.monotonic()
+        prerelax_candidates(ids, model=model, fmax=0.05, max_steps=max_steps, db=db_in)
+        t_in.append(time.monotonic() - t)
+
+    maker = PrerelaxMaker(model=model, fmax=0.05, max_steps=max_steps)
+    lp = get_launchpad(s_fw)
+    log = Path(settings.runs_dir) / "overhead-worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # a warm worker (what a cluster's worker daemon is): it ran one small job already
+    warm = PrerelaxMaker(model=model, max_steps=5, dedup=False).make(ids_fw[0][:1])
+    submit_flow(warm, s_fw)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
+         "--sleep", "1", "--name", "bench-overhead"],
+        env=_env(settings, "overhead_fw"), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(lp, 1, timeout=900)
+        t_fw, job_wall = [], []
+        for k, ids in enumerate(ids_fw):
+            job = maker.make(ids, campaign="bench", iteration=k)
+            t = time.monotonic()
+            submit_flow(job, s_fw)
+            _wait(lp, k + 2, timeout=3600)
+            t_fw.append(time.monotonic() - t)
+            launch = lp.launches.find_one({"fw_id": {"$exists": True}, "state": "COMPLETED"},
+                                          sort=[("launch_id", -1)])  # fmt: skip
+            job_wall.append((_t(launch["time_end"]) - _t(launch["time_start"])).total_seconds())
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    relaxed = [db_fw.candidates.count_documents({"iteration": k, "relaxed.mlip": {"$exists": True}})
+               for k in range(batches)]  # fmt: skip
+    total_in, total_fw = sum(t_in), sum(t_fw)
+    return {
+        "batch_size": batch_size, "batches": batches, "model": model, "max_steps": max_steps,
+        "relaxed_per_batch": relaxed,
+        "in_process_s": [round(t, 2) for t in t_in], "fireworks_s": [round(t, 2) for t in t_fw],
+        "launch_s": [round(t, 2) for t in job_wall],
+        "overhead_s_per_job": round((total_fw - total_in) / batches, 2),
+        "overhead_fraction": round((total_fw - total_in) / total_in, 4),
+    }  # fmt: skip
+
+
+def _wait(lp, n_completed: int, timeout: float) -> None:
+    t0 = time.monotonic()
+    while lp.fireworks.count_documents({"state": "COMPLETED"}) < n_completed:
+        if lp.fireworks.count_documents({"state": "FIZZLED"}):
+            raise RuntimeError("a firework fizzled; see the worker log")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"fewer than {n_completed} fireworks completed in {timeout} s")
+        time.sleep(0.05)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--batches", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-steps", type=int, default=300)
+    ap.add_argument("--model", default="chgnet")
+    ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from cspflow.bench import bench_server
+
+    report: dict = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.platform()}",
+                    "load_before": os.getloadavg()}  # fmt: skip
+    with bench_server() as (settings, _info):
+        if not args.skip_throughput:
+            rows = [throughput(settings, args.jobs, int(w)) for w in args.workers.split(",")]
+            report["throughput"] = rows
+            print("| workers | jobs | completed | ran twice | wall s | jobs/s | worker s per job |")
+            print("|---|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['workers']} | {r['jobs']} | {r['completed']} | {r['ran_twice']} | "
+                      f"{r['wall_s']} | {r['jobs_per_s']} | {r['worker_s_per_job']} |")  # fmt: skip
+            base = rows[0]["jobs_per_s"]
+            print("speed-up over 1 worker: " + ", ".join(
+                f"{r['workers']}: {r['jobs_per_s'] / base:.2f}x" for r in rows))  # fmt: skip
+        if not args.skip_overhead:
+            o = overhead(settings, args.batch_size, args.batches, args.model, args.max_steps)
+            report["overhead"] = o
+            print(f"\nMLIP batch job ({o['batch_size']} candidates, {o['model']}, max_steps "
+                  f"{o['max_steps']}), {o['batches']} batches:")  # fmt: skip
+            print("| path | wall s per batch |")
+            print("|---|---|")
+            print(f"| in process (the job's compute) | {', '.join(map(str, o['in_process_s']))} |")
+            print(f"| FireWorks + database, warm worker | {', '.join(map(str, o['fireworks_s']))} |")
+            print(f"overhead: {o['overhead_s_per_job']} s per job = "
+                  f"{100 * o['overhead_fraction']:.2f} % of compute")  # fmt: skip
+    report["load_after"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Re-screening: when a retrained model is promoted, judge the stored candidates again.
+
+Candidates that an earlier model pre-relaxed but that never reached DFT were ranked by that
+model. A promoted model (it beat the old one on held-out DFT frames) may rank them
+differently, so the campaign does not leave them behind:
+
+1. single points: every such candidate of the campaign (its MLIP-relaxed structure) is
+   evaluated with the new model in batches;
+2. per formula, the ``top`` lowest by the new single-point energy are relaxed again with the
+   new model (starting from their MLIP structure) through the prerelax stage;
+3. those get ``rescreen.iteration`` = the next iteration, so that iteration's selection
+   (:func:`cspflow.prerelax.select_candidates`) weighs them against its own new candidates,
+   every energy in the pool coming from the same model.
+
+The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
+formula the old model's best and the new model's best, and whether they differ.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, job
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+__all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "make_rescreen"]
+
+STAGE = "rescreen"
+
+
+def rescreen_pool(db: Database, campaign: str, model_id: str) -> list[dict[str, Any]]:
+    """Pre-relaxed, unique candidates of ``campaign`` without DFT, not relaxed by ``model_id``."""
+    query = {
+        "campaign": campaign,
+        "status": {"$in": ["prerelaxed", "selected"]},
+        "duplicate_of": None,
+        "relaxed.dft": {"$exists": False},
+        "relaxed.mlip.structure": {"$ne": None},
+    }
+    projection = {"_id": 0, "candidate_id": 1, "formula": 1, "energy_per_atom.mlip": 1,
+                  "relaxed.mlip.structure": 1, "relaxed.mlip.model_id": 1}  # fmt: skip
+    return [
+        d
+        for d in db["candidates"].find(query, projection).sort("candidate_id", 1)
+        if d["relaxed"]["mlip"].get("model_id") != model_id
+    ]
+
+
+def _single_points(model: Any, docs: list[dict[str, Any]], chunk: int = 32) -> list[float | None]:
+    """Energy per atom of each stored MLIP structure with ``model`` (None where it fails)."""
+    import numpy as np
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    out: list[float | None] = []
+    for i in range(0, len(docs), chunk):
+        part = docs[i : i + chunk]
+        atoms = [AseAtomsAdaptor.get_atoms(Structure.from_dict(d["relaxed"]["mlip"]["structure"]))
+                 for d in part]  # fmt: skip
+        try:
+            evals = model.evaluate(atoms)
+            energies = [e.energy / len(a) for e, a in zip(evals, atoms, strict=True)]
+        except Exception:  # one bad structure must not sink the chunk: go one by one
+            energies = []
+            for a in atoms:
+                try:
+                    energies.append(model.evaluate([a], batched=False)[0].energy / len(a))
+                except Exception:
+                    energies.append(float("nan"))
+        out.extend(None if not np.isfinite(e) else float(e) for e in energies)
+    return out
+
+
+def _best(rows: list[tuple[str, float]]) -> str | None:
+    return min(rows, key=lambda r: (r[1], r[0]))[0] if rows else None
+
+
+def rescreen_candidates(
+    db: Database,
+    campaign: str,
+    model: str,
+    *,
+    next_iteration: int,
+    top: int = 3,
+    prerelax: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Re-screen the campaign's stored candidates with ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    db
+        The cspflow database.
+    campaign
+        Campaign whose candidates are re-screened.
+    model
+        The newly promoted model's spec (``registry:ID``).
+    next_iteration
+        The iteration whose selection the re-relaxed candidates join.
+    top
+        Per formula, how many of the best single points are relaxed again (0: single points only).
+    prerelax
+        ``fmax``, ``max_steps``, ``optimizer`` of the campaign's prerelax stage.
+    device
+        ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
+    """
+    from cspflow.mlip import load_model
+    from cspflow.prerelax import prerelax_candidates
+
+    loaded = load_model(model, device=device, db=db)
+    pool = rescreen_pool(db, campaign, loaded.model_id)
+    energies = _single_points(loaded, pool)
+    old: dict[str, list[tuple[str, float]]] = {}
+    new: dict[str, list[tuple[str, float]]] = {}
+    coll = db["candidates"]
+    for doc, e in zip(pool, energies, strict=True):
+        cid, formula = doc["candidate_id"], doc["formula"]
+        before = (doc.get("energy_per_atom") or {}).get("mlip")
+        if before is not None:
+            old.setdefault(formula, []).append((cid, float(before)))
+        record = {"model_id": loaded.model_id, "single_point_energy_per_atom": e,
+                  "previous_model_id": doc["relaxed"]["mlip"].get("model_id"),
+                  "previous_energy_per_atom": before}  # fmt: skip
+        coll.update_one({"candidate_id": cid}, {"$set": {"rescreen": record}})
+        if e is not None:
+            new.setdefault(formula, []).append((cid, e))
+    chosen = [
+        cid for formula in sorted(new) for cid, _ in sorted(new[formula], key=lambda r: (r[1], r[0]))[:top]
+    ]
+    relaxed: list[str] = []
+    failed: dict[str, str] = {}
+    if chosen:
+        p = prerelax or {}
+        summary = prerelax_candidates(
+            chosen, model=model, loaded=loaded, db=db, start="mlip",
+            fmax=p.get("fmax", 0.05), max_steps=p.get("max_steps", 300),
+            optimizer=p.get("optimizer", "FIRE"),
+        )  # fmt: skip
+        relaxed = summary.relaxed + summary.reused
+        failed = summary.failed
+        coll.update_many(
+            {"candidate_id": {"$in": relaxed}}, {"$set": {"rescreen.iteration": next_iteration}}
+        )
+    changes = {
+        f: {"old_best": _best(old.get(f, [])), "new_best": _best(new.get(f, []))}
+        for f in sorted(set(old) | set(new))
+    }
+    return {
+        "model": model,
+        "model_id": loaded.model_id,
+        "n_single_points": sum(e is not None for e in energies),
+        "relaxed": relaxed,
+        "failed": failed,
+        "next_iteration": next_iteration,
+        "best_changed": sorted(f for f, c in changes.items() if c["old_best"] != c["new_best"]),
+        "best": changes,
+    }
+
+
+@job
+def rescreen_job(
+    learned: dict[str, Any] | None,
+    campaign: str,
+    next_iteration: int,
+    top: int = 3,
+    prerelax: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Re-screen when the learn job promoted a model; otherwise say why not."""
+    from cspflow.store import get_database
+
+    learned = learned or {}
+    if not learned.get("promoted") or not learned.get("current_model"):
+        return {"skipped": learned.get("reason") or "no model promoted", "relaxed": []}
+    return rescreen_candidates(
+        get_database(), campaign, learned["current_model"], next_iteration=next_iteration,
+        top=top, prerelax=prerelax,
+    )  # fmt: skip
+
+
+def make_rescreen(
+    learned: Any, campaign: str, iteration: int, top: int, prerelax: dict[str, Any]
+) -> Job:
+    """The rescreen job of an iteration (gpu, after its learn job)."""
+    j = rescreen_job(learned, campaign, iteration + 1, top, prerelax)
+    j.name = f"rescreen {campaign} it{iteration}"
+    j.update_metadata({"stage": STAGE, "campaign": campaign, "iteration": iteration})
+    return j

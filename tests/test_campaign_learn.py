@@ -1,0 +1,127 @@
+"""A campaign with active learning on, labelled by real GPAW, through FireWorks.
+
+Three iterations of Si (2-atom cells, coarse GPAW at LDA). Before the campaign a tiny MACE
+model trained on CHGNet labels (PBE-like) is registered as the system's current model, so the
+campaign must pre-relax iteration 0 with it, loaded by its registry id. After iterations 0 and 1
+a new model is trained on the campaign's DFT data and compared with the current one on held-out
+DFT frames; a promoted model pre-relaxes the next iteration and re-screens the stored candidates
+(the re-relaxed ones join the next selection), a model that is not promoted leaves everything as
+it was. Which round wins depends on the held-out split (a hash of random candidate ids): the test
+checks the consequences of each outcome; workflows/active_learning_demo.yaml shows a promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.gpaw]
+
+SPEC = {
+    "name": "si-learn",
+    "compositions": ["Si"],
+    "max_atoms": 2,
+    "generate": {"per_iteration": 5, "sources": {"random_symmetric": 0.6, "prototype": 0.4},
+                 "seed": 3},
+    "prerelax": {"model": "chgnet", "max_steps": 150, "batch_size": 8},
+    "select": {"top_k": 2, "energy_window": 1.0},
+    "dft": {"engine": "gpaw", "preset": "fast", "kpoint_density": 1.0,
+            "gpaw": {"xc": "LDA", "ecut": 200.0, "kpts": [2, 2, 2],
+                     "convergence": {"energy": 1e-4, "density": 1e-3}}},
+    "learn": {"enabled": True, "min_frames": 6, "rescreen_top": 2,
+              "train": {"ionic_steps": -1, "epochs": 40, "seed": 7}},
+    "stop": {"max_iterations": 3, "patience": 3},
+}  # fmt: skip
+
+
+def _register_chgnet_labelled_model(db, tmp_path) -> str:
+    """A tiny MACE of Si trained on CHGNet labels, registered as the current Si model."""
+    from ase.build import bulk
+
+    from cspflow.learn import TrainSettings, fit_e0s, register_model, train_mace
+    from cspflow.mlip import load_model
+
+    chgnet = load_model("chgnet", device="cpu")
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(12):
+        a = bulk("Si", "diamond", 5.43 * rng.uniform(0.96, 1.04))
+        a.rattle(0.05, seed=k)
+        ev = chgnet.evaluate([a])[0]
+        a.info.update({"REF_energy": ev.energy, "REF_stress": ev.stress})
+        a.arrays["REF_forces"] = ev.forces
+        frames.append(a)
+    e0s = fit_e0s(frames)
+    path = train_mace(frames, tmp_path / "pre", e0s=e0s, settings=TrainSettings(epochs=8, seed=3))
+    rec = register_model(db, path, {
+        "chemsys": "Si", "elements": ["Si"], "parent": "chgnet", "e0s": e0s,
+        "training_set": {"chemsys": "Si", "n_frames": len(frames)}, "promoted": True,
+        "promotion_reason": "test: CHGNet-labelled model registered as the current one",
+    })  # fmt: skip
+    return rec.model_id
+
+
+def run_cli(*args, env):
+    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
+    pre = _register_chgnet_labelled_model(db, tmp_path)
+    spec = tmp_path / "si.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = dict(os.environ, CSPFLOW_DB_URI=settings.db_uri.get_secret_value(), COLUMNS="200",
+               CSPFLOW_DB_NAME=settings.db_name, CSPFLOW_WORK_DIR=str(settings.runs_dir))  # fmt: skip
+    shown = run_cli("campaign", "run", str(spec), "--out", str(tmp_path / "out"), env=env).stdout
+    print(shown)
+    out = json.loads(run_cli("campaign", "status", "si-learn", "--json", env=env).stdout)
+    assert out["state"] == "completed"
+    its = {it["iteration"]: it for it in out["iterations"]}
+    assert sorted(its) == [0, 1, 2]
+    assert its[2]["learn"] is None  # no round in the last iteration: nothing would use it
+    rounds = [its[0]["learn"], its[1]["learn"]]
+    for r in rounds:
+        assert r["trained"], r["reason"]
+        for side in ("current", "new"):
+            assert r["metrics"][side]["energy_mae_mev_per_atom"] >= 0
+            assert r["metrics"][side]["force_mae_mev_per_a"] >= 0
+    assert "learning rounds" in shown and rounds[0]["model_id"] in shown
+
+    # the model each iteration pre-relaxed its own new candidates with
+    model_of = {}
+    for it in (0, 1, 2):
+        ids = {d["relaxed"]["mlip"]["model_id"] for d in db.candidates.find(
+            {"campaign": "si-learn", "iteration": it, "relaxed.mlip.model_id": {"$exists": True},
+             "rescreen.iteration": {"$exists": False}})}  # fmt: skip
+        assert len(ids) == 1, (it, ids)
+        model_of[it] = ids.pop()
+    assert model_of[0] == pre  # the registry's current Si model, loaded by its id
+    models = {m["model_id"]: m for m in db.models.find({"campaign": "si-learn"}, {"_id": 0})}
+    assert set(models) == {rounds[0]["model_id"], rounds[1]["model_id"]}
+    for k, r in enumerate(rounds):
+        doc = models[r["model_id"]]
+        assert doc["iteration"] == k and doc["parent"] == model_of[k]
+        assert r["metrics"]["current"]["model"] == f"registry:{model_of[k]}"
+        assert model_of[k + 1] == (r["model_id"] if r["promoted"] else model_of[k])
+        rs = r["rescreen"]
+        if not r["promoted"]:
+            assert rs["skipped"] and not db.candidates.count_documents({"rescreen.iteration": k + 1})
+            continue
+        assert rs["skipped"] is None and rs["n_single_points"] > 0 and rs["relaxed"] >= 1
+        rescreened = list(db.candidates.find({"rescreen.iteration": k + 1}))
+        assert len(rescreened) == rs["relaxed"]
+        for d in rescreened:
+            assert d["rescreen"]["model_id"] == r["model_id"] != d["rescreen"]["previous_model_id"]
+            assert d["relaxed"]["mlip"]["model_id"] == r["model_id"] and d["iteration"] <= k
+    print("rounds: " + "; ".join(f"{r['model_id']} promoted={r['promoted']}: {r['reason']}"
+                                 for r in rounds))  # fmt: skip
+    shown_model = run_cli("model", "show", rounds[1]["model_id"], env=env).stdout
+    assert f"{rounds[1]['metrics']['new']['force_mae_mev_per_a']:.1f}" in shown_model
