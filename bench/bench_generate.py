@@ -185,10 +185,7 @@ def main() -> None:
                 cands, fps = _synthetic_docs(pool, k, rng, stored, near)
                 if cands:
                     sdb.candidates.insert_many(cands, ordered=False)
-                # Short writes: one insert of 5000 documents (each with 32 index keys) outlasts
-                # SecantusDB's background sweep and was seen to restart without end.
-                for i in range(0, len(fps), 500):
-                    sdb.fingerprints.insert_many(fps[i : i + 500], ordered=False)
+                sdb.fingerprints.insert_many(fps, ordered=False)
                 stored += k
             fill = time.perf_counter() - t0
             # real stored structures to hit: register some pool members under new ids

@@ -11,16 +11,18 @@ The bucket keys keep a lookup's reads small as the store grows. They are localit
 hashing of the fingerprint vector in :data:`N_TABLES` tables: a table's key is the hash of the
 reduced formula, the space group and the number of atoms in the primitive cell (spglib,
 ``symprec`` 0.1) and the cells (width :data:`CELL_WIDTH`, random offsets) of :data:`N_PROJ`
-fixed random unit projections of the vector. A structure is filed under its 32 keys, and a
+fixed random unit projections of the vector. A structure is filed under its 20 keys, and a
 lookup reads the same keys. A difference of RMS size ``t`` between two D-component
 fingerprints projects on a unit direction with a standard deviation of about ``t``, so two
-fingerprints at the tolerance (``t`` = 0.25) share a table's key with probability about 0.25
-and at least one of the 32 keys with probability 0.9999 (measured: 2 misses in 15,000 random
+fingerprints at the tolerance (``t`` = 0.25) share a table's key with probability about 0.3
+and at least one of the 20 keys with probability 0.9998 (measured: 3 misses in 15,000 random
 perturbations of real fingerprints, none at ``t`` = 0.2; the earlier keys missed 4), and exact
 variants (rotation, supercell, ...) share their keys. Two different structures (RMS distance
-above 0.5; typically 1-2) share a key with probability 0.001 (measured on 1,500 PyXtal SrTiO3
-structures), so a lookup reads about 0.1% of the stored structures of its formula and
-symmetry, where the earlier keys (one cell of four projections) read 20%.
+above 0.5; typically 1-2) share a key with probability 0.004 (measured on 1,500 PyXtal SrTiO3
+structures), so a lookup reads about 0.4% of the stored structures of its formula and
+symmetry, where the earlier keys (one cell of four projections) read 20%. More tables read
+fewer (32 tables of 10 projections: 0.1%), but every key is an index entry: with 32 per
+structure the embedded server stalled in bulk inserts at 65,000-80,000 structures.
 Structures whose space group spglib finds differently at ``symprec`` 0.1 (noisy, nearly
 symmetric relaxed cells) fall in different buckets and are not matched.
 
@@ -57,7 +59,7 @@ R_MIN, R_MAX, DR, SIGMA = 0.3, 2.8, 0.1, 0.05
 #: fingerprints closer than this (RMS over components) are checked with StructureMatcher
 FP_TOLERANCE = 0.25
 #: hash tables (keys per structure), projections per table, and the cell width of a projection
-N_TABLES, N_PROJ, CELL_WIDTH = 32, 10, 6 * FP_TOLERANCE
+N_TABLES, N_PROJ, CELL_WIDTH = 20, 8, 6 * FP_TOLERANCE
 #: the keys of older versions: four projections, cells of nine tolerances
 _LEGACY_PROJ, _LEGACY_WIDTH = 4, 9 * FP_TOLERANCE
 SYMPREC = 0.1
@@ -206,7 +208,7 @@ def bucket_keys(fp: Fingerprint) -> list[str]:
     """Return the keys a fingerprint is filed under, one per hash table.
 
     A lookup reads the same keys: two fingerprints within :data:`FP_TOLERANCE` share at least
-    one of them with probability 0.9999 (see the module docstring), closer ones practically
+    one of them with probability 0.9998 (see the module docstring), closer ones practically
     always. A key is ``<table>:<hash>``; formula and symmetry are part of the hash.
     """
     directions, offsets = _tables(fp.vector.size)
