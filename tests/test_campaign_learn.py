@@ -13,13 +13,12 @@ checks the consequences of each outcome; workflows/active_learning_demo.yaml sho
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
+
+from cspflow.testing.cli import cli_env, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpaw]
 
@@ -67,19 +66,11 @@ def _register_chgnet_labelled_model(db, tmp_path) -> str:
     return rec.model_id
 
 
-def run_cli(*args, env):
-    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=1500)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
     pre = _register_chgnet_labelled_model(db, tmp_path)
     spec = tmp_path / "si.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    env = dict(os.environ, CSPFLOW_DB_URI=settings.db_uri.get_secret_value(), COLUMNS="200",
-               CSPFLOW_DB_NAME=settings.db_name, CSPFLOW_WORK_DIR=str(settings.runs_dir))  # fmt: skip
+    env = cli_env(settings, COLUMNS="200")
     shown = run_cli("campaign", "run", str(spec), "--out", str(tmp_path / "out"), env=env).stdout
     print(shown)
     out = json.loads(run_cli("campaign", "status", "si-learn", "--json", env=env).stdout)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
+
+from cspflow.testing.cli import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +23,11 @@ SPEC = {
 }
 
 
-def run_cli(*args, env):
-    proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
     spec = tmp_path / "si.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    env = dict(os.environ, CSPFLOW_DB_URI=settings.db_uri.get_secret_value(),
-               CSPFLOW_DB_NAME=settings.db_name, CSPFLOW_WORK_DIR=str(settings.runs_dir))  # fmt: skip
-    out = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env).stdout)
+    env = cli_env(settings)
+    out = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env, timeout=900).stdout)
     assert out["state"] == "completed" and len(out["iterations"]) == 1
     first = out["iterations"][0]
     assert first["hull"]["level"] == "mlip"  # no DFT: the MLIP hull
@@ -44,8 +35,8 @@ def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
     best = out["top"]["structures"][0]
     assert best["level"] == "mlip" and best["e_above_hull"] == 0.0 and best["spacegroup"] in (227, "Fd-3m")
 
-    run_cli("campaign", "extend", "si-mlip", "--iterations", "1", env=env)
-    out2 = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env).stdout)
+    run_cli("campaign", "extend", "si-mlip", "--iterations", "1", env=env, timeout=900)
+    out2 = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env, timeout=900).stdout)
     assert [it["iteration"] for it in out2["iterations"]] == [0, 1]
     assert out2["state"] == "completed"
     assert db.candidates.count_documents({"campaign": "si-mlip", "iteration": 1}) >= 1
