@@ -44,8 +44,11 @@ lint: setup
 	$(BIN)/ruff check cspflow tests bench
 	$(BIN)/ruff format --check cspflow tests bench
 
+# throughput benchmarks (bench/README.md has the last measured tables); `cspflow bench csp` is separate
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_prerelax.py
+	$(BIN)/python bench/bench_engine.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -162,14 +162,20 @@ def update_hull(
 ) -> dict | None:
     """Recompute the hull of ``chemsys``, store it as a new version and write ``e_above_hull``.
 
+    Idempotent per campaign iteration: when the newest version was made by the same campaign
+    and iteration from the same entries (a hull job rerun after its worker died between storing
+    the hull and reporting back), that version is returned and no new one is stored.
+
     Returns the stored hull document (None when there is nothing to build from).
     """
     level = level or best_level(db, chemsys)
     if level is None:
         return None
     entries = candidate_entries(db, chemsys, level)
-    result = compute_hull(entries, chemsys, level)
     previous = latest_hull(db, chemsys)
+    if previous is not None and _same_build(previous, entries, level, campaign, iteration):
+        return previous
+    result = compute_hull(entries, chemsys, level)
     version = (previous["version"] + 1) if previous else 1
     prev_stable = set(previous["stable"]) if previous and previous["level"] == level else set()
     by_id = {e.entry_id: e for e in entries}
@@ -210,6 +216,16 @@ def update_hull(
         db.candidates.bulk_write(ops, ordered=False)
     doc.pop("_id", None)
     return doc
+
+
+def _same_build(
+    hull: dict, entries: list[HullEntry], level: str, campaign: str | None, iteration: int | None
+) -> bool:
+    """Was ``hull`` built by this campaign iteration from exactly these entries?"""
+    if campaign is None or (hull.get("campaign"), hull.get("iteration")) != (campaign, iteration):
+        return False
+    stored = sorted((e["entry_id"], e["energy_per_atom"]) for e in hull["entries"])
+    return hull["level"] == level and stored == sorted((e.entry_id, e.energy_per_atom) for e in entries)
 
 
 def latest_hull(db: Database, chemsys: str) -> dict | None:

@@ -65,6 +65,13 @@ def test_update_hull_never_mixes_levels_and_versions(db, tmp_path):
     assert doc2["added_to_stable"] == ["si-h"] and doc2["removed_from_stable"] == ["si-d"]
     assert db.candidates.find_one({"candidate_id": "si-d"})["e_above_hull"] == pytest.approx(0.05)
     assert latest_hull(db, "Si")["version"] == 2
+    # the same iteration's hull job rerun (its worker died after storing): no new version
+    assert update_hull(db, "Si", campaign="c", iteration=1)["version"] == 2
+    # new data in the same iteration, or another iteration: a new version
+    db.candidates.insert_one(cand("si-k", "Si2", e_mlip=-5.1, e_dft=-5.30))
+    assert update_hull(db, "Si", campaign="c", iteration=1)["version"] == 3
+    assert update_hull(db, "Si", campaign="c", iteration=2)["version"] == 4
+    assert db.hull.count_documents({"chemsys": "Si"}) == 4
     png = plot_hull(doc2, tmp_path / "si.png")
     assert png.stat().st_size > 5000
 

@@ -304,3 +304,62 @@ def test_a_task_broken_by_an_outage_runs_again_in_its_launch(settings, capsys):
     with pytest.raises(ValueError):
         _RerunOnOutage(broken, retry).run_task({})
     assert broken.calls == 1
+
+
+@pytest.mark.slow
+def test_real_campaign_resumes_after_kill9_of_the_database(own_db, tmp_path):
+    """`campaign run` of a real (MLIP-only, CHGNet) campaign with the database SIGKILLed while
+    its jobs run and started again: the campaign completes, and every candidate, relaxation and
+    firework stored before the kill is there unchanged afterwards."""
+    import yaml
+
+    spec = {
+        "name": "si-outage", "compositions": ["Si"], "max_atoms": 2,
+        "generate": {"per_iteration": 4, "sources": {"prototype": 1.0}, "seed": 2},
+        "prerelax": {"model": "chgnet", "max_steps": 100, "batch_size": 1},
+        "select": {"top_k": 2}, "dft": {"engine": "none"}, "stop": {"max_iterations": 2},
+    }  # fmt: skip
+    path = tmp_path / "si.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    server = own_db.server
+    t0 = time.monotonic()
+    runner = subprocess.Popen([sys.executable, "-m", "cspflow.cli.main", "campaign", "run", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    db = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000).outage
+    wait_for(lambda: db.candidates.count_documents({"status": "prerelaxed"}) >= 1
+             or runner.poll() is not None, 600, "a first relaxed candidate")  # fmt: skip
+    assert runner.poll() is None, runner.stdout.read()[-3000:]
+
+    def stored() -> dict:
+        return {
+            "candidates": {d["candidate_id"]: (d.get("relaxed") or {}).get("mlip")
+                           for d in db.candidates.find({}, {"candidate_id": 1, "relaxed.mlip": 1})},
+            "completed": {f["fw_id"] for f in db.fireworks.find({"state": "COMPLETED"}, {"fw_id": 1})},
+        }  # fmt: skip
+
+    before = stored()
+    server.kill9()
+    killed_at = time.monotonic() - t0
+    time.sleep(OUTAGE_S)
+    server.restart()
+    out, _ = runner.communicate(timeout=900)
+    after = stored()
+    lost = sum(1 for cid, mlip in before["candidates"].items()
+               if cid not in after["candidates"] or (mlip and after["candidates"][cid] != mlip))  # fmt: skip
+    lost += len(before["completed"] - after["completed"])
+    fws = list(db.fireworks.find({}, {"state": 1, "launches": 1, "archived_launches": 1}))
+    reruns = sum(len(f.get("archived_launches", [])) for f in fws)
+    camp = db.campaigns.find_one({"name": "si-outage"})
+    per_form = db.candidates.aggregate([{"$group": {"_id": "$fingerprint_hash", "n": {"$sum": 1}}}])
+    duplicates = sum(r["n"] - 1 for r in per_form)
+    print(f"\nreal campaign: database killed at {killed_at:.0f} s with "
+          f"{len(before['candidates'])} candidates and {len(before['completed'])} completed "
+          f"fireworks stored, down {OUTAGE_S:.0f} s; finished after {time.monotonic() - t0:.0f} s "
+          f"in state {camp['state']}; {sum(f['state'] == 'COMPLETED' for f in fws)}/{len(fws)} "
+          f"fireworks completed, {reruns} reruns, {duplicates} duplicate candidates, "
+          f"{lost} documents lost")  # fmt: skip
+    assert runner.returncode == 0, out[-3000:]
+    assert camp["state"] == "completed" and [it["iteration"] for it in camp["iterations"]] == [0, 1]
+    assert lost == 0 and duplicates == 0
+    assert all(f["state"] == "COMPLETED" for f in fws)
+    assert db.candidates.count_documents({"iteration": 1}) >= 1

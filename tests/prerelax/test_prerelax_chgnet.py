@@ -114,6 +114,49 @@ def test_non_convergence_and_time_limit_fail_the_candidate_only(chgnet):
     assert timed[0].failure_reason.startswith("time limit")
 
 
+def test_runtime_filters_fail_one_candidate_and_the_batch_goes_on(chgnet):
+    """Each safety stop of the relaxation, tripped by real CHGNet dynamics under a tightened
+    threshold; the untouched structure of the same batch always relaxes."""
+    from dataclasses import replace
+
+    from cspflow.schemas.prerelax import RelaxFilters
+
+    squeezed = bulk("NaCl", "rocksalt", 4.9, cubic=True)
+    squeezed.rattle(0.2, seed=2)  # forces of several eV/A at step 0
+    strained = bulk("Si", "diamond", 5.20)  # expands by ~16 % in volume as it relaxes
+    good = bulk("Si", "diamond", 5.468)
+    cases = {
+        "exploding forces": RelaxFilters(max_force=1.0),
+        "exploding energy": RelaxFilters(max_energy_drop_per_atom=1e-3),
+        "volume blew up": RelaxFilters(max_volume_ratio=1.05),
+    }
+    for reason, filters in cases.items():
+        start = squeezed if reason == "exploding forces" else strained
+        bad, ok = relax_structures([start, good], chgnet, filters=filters, max_steps=200)
+        assert bad.failure_reason.startswith(reason), (reason, bad.failure_reason)
+        assert not bad.ok and bad.structure is not None
+        assert ok.ok and ok.failure_reason is None, reason
+    compressed = relax_structures([bulk("Si", "diamond", 5.80)], chgnet,
+                                  filters=RelaxFilters(max_volume_ratio=1.05))  # fmt: skip
+    assert compressed[0].failure_reason.startswith("volume collapsed")
+
+    class NanFirst:
+        """CHGNet, except that the first structure of every call gets NaN forces."""
+
+        def __getattr__(self, name):
+            return getattr(chgnet, name)
+
+        def evaluate(self, atoms_list, batched=None):
+            evals = chgnet.evaluate(atoms_list, batched=batched)
+            if len(atoms_list) == 2:
+                evals[0] = replace(evals[0], forces=evals[0].forces * np.nan)
+            return evals
+
+    nan, ok = relax_structures([strained, good], NanFirst())
+    assert nan.failure_reason.startswith("non-finite energy or forces at step 0")
+    assert ok.ok
+
+
 def test_broken_batch_completes_with_reasons(db, chgnet):
     # a Na-Cl pair and a Na atom 9 A from everything (its own images are 18 A away)
     lone = Atoms("NaClNa", positions=[[0, 0, 0], [2.8, 0, 0], [9, 9, 9]], cell=[18] * 3, pbc=True)
