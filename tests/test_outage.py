@@ -356,7 +356,8 @@ def test_real_campaign_resumes_after_kill9_of_the_database(own_db, tmp_path):
           f"{len(before['candidates'])} candidates and {len(before['completed'])} completed "
           f"fireworks stored, down {OUTAGE_S:.0f} s; finished after {time.monotonic() - t0:.0f} s "
           f"in state {camp['state']}; {sum(f['state'] == 'COMPLETED' for f in fws)}/{len(fws)} "
-          f"fireworks completed, {reruns} reruns, {duplicates} duplicate candidates, "
+          f"fireworks completed, {db.launches.count_documents({})} launches, {reruns} reruns, "
+          f"{duplicates} duplicate candidates, "
           f"{lost} documents lost")  # fmt: skip
     assert runner.returncode == 0, out[-3000:]
     assert camp["state"] == "completed" and [it["iteration"] for it in camp["iterations"]] == [0, 1]

@@ -127,7 +127,8 @@ def test_killed_worker_is_detected_rerun_and_completes(settings, db, tmp_path):
     print(f"\nworker SIGKILLed mid-job: {o['fws']} jobs, {o['completed']} completed, {o['fizzled']} "
           f"fizzled, {o['launches']} launches, {o['reruns']} rerun(s) (lost: "
           f"{archived['lost']['reason']}: {archived['lost']['detail']}), {o['executions']} "
-          f"executions, {o['duplicates']} duplicates; campaign status reruns: "
+          f"executions, {o['duplicates']} duplicates, {o['fws'] - len(o['effects'])} results "
+          f"lost; campaign status reruns: "
           f"{status['reruns']['fireworks_rerun']} rerun, {status['reruns']['lost_runs']} lost")  # fmt: skip
     assert o["completed"] == 2 and o["fizzled"] == 0 and o["reruns"] == 1
     assert len(killed["launches"]) == 1 and archived["state"] == "FIZZLED"
@@ -178,7 +179,8 @@ def test_cancelled_slurm_job_is_reconciled_with_squeue(settings, db, slurm_clust
     print(f"\nSlurm job {job_id} scancelled at {cancelled_at:.0f} s: reconcile found "
           f"{len(report['lost'])} lost ({report['lost'][0]['detail']}), reran {report['rerun']}; "
           f"{o['completed']} completed, {o['launches']} launches, {o['reruns']} rerun, "
-          f"{o['executions']} executions, {o['duplicates']} duplicates, after "
+          f"{o['executions']} executions, {o['duplicates']} duplicates, "
+          f"{o['fws'] - len(o['effects'])} results lost, after "
           f"{time.monotonic() - t0:.0f} s")  # fmt: skip
     assert o["completed"] == 1 and o["reruns"] == 1 and o["launches"] == 2
     assert o["effects"] == {"slurm-lost-0": 1}

@@ -143,6 +143,8 @@ def test_dft_vasp_rerun_returns_stored_result_without_running_vasp(db, vasp_env,
     reused = [o for o in outputs if getattr(o, "reused", False)]
     assert len(reused) == 1 and reused[0].energy == pytest.approx(first["energy"])
     assert not list((tmp_path / "run2").rglob("INCAR"))
+    print(f"\nDFT job run twice on one candidate: VASP ran {_calls(counter)} time(s), "
+          f"{len(reused)} stored result reused, 0 recomputed")  # fmt: skip
 
     # Different settings are different work: the hash changes and VASP runs.
     _run(settings, [cid], {"incar": {"EDIFF": 1e-5}}, tmp_path / "run3")

@@ -219,11 +219,15 @@ def test_concurrent_processes_inserting_the_same_structure_store_one(
     script.write_text(_WORKER)
 
     results = _race(script, path)
+    stored = db.candidates.count_documents({})
+    print(f"\n{len(results)} processes x {len(structures)} structures: "
+          f"{sum(r[k][1] for r in results for k in range(len(structures)))} inserts won, "
+          f"{stored} stored, {stored - len(structures)} duplicates")  # fmt: skip
     for k in range(len(structures)):
         ids = {r[k][0] for r in results}
         news = [r[k][1] for r in results]
         assert len(ids) == 1 and sum(news) == 1, (k, results)
-    assert db.candidates.count_documents({}) == len(structures)
+    assert stored == len(structures)
     assert db.dedup_locks.count_documents({}) == 0
 
 
@@ -353,9 +357,12 @@ def test_concurrent_near_duplicates_store_one(db, settings, tmp_path, structures
     script = tmp_path / "worker.py"
     script.write_text(_NEAR_WORKER)
     results = _race(script, path)
+    stored = db.candidates.count_documents({})
+    print(f"\n{len(results)} processes x {len(chosen)} near-duplicates: {stored} stored, "
+          f"{stored - len(chosen)} duplicates")  # fmt: skip
     for k in range(len(chosen)):
         assert len({r[k][0] for r in results}) == 1 and sum(r[k][1] for r in results) == 1, k
-    assert db.candidates.count_documents({}) == len(chosen)
+    assert stored == len(chosen)
     assert db.fingerprints.count_documents({}) == len(chosen)
     assert db.dedup_locks.count_documents({}) == 0
 
