@@ -177,6 +177,44 @@ def test_worker_check_cli_reports_who_ran_what(settings):
     assert report["launches"] == {"cpu": 1, "gpu": 1}
 
 
+def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, db):
+    """A prerelax job (gpu category) taken by a gpu worker on this CPU-only node relaxes on the
+    CPU with the default CSPFLOW_DEVICE=auto; forcing cuda here is refused in one line at start,
+    before the worker takes (and fails) any job."""
+    import torch
+    from pymatgen.core import Structure
+
+    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.testing import insert_candidate
+
+    if torch.cuda.is_available():
+        pytest.skip("this node has a CUDA device")
+    si = Structure([[0, 2.7, 2.7], [2.7, 0, 2.7], [2.7, 2.7, 0]], ["Si", "Si"],
+                   [[0, 0, 0], [0.25, 0.25, 0.25]])  # diamond, a = 5.40 A  # fmt: skip
+    cid = insert_candidate(db, si, status="generated")
+    submit_flow(PrerelaxMaker(model="chgnet", max_steps=50, dedup=False).make([cid]), settings)
+    lp = get_launchpad(settings)
+
+    forced = subprocess.run(worker_cmd("gpu"), env=dict(env_for(settings), CSPFLOW_DEVICE="cuda"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert forced.returncode == 2
+    assert forced.stderr.strip().splitlines() == [
+        "error: device 'cuda' requested but torch sees no CUDA device; set CSPFLOW_DEVICE=auto "
+        "(or cpu) to run on the CPU"
+    ]
+    assert lp.fireworks.count_documents({"state": "READY"}) == 1  # nothing was taken
+
+    auto = subprocess.run(worker_cmd("gpu"), env=env_for(settings), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert "gpu worker: MLIP jobs run on cpu" in auto.stderr
+    assert "gpu worker: 1 launch(es)" in auto.stdout
+    doc = db.candidates.find_one({"candidate_id": cid})
+    assert doc["status"] == "prerelaxed" and doc["relaxed"]["mlip"]["device"] == "cpu"
+    assert lp.launches.find_one({})["fworker"]["category"] == "gpu"
+
+
 def test_unknown_worker_category_is_one_line(settings):
     proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "worker", "start", "-c", "tpu"],
                           env=env_for(settings), capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -33,6 +33,12 @@ def start(
     from cspflow.scheduler import make_fworker, run_worker
 
     make_fworker(category)  # validates the category before touching the database
+    if category == "gpu":
+        # gpu jobs run on the CPU of a node without CUDA when CSPFLOW_DEVICE allows it (auto,
+        # cpu); a forced cuda on such a node is refused here, not by every job it would take
+        from cspflow.mlip import resolve_device
+
+        typer.echo(f"gpu worker: MLIP jobs run on {resolve_device()}", err=True)
     if singleshot:
         n, max_loops = 1, 1
     elif until_empty:

@@ -23,6 +23,7 @@ def _run(argv, capsys):
         (["XyO", "--max-atoms", "8"], "unknown element 'Xy'"),
         (["MgAl2O4", "--max-atoms", "6"], "one formula unit of MgAl2O4 has 7 atoms"),
         (["MgO", "--max-atoms", "0"], "--max-atoms must be at least 1"),
+        (["MgO", "--max-atoms", "-3"], "--max-atoms must be at least 1"),
         (["MgO", "--sources", "magic"], "unknown source 'magic'"),
         (["MgO", "--sources", "mutation"], "add --register"),
     ],
@@ -46,6 +47,7 @@ def test_unreadable_external_file(tmp_path, capsys):
     code, _, err = _run(["generate", "SrTiO3", "--external", str(tmp_path / "nope.cif"),
                          "--out", str(out)], capsys)  # fmt: skip
     assert code == 2 and "does not exist" in err and not out.exists()
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_generate_writes_unique_cifs_and_summary(tmp_path, capsys):
