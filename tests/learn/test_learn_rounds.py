@@ -4,7 +4,8 @@ Round 1 trains a tiny MACE from scratch on iteration 0's DFT data through the le
 (``LearnMaker`` run by jobflow) and compares it with CHGNet on the held-out split; iteration 1's
 DFT data then arrive and round 2 fine-tunes round 1's model on all of it and compares it with
 round 1's model on the same split. The models load through ``mace:PATH`` and ``registry:ID`` and
-relax a structure in the prerelax stage's relaxer; round 2 trains a committee of two seeds.
+relax a candidate of the next iteration in the prerelax stage (PrerelaxMaker jobs); round 2
+trains a committee of two seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ TRAIN = {"min_frames": 8, "ionic_steps": -1, "epochs": 60, "seed": 7}
 
 def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tmp_path):
     from ase.build import bulk
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
     from typer.testing import CliRunner
 
     from cspflow.cli.main import app
@@ -34,10 +37,11 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
         promotion,
     )
     from cspflow.mlip import committee_disagreement, load_model
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax import PrerelaxMaker
     from cspflow.schemas.learn import ModelMetrics
     from cspflow.stages import category_for
     from cspflow.store import get_jobstore
+    from cspflow.testing import insert_candidate
 
     store = get_jobstore(settings)
     add_si(db, iterations=(0,))
@@ -115,17 +119,28 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
     assert res.exit_code == 0, res.output
     path = exported / f"{m2}.model"
 
-    # the model loads as mace:PATH and registry:ID (same id) and relaxes a strained Si2
+    # the model loads as mace:PATH and registry:ID (same id) and, as the model of the prerelax
+    # stage (PrerelaxMaker jobs, as the next iteration runs them), relaxes a strained Si2
     by_path = load_model(f"mace:{path}", device="cpu")
     by_id = load_model(f"registry:{m2}", device="cpu", db=db)
     assert by_path.model_id == by_id.model_id == m2
     start = bulk("Si", "diamond", 5.6)
     start.rattle(0.05, seed=1)
-    outs = [relax_structures([start], m, fmax=0.05, max_steps=200)[0] for m in (by_path, by_id)]
-    for o in outs:
-        assert o.ok and o.converged, o.failure_reason
-    assert outs[0].energy_per_atom == pytest.approx(outs[1].energy_per_atom, abs=1e-6)
-    assert abs(outs[0].structure.volume / 2 - start.get_volume() / 2) > 0.01  # the cell moved
+    relaxed = {}
+    for spec in (f"mace:{path}", f"registry:{m2}"):
+        cid = insert_candidate(db, AseAtomsAdaptor.get_structure(start), status="generated",
+                               campaign="learn-test", iteration=2)  # fmt: skip
+        job = PrerelaxMaker(model=spec, fmax=0.05, max_steps=200, dedup=False).make(
+            [cid], campaign="learn-test", iteration=2)  # fmt: skip
+        run_locally(job, store=store, create_folders=True, root_dir=tmp_path / "prerelax")
+        relaxed[spec] = db.candidates.find_one({"candidate_id": cid})
+    for spec, d in relaxed.items():
+        assert d["status"] == "prerelaxed", (spec, d.get("failure_reason"))
+        assert d["relaxed"]["mlip"]["model_id"] == m2 and d["relaxed"]["mlip"]["converged"]
+        assert abs(Structure.from_dict(d["relaxed"]["mlip"]["structure"]).volume / 2
+                   - start.get_volume() / 2) > 0.01  # the cell moved  # fmt: skip
+    e_path, e_id = (d["energy_per_atom"]["mlip"] for d in relaxed.values())
+    assert e_path == pytest.approx(e_id, abs=1e-6)
     # the committee's disagreement (what selection uses for uncertain candidates)
     member_model = load_model(f"registry:{member}", device="cpu", db=db)
     [d] = committee_disagreement([by_id, member_model], [start])
