@@ -111,8 +111,11 @@ def learns_in(spec: CampaignSpec, iteration: int) -> bool:
 
 
 def dft_runs(db: Database, name: str) -> int:
-    """Number of candidates of the campaign that went through DFT (any outcome)."""
-    return db.candidates.count_documents({"campaign": name, "relaxed.dft": {"$exists": True}})
+    """Number of candidates the campaign sent through DFT (any outcome): its own, and those of
+    earlier campaigns it re-screened and selected."""
+    return db.candidates.count_documents(
+        {"$or": [{"campaign": name}, {"rescreen.campaign": name}], "relaxed.dft": {"$exists": True}}
+    )
 
 
 @job
@@ -317,7 +320,7 @@ def _learning_jobs(spec: CampaignSpec, iteration: int, after: Any) -> tuple[Job,
     p = spec.prerelax
     rescreen = make_rescreen(
         learn.output, name, iteration, spec.learn.rescreen_top,
-        {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer},
+        {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer}, spec.system(),
     )  # fmt: skip
     return learn, rescreen
 

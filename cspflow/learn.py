@@ -114,6 +114,12 @@ class TrainSettings:
         step is the final frame); 0 keeps final frames only, -1 keeps every step.
     max_force
         Frames with a force above this (eV/A) are left out: huge forces wreck a small model.
+    max_energy_above_final
+        Ionic steps more than this (eV/atom) above their relaxation's final frame are left out.
+        A relaxation started from a collapsed cell begins tens of eV/atom up (seen: +35 eV/atom
+        for a Si2 cell whose forces vanish by symmetry, so the force filter keeps it); such
+        frames teach a small model nothing about the structures it ranks and, held out, swamp
+        the energy MAE that decides promotion.
     epochs, hidden_irreps, max_L, r_max, num_interactions, correlation, batch_size, lr
         ``mace_run_train`` hyperparameters (the defaults give a tiny model that trains on CPU).
     energy_weight, forces_weight, stress_weight
@@ -145,6 +151,7 @@ class TrainSettings:
     test_fraction: float = 0.2
     ionic_steps: int = 3
     max_force: float = 10.0
+    max_energy_above_final: float = 1.0
     epochs: int = 60
     hidden_irreps: str = "32x0e"
     max_L: int = 0
@@ -289,6 +296,7 @@ def collect_frames(
     max_iteration: int | None = None,
     ionic_steps: int = 3,
     max_force: float = 10.0,
+    max_energy_above_final: float = 1.0,
 ) -> tuple[list[Atoms], dict[str, int]]:
     """Labelled frames from the converged DFT relaxations of ``chemsys`` and its subsystems.
 
@@ -309,6 +317,8 @@ def collect_frames(
         Ionic steps sampled per relaxation besides the final frame (-1: all).
     max_force
         Frames whose largest force exceeds this (eV/A) are left out.
+    max_energy_above_final
+        Ionic steps more than this (eV/atom) above their relaxation's final frame are left out.
 
     Returns
     -------
@@ -375,10 +385,14 @@ def collect_frames(
                     "ionic",
                 )
             )
+        final = candidate_frames[0].info["REF_energy"] / len(candidate_frames[0])
         for atoms in candidate_frames:
             fmax = float(np.linalg.norm(atoms.arrays["REF_forces"], axis=1).max())
             if not np.isfinite(fmax) or fmax > max_force:
                 skip(f"force above {max_force:g} eV/A")
+                continue
+            if atoms.info["REF_energy"] / len(atoms) - final > max_energy_above_final:
+                skip(f"more than {max_energy_above_final:g} eV/atom above the final frame")
                 continue
             frames.append(atoms)
     return frames, skipped
@@ -441,6 +455,7 @@ def build_training_set(
     frames, skipped = collect_frames(
         db, chemsys, store=store, campaign=campaign, max_iteration=max_iteration,
         ionic_steps=s.ionic_steps, max_force=s.max_force,
+        max_energy_above_final=s.max_energy_above_final,
     )  # fmt: skip
     if len(frames) < s.min_frames:
         raise CspflowError(

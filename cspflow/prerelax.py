@@ -599,8 +599,9 @@ def select_candidates(
     """Mark the candidates chosen by :func:`select_for_dft` as ``selected`` in the database.
 
     Considers prerelaxed (and already selected), non-duplicate candidates of the
-    campaign/iteration, plus older ones re-screened for this iteration by a newly promoted
-    model (``rescreen.iteration``; see :mod:`cspflow.rescreen`), or exactly ``candidate_ids``
+    campaign/iteration, plus older ones the campaign re-screened for this iteration with a newly
+    promoted model (``rescreen.campaign``/``rescreen.iteration``; see :mod:`cspflow.rescreen`),
+    or exactly ``candidate_ids``
     when given; rerunning it is idempotent.
     """
     if db is None:
@@ -612,9 +613,12 @@ def select_candidates(
     if candidate_ids is not None:
         query["candidate_id"] = {"$in": list(candidate_ids)}
     else:
-        query["campaign"] = campaign
-        # this iteration's candidates, and older ones a newly promoted model re-screened for it
-        query["$or"] = [{"iteration": iteration}, {"rescreen.iteration": iteration}]
+        # this iteration's candidates, and older ones (of the system: this campaign's or an
+        # earlier campaign's) a newly promoted model re-screened for it
+        query["$or"] = [
+            {"campaign": campaign, "iteration": iteration},
+            {"rescreen.campaign": campaign, "rescreen.iteration": iteration},
+        ]
     projection = {
         "_id": 0,
         "candidate_id": 1,

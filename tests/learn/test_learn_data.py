@@ -27,3 +27,28 @@ def test_frames_come_from_converged_dft_with_ionic_steps(si_db, settings, tmp_pa
     back = read(path, index=":")
     assert len(back) == doc.n_train
     assert {"REF_energy", "REF_stress"} <= set(back[0].info) and "REF_forces" in back[0].arrays
+
+
+def test_ionic_steps_far_above_the_final_frame_are_left_out(si_db, settings):
+    """A relaxation's first step lifted 3 eV/atom above its final frame (what a collapsed start
+    cell gives) is skipped with its reason; the force filter alone would have kept it."""
+    from cspflow.learn import collect_frames
+    from cspflow.store import get_jobstore
+
+    store = get_jobstore(settings)
+    store.connect()
+    frames, skipped = collect_frames(si_db, "Si", store=store, ionic_steps=-1)
+    relaxed = next(c for c in si_db.candidates.find({"relaxed.dft.status": "converged"})
+                   if any(a.info["candidate_id"] == c["candidate_id"] and a.info["frame_kind"] == "ionic"
+                          for a in frames))  # fmt: skip
+    uuid = relaxed["relaxed"]["dft"]["task_uuid"]
+    natoms = len(relaxed["structure"]["sites"])
+    si_db.outputs.update_one({"uuid": uuid},
+                             {"$inc": {"output.output.ionic_steps.0.energy": 3.0 * natoms}})  # fmt: skip
+    again, skipped_again = collect_frames(si_db, "Si", store=store, ionic_steps=-1)
+    reason = "more than 1 eV/atom above the final frame"
+    print(f"\n{len(frames)} frames, then {len(again)} with one step lifted: skipped {skipped_again}")
+    assert len(again) == len(frames) - 1
+    assert skipped_again.get(reason, 0) == skipped.get(reason, 0) + 1
+    assert not any(a.info["candidate_id"] == relaxed["candidate_id"]
+                   and a.info["frame_id"].endswith("/step0") for a in again)  # fmt: skip

@@ -34,22 +34,37 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
         db.candidates.update_one({"candidate_id": cid}, {"$set": {"relaxed.mlip.model_id": "mace-old",
                                                                   "duplicate_of": None}})  # fmt: skip
         ids.append(cid)
-    # not re-screened: a candidate with DFT, a duplicate, another campaign's
+    # not re-screened: a candidate with DFT, a duplicate, one of another campaign running now
+    db.campaigns.insert_many([{"name": "rs", "state": "running"}, {"name": "busy", "state": "running"},
+                              {"name": "old", "state": "completed"}])  # fmt: skip
     skip = [insert_candidate(db, _si("diamond", 5.45), status=st, mlip_energy=-5.0,
                              mlip_structure=_si("diamond", 5.45), campaign=camp)
-            for st, camp in (("dft_done", "rs"), ("prerelaxed", "rs"), ("prerelaxed", "other"))]  # fmt: skip
+            for st, camp in (("dft_done", "rs"), ("prerelaxed", "rs"), ("prerelaxed", "busy"))]  # fmt: skip
+    # re-screened too: a candidate of an earlier (completed) campaign of the system
+    old = insert_candidate(db, _si("bcc", 3.2), status="prerelaxed", mlip_energy=-5.95,
+                           mlip_structure=_si("bcc", 3.2), campaign="old")  # fmt: skip
+    db.candidates.update_one({"candidate_id": old}, {"$set": {"duplicate_of": None,
+                                                              "relaxed.mlip.model_id": "mace-old"}})  # fmt: skip
     db.candidates.update_one({"candidate_id": skip[0]}, {"$set": {"relaxed.dft": {"status": "converged"}}})
     db.candidates.update_one({"candidate_id": skip[1]}, {"$set": {"duplicate_of": ids[0]}})
     for cid in skip[2:]:
         db.candidates.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": None}})
 
     out = rescreen_candidates(db, "rs", "chgnet", next_iteration=1, top=2,
-                              prerelax={"max_steps": 150})  # fmt: skip
+                              prerelax={"max_steps": 150}, chemsys="Si")  # fmt: skip
     chgnet_id = load_model("chgnet", device="cpu").model_id
-    assert out["model_id"] == chgnet_id and out["n_single_points"] == 4
+    assert out["model_id"] == chgnet_id and out["n_single_points"] == 5
+    assert out["n_other_campaigns"] == 1
     # CHGNet puts the two diamonds lowest: they are relaxed again and join iteration 1
     assert sorted(out["relaxed"]) == sorted(ids[2:]) and not out["failed"]
-    assert out["best"]["Si"] == {"old_best": ids[0], "new_best": out["best"]["Si"]["new_best"]}
+    # the old model's best of the system was the earlier campaign's bcc (-5.95 eV/atom)
+    assert out["best"]["Si"] == {"old_best": old, "new_best": out["best"]["Si"]["new_best"]}
+    kept = db.candidates.find_one({"candidate_id": old})
+    assert kept["rescreen"]["by_campaign"] == "rs" and "iteration" not in kept["rescreen"]
+    assert kept["rescreen"]["single_point_energy_per_atom"] > min(
+        db.candidates.find_one({"candidate_id": c})["rescreen"]["single_point_energy_per_atom"]
+        for c in ids[2:])  # fmt: skip
+    assert kept["relaxed"]["mlip"]["model_id"] == "mace-old"  # single point only: not relaxed
     assert out["best"]["Si"]["new_best"] in ids[2:] and out["best_changed"] == ["Si"]
     for cid in ids:
         d = db.candidates.find_one({"candidate_id": cid})
