@@ -601,8 +601,7 @@ def select_candidates(
     Considers prerelaxed (and already selected), non-duplicate candidates of the
     campaign/iteration, plus older ones the campaign re-screened for this iteration with a newly
     promoted model (``rescreen.campaign``/``rescreen.iteration``; see :mod:`cspflow.rescreen`),
-    or exactly ``candidate_ids``
-    when given; rerunning it is idempotent.
+    or exactly ``candidate_ids`` when given; rerunning it is idempotent.
     """
     if db is None:
         from cspflow.store import get_database
