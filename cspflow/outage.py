@@ -49,6 +49,10 @@ _TRANSIENT_CODES = frozenset({91, 189, 6, 7, 89, 9001, 10107, 11600, 11602, 1343
 
 _ACTIVE: Retry | None = None
 
+# set by every retried ``find_one_and_update`` with a ``$set``: lets a retry recognise its own
+# write when the server applied it but the answer was lost (RetryingCollection)
+OP_MARKER = "_cspflow_op"
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -254,7 +258,73 @@ class RetryingCollection:
             return lambda *a, **kw: _RetryingCursor(lambda: attr(*a, **kw), self._retry, what)
         if name == "with_options":
             return lambda *a, **kw: RetryingCollection(attr(*a, **kw), self._retry)
+        if name == "find_one_and_update":
+            return lambda *a, **kw: self._find_one_and_update(attr, what, *a, **kw)
+        if name in ("insert_one", "insert_many"):
+            return lambda docs, *a, **kw: self._insert(name, attr, what, docs, *a, **kw)
         return lambda *a, **kw: self._retry.call(attr, *a, what=what, **kw)
+
+    def _find_one_and_update(self, attr: Any, what: str, filter: Any, update: Any, *args: Any,
+                             **kwargs: Any) -> Any:  # fmt: skip
+        """``find_one_and_update`` that, retried, returns the document its lost first try changed.
+
+        An update the server applied just before it died, its answer lost, must not be applied
+        again to another document: a checkout (READY -> RESERVED) would take a second firework
+        and strand the first, a workflow lock (``locked: {$exists: false}``) would find the
+        workflow locked by this very call and wait for ever. Each ``$set`` therefore also sets
+        a unique :data:`OP_MARKER`; a retry first looks for it. ``$inc`` updates are left as
+        they are (their lost results only leave a gap in an id counter).
+        """
+        import uuid
+
+        if args or not isinstance(update, dict) or "$set" not in update or "$inc" in update:
+            return self._retry.call(attr, filter, update, *args, what=what, **kwargs)
+        token = uuid.uuid4().hex
+        marked = {**update, "$set": {**update["$set"], OP_MARKER: token}}
+        tries = 0
+
+        def once() -> Any:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                mine = self._collection.find_one({OP_MARKER: token}, kwargs.get("projection"))
+                if mine is not None:
+                    return mine
+            return attr(filter, marked, **kwargs)
+
+        return self._retry.call(once, what=what)
+
+    def _insert(self, name: str, attr: Any, what: str, docs: Any, *args: Any, **kwargs: Any) -> Any:
+        """``insert_one``/``insert_many`` that, retried, inserts only what the lost try did not.
+
+        The documents get their ``_id`` before the first try (a generator, which FireWorks
+        passes, is read once), so a retry skips the ones already stored instead of failing
+        with a duplicate key or, for a spent generator, with nothing to insert.
+        """
+        from bson import ObjectId
+        from pymongo.results import InsertManyResult, InsertOneResult
+
+        many = name == "insert_many"
+        batch = list(docs) if many else [docs]
+        for doc in batch:
+            if isinstance(doc, dict):
+                doc.setdefault("_id", ObjectId())
+        ids = [doc["_id"] if isinstance(doc, dict) else None for doc in batch]
+        tries = 0
+
+        def once() -> Any:
+            nonlocal tries
+            tries += 1
+            todo = batch
+            if tries > 1 and None not in ids:
+                stored = {d["_id"] for d in self._collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+                todo = [doc for doc in batch if doc["_id"] not in stored]
+                if not todo:
+                    return InsertManyResult(ids, True) if many else InsertOneResult(ids[0], True)
+            result = attr(todo, *args, **kwargs) if many else attr(todo[0], *args, **kwargs)
+            return InsertManyResult(ids, True) if many and None not in ids else result
+
+        return self._retry.call(once, what=what)
 
     def __getitem__(self, name: str) -> RetryingCollection:
         return RetryingCollection(self._collection[name], self._retry)

@@ -111,6 +111,26 @@ def run_counts(uri: str) -> dict:
     }
 
 
+def stuck_report(uri: str) -> str:
+    """Where a flow that did not finish stands: firework states, workflow lock, open launches."""
+    db = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000).outage
+    fws = sorted((f["fw_id"], f["state"]) for f in db.fireworks.find({}, {"fw_id": 1, "state": 1}))
+    wfs = [(w.get("state"), w.get("locked")) for w in db.workflows.find({}, {"state": 1, "locked": 1})]
+    open_launches = [(ln["launch_id"], ln["fw_id"], ln["state"], ln.get("time_start"))
+                     for ln in db.launches.find({"state": {"$ne": "COMPLETED"}})]  # fmt: skip
+    return f"fireworks {fws}; workflows (state, locked) {wfs}; open launches {open_launches}"
+
+
+def fizzled_errors(uri: str) -> str:
+    """The stored error of every FIZZLED launch (what `lpad get_fws -d all` would show)."""
+    db = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000).outage
+    errors = []
+    for ln in db.launches.find({"state": "FIZZLED"}):
+        stored = (ln.get("action") or {}).get("stored_data") or {}
+        errors.append(f"fw {ln['fw_id']}: {str(stored.get('_exception', stored))[-2500:]}")
+    return "\n".join(errors)
+
+
 def test_retry_logs_one_line_per_attempt_and_never_the_password(capsys):
     from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
 
@@ -265,13 +285,69 @@ def test_campaign_runner_and_workers_survive_kill9_of_the_database(own_db):
           f"{c['fizzled']} fizzled, {c['launches']} launches, {c['reruns']} reruns, "
           f"{c['executions']} executions, {c['duplicates']} duplicates, "
           f"{lost_between(before, after)} documents lost; {retry_lines} worker retry log lines")  # fmt: skip
-    assert "error" not in result, result.get("error")
+    assert "error" not in result, f"{result.get('error')}\n{stuck_report(server.uri)}\n{log[-4000:]}"
     assert result["out"]["state"] == "COMPLETED"
     assert lost_between(before, after) == 0
     assert before["completed"] <= after["completed"]
     assert c["completed"] == n and c["fizzled"] == 0
     assert c["one_launch_each"] and c["launches"] == n and c["reruns"] == 0
     assert c["jobs_with_effect"] == n and c["duplicates"] == 0
+
+
+class _LostReply:
+    """A collection whose next ``find_one_and_update`` is applied but answers AutoReconnect,
+    as when the server dies between applying a write and sending its reply."""
+
+    def __init__(self, collection, fail: int = 1) -> None:
+        self.collection, self.fail = collection, fail
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
+
+    def find_one_and_update(self, *args, **kwargs):
+        return self._lost(self.collection.find_one_and_update(*args, **kwargs))
+
+    def insert_many(self, *args, **kwargs):
+        return self._lost(self.collection.insert_many(*args, **kwargs))
+
+    def _lost(self, answer):
+        from pymongo.errors import AutoReconnect
+
+        if self.fail:
+            self.fail -= 1
+            raise AutoReconnect("connection closed after the write was applied")
+        return answer
+
+
+def test_a_write_applied_before_its_answer_was_lost_is_not_applied_again(db, settings):
+    """A checkout or workflow lock whose reply the outage swallowed: the retry returns the
+    document the lost try changed, and does not take a second one or wait on its own lock."""
+    from fireworks.core.launchpad import WFLock
+
+    from cspflow.outage import Backoff, Retry, RetryingCollection
+    from cspflow.scheduler import flow_to_workflow, get_launchpad
+    from cspflow.testing.jobs import work_flow
+
+    retry = Retry(uri=settings.db_uri.get_secret_value(), backoff=Backoff(first_s=0.01))
+    fws = RetryingCollection(_LostReply(db.fws_test), retry)
+    db.fws_test.insert_many([{"fw_id": i, "state": "READY"} for i in (1, 2)])
+    got = fws.find_one_and_update({"state": "READY"}, {"$set": {"state": "RESERVED"}},
+                                  sort=[("fw_id", 1)])  # fmt: skip
+    states = {d["fw_id"]: d["state"] for d in db.fws_test.find()}
+    assert got["fw_id"] == 1 and states == {1: "RESERVED", 2: "READY"}, states
+
+    # FireWorks inserts new fireworks from a generator: a retry must not find it spent
+    fws = RetryingCollection(_LostReply(db.fws_test), retry)
+    result = fws.insert_many({"fw_id": i, "state": "WAITING"} for i in (3, 4))
+    assert len(result.inserted_ids) == 2
+    assert sorted(d["fw_id"] for d in db.fws_test.find()) == [1, 2, 3, 4]
+
+    lp = get_launchpad(settings)
+    fw_id = next(iter(lp.add_wf(flow_to_workflow(work_flow(1, name="lock"))).values()))
+    lp.workflows = RetryingCollection(_LostReply(lp.workflows), retry)
+    with WFLock(lp, fw_id, expire_secs=5):  # without the marker: LockedWorkflowError after 5 s
+        assert db.workflows.find_one({"nodes": fw_id})["locked"]
+    assert "locked" not in db.workflows.find_one({"nodes": fw_id})
 
 
 def test_a_task_broken_by_an_outage_runs_again_in_its_launch(settings, capsys):
@@ -359,7 +435,7 @@ def test_real_campaign_resumes_after_kill9_of_the_database(own_db, tmp_path):
           f"fireworks completed, {db.launches.count_documents({})} launches, {reruns} reruns, "
           f"{duplicates} duplicate candidates, "
           f"{lost} documents lost")  # fmt: skip
-    assert runner.returncode == 0, out[-3000:]
+    assert runner.returncode == 0, f"{out[-3000:]}\n{stuck_report(server.uri)}\n{fizzled_errors(server.uri)}"
     assert camp["state"] == "completed" and [it["iteration"] for it in camp["iterations"]] == [0, 1]
     assert lost == 0 and duplicates == 0
     assert all(f["state"] == "COMPLETED" for f in fws)

@@ -21,7 +21,10 @@ and primitive-cell size of its structure (:func:`~cspflow.generate.fingerprint.l
 looks up, inserts, and releases. Every structure a lookup could match has the same key, so
 registrations of near-identical structures are serialised and exactly one of them is stored.
 The unique (chemsys, fingerprint_hash) index is a second guard against exact repeats. A lock
-left by a killed process expires after :data:`LOCK_STALE_S` seconds.
+left behind is taken over at once when its owner is known to be gone (a process of this host
+that has exited, or an earlier attempt of this process that a database outage broke off before
+it could release), else after :data:`LOCK_STALE_S` seconds; a writer waits up to
+:data:`LOCK_WAIT_S`, which is longer.
 
 Relaxed structures: :func:`register_relaxed` files a candidate's relaxed structure (level
 ``mlip`` or ``dft``) under its own buckets, so later lookups match initial and relaxed forms.
@@ -85,8 +88,10 @@ MATCHER_KWARGS: dict[str, Any] = {
 LEVELS = ("mlip", "dft")
 LOCKS = "dedup_locks"
 FINGERPRINTS = "fingerprints"
-LOCK_STALE_S = 120.0
-LOCK_WAIT_S = 60.0
+LOCK_STALE_S = 30.0
+LOCK_WAIT_S = 90.0
+# owner tokens of the bucket locks this process holds right now
+_HELD: set[str] = set()
 
 
 def _utcnow() -> datetime:
@@ -467,14 +472,27 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
     held: list[str] = []
     deadline = time.monotonic() + wait_s
     delay = 0.002
+    _HELD.add(owner)
     try:
         for key in sorted(set(keys)):
             while True:
                 try:
-                    locks.insert_one({"_id": key, "owner": owner, "at": _utcnow()})
+                    locks.insert_one({"_id": key, "owner": owner, "at": _utcnow(),
+                                      "pidns": _pid_namespace()})  # fmt: skip
                     held.append(key)
                     break
                 except DuplicateKeyError:
+                    holder = locks.find_one({"_id": key}) or {}
+                    if holder.get("owner") == owner:  # our insert, its answer lost in an outage
+                        held.append(key)
+                        break
+                    if _abandoned(holder):
+                        from cspflow.outage import log_event
+
+                        locks.delete_one({"_id": key, "owner": holder["owner"]})
+                        log_event(f"dedup bucket {key!r}: took over the lock of "
+                                  f"{holder['owner']}, which is gone")  # fmt: skip
+                        continue
                     stale = _utcnow() - timedelta(seconds=LOCK_STALE_S)
                     locks.delete_one({"_id": key, "at": {"$lt": stale}})
                     if time.monotonic() > deadline:
@@ -486,8 +504,31 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
                     delay = min(delay * 2, 0.2)
         yield
     finally:
+        _HELD.discard(owner)
         for key in held:
             locks.delete_one({"_id": key, "owner": owner})
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _abandoned(lock: dict[str, Any]) -> bool:
+    """True when the owner of ``lock`` is known to be gone: an attempt of this process that no
+    longer holds it (broken off by an outage), or an exited process of this host and pid
+    namespace. Owners elsewhere are judged by age alone (:data:`LOCK_STALE_S`)."""
+    from cspflow.db import _pid_alive
+
+    host, _, rest = str(lock.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != os.uname().nodename or not pid.isdigit() or lock.get("pidns") != _pid_namespace():
+        return False
+    if int(pid) == os.getpid():
+        return lock["owner"] not in _HELD
+    return not _pid_alive(int(pid))
 
 
 def register(

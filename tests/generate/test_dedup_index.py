@@ -382,3 +382,48 @@ def test_fingerprints_collection_holds_one_small_document_per_form(db, structure
         "initial",
         "mlip",
     ]
+
+
+def test_a_bucket_lock_left_by_a_gone_owner_is_taken_over_and_a_live_ones_is_waited_for(
+    db, structures
+):
+    """A registration an outage broke off leaves its lock behind (its release failed too): the
+    next registration takes it over at once when the owner is known to be gone (an earlier
+    attempt of this process, an exited process of this host), and waits for a live owner."""
+    import os
+    import time
+
+    from cspflow.errors import CspflowError
+    from cspflow.generate.dedup import _bucket_locks, _pid_namespace
+    from cspflow.generate.fingerprint import lock_key
+
+    s = next(iter(structures.values()))
+    key = lock_key(fingerprint(s))
+    host, ns = os.uname().nodename, _pid_namespace()
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    for owner in (f"{host}:{os.getpid()}:broken01", f"{host}:{exited.stdout.strip()}:dead0001"):
+        db.dedup_locks.delete_many({})
+        db.dedup_locks.insert_one({"_id": key, "owner": owner, "at": datetime_now(), "pidns": ns})
+        t0 = time.monotonic()
+        with _bucket_locks(db, [key], wait_s=5):  # the old LOCK_WAIT_S of 60 s failed here
+            holder = db.dedup_locks.find_one({"_id": key})["owner"]
+        print(f"\nlock of {owner} taken over after {time.monotonic() - t0:.3f} s")
+        assert holder != owner and db.dedup_locks.count_documents({}) == 0
+
+    # a live owner (this test's parent process) keeps its lock until it is stale
+    db.dedup_locks.insert_one({"_id": key, "owner": f"{host}:{os.getppid()}:alive001",
+                               "at": datetime_now(), "pidns": ns})  # fmt: skip
+    with pytest.raises(CspflowError, match="stayed locked"):
+        with _bucket_locks(db, [key], wait_s=0.5):
+            pass
+    assert db.dedup_locks.find_one({"_id": key})["owner"].endswith("alive001")
+    db.dedup_locks.delete_many({})
+    cid, new = register(db, s, source="after")
+    assert new and db.dedup_locks.count_documents({}) == 0
+
+
+def datetime_now():
+    from cspflow.generate.dedup import _utcnow
+
+    return _utcnow()
