@@ -10,9 +10,11 @@ differently, so the campaign does not leave them behind:
    now are left alone: their campaign's own selection is ranking them with its own model;
 2. per formula, the ``top`` lowest by the new single-point energy are relaxed again with the
    new model (starting from their MLIP structure) through the prerelax stage;
-3. those get ``rescreen.iteration`` = the next iteration and ``rescreen.campaign`` = this
-   campaign, so that iteration's selection (:func:`cspflow.prerelax.select_candidates`) weighs
-   them against its own new candidates, every energy in the pool coming from the same model.
+3. those relaxed get ``rescreen.iteration`` = the next iteration and ``rescreen.campaign`` =
+   this campaign, so that iteration's selection (:func:`cspflow.prerelax.select_candidates`)
+   weighs them against its own new candidates, every energy in the pool coming from the same
+   model. Every candidate relaxed again (also one that failed or relaxed into another
+   candidate) lists the model in ``rescreen_relaxed_by``, which later rounds keep.
 
 The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
 formula the old model's best and the new model's best, and whether they differ.
@@ -158,6 +160,11 @@ def rescreen_candidates(
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
+        # provenance that later rounds (which rewrite ``rescreen``) keep: whatever became of the
+        # relaxation (relaxed, failed, or relaxed into another candidate), ``relaxed.mlip`` is
+        # now this model's and no longer that of the candidate's own iteration
+        coll.update_many({"candidate_id": {"$in": chosen}},
+                         {"$addToSet": {"rescreen_relaxed_by": loaded.model_id}})  # fmt: skip
         coll.update_many(
             {"candidate_id": {"$in": relaxed}},
             {"$set": {"rescreen.iteration": next_iteration, "rescreen.campaign": campaign}},

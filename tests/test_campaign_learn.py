@@ -93,7 +93,7 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
     for it in (0, 1, 2):
         ids = {d["relaxed"]["mlip"]["model_id"] for d in db.candidates.find(
             {"campaign": "si-learn", "iteration": it, "relaxed.mlip.model_id": {"$exists": True},
-             "rescreen.iteration": {"$exists": False}})}  # fmt: skip
+             "rescreen_relaxed_by": {"$exists": False}})}  # fmt: skip
         assert len(ids) == 1, (it, ids)
         model_of[it] = ids.pop()
     assert model_of[0] == pre  # the registry's current Si model, loaded by its id
@@ -111,6 +111,8 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
         assert rs["skipped"] is None and rs["n_single_points"] > 0 and rs["relaxed"] >= 1
         rescreened = list(db.candidates.find({"rescreen.iteration": k + 1}))
         assert len(rescreened) == rs["relaxed"]
+        again = db.candidates.count_documents({"rescreen_relaxed_by": r["model_id"]})
+        assert again >= len(rescreened)  # also those that failed or relaxed into another
         for d in rescreened:
             assert d["rescreen"]["model_id"] == r["model_id"] != d["rescreen"]["previous_model_id"]
             assert d["relaxed"]["mlip"]["model_id"] == r["model_id"] and d["iteration"] <= k

@@ -73,6 +73,7 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
         relaxed_again = cid in out["relaxed"]
         assert (d["relaxed"]["mlip"]["model_id"] == chgnet_id) is relaxed_again
         assert (d["rescreen"].get("iteration") == 1) is relaxed_again
+        assert (d.get("rescreen_relaxed_by") == [chgnet_id]) is relaxed_again
     for cid in skip:
         assert "rescreen" not in db.candidates.find_one({"candidate_id": cid})
     # iteration 1's selection sees them next to its own (here: no new) candidates
@@ -82,6 +83,15 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
     picked = select_candidates("rs", 1, top_k=5, energy_window=1.0, db=db)
     assert picked.selected == unique
     print(f"re-screened {out['n_single_points']} candidates; relaxed again {len(out['relaxed'])}")
+
+    # a re-relaxation that fails (here: not converged in 1 step) joins no selection, and the
+    # candidate still says which model's relaxation it now holds
+    again = rescreen_candidates(db, "rs", "chgnet", next_iteration=2, top=1,
+                                prerelax={"max_steps": 1}, chemsys="Si")  # fmt: skip
+    assert not again["relaxed"] and len(again["failed"]) == 1, again
+    (bad,) = again["failed"]
+    d = db.candidates.find_one({"candidate_id": bad})
+    assert d["rescreen_relaxed_by"] == [chgnet_id] and "iteration" not in d["rescreen"]
 
     # a round that promoted nothing re-screens nothing and says why
     from jobflow import run_locally
