@@ -97,6 +97,25 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace: a pid is only meaningful inside the same one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_gone(host: str | None, pid: int | str | None, pidns: str | None) -> bool:
+    """True when ``pid`` ran on this host, in this pid namespace, and that process is gone.
+
+    Containers can share a host name but not a pid namespace; there the pid says nothing, and
+    neither does a pid of another host: both give False (cannot tell).
+    """
+    if host != socket.gethostname() or not str(pid or "").isdigit() or pidns != pid_namespace():
+        return False
+    return not _pid_alive(int(pid))
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

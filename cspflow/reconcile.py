@@ -82,18 +82,12 @@ class ReconcileReport:
         return asdict(self)
 
 
-def _pid_namespace() -> str | None:
-    """This process's pid namespace: a pid is only meaningful inside the same one."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
 def worker_identity() -> dict[str, Any]:
     """What a cspflow worker records in its launches (``fworker.env``) to be found when lost."""
+    from cspflow.db import pid_namespace
+
     ident: dict[str, Any] = {"cspflow_host": socket.gethostname(), "cspflow_pid": os.getpid(),
-                             "cspflow_pidns": _pid_namespace()}  # fmt: skip
+                             "cspflow_pidns": pid_namespace()}  # fmt: skip
     if os.environ.get("SLURM_JOB_ID"):
         ident["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         ident["slurm_cluster"] = os.environ.get("SLURM_CLUSTER_NAME")
@@ -163,17 +157,10 @@ def _history(launch: dict, state: str) -> dict:
 
 
 def _pid_gone(env: dict) -> bool:
-    """True when the worker ran on this host, in this pid namespace, and its process is gone.
+    """True when the worker ran on this host, in this pid namespace, and its process is gone."""
+    from cspflow.db import process_gone
 
-    Containers can share a host name but not a pid namespace; there the pid says nothing.
-    """
-    from cspflow.db import _pid_alive
-
-    if env.get("cspflow_host") != socket.gethostname() or not env.get("cspflow_pid"):
-        return False
-    if env.get("cspflow_pidns") != _pid_namespace():
-        return False
-    return not _pid_alive(int(env["cspflow_pid"]))
+    return process_gone(env.get("cspflow_host"), env.get("cspflow_pid"), env.get("cspflow_pidns"))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -467,8 +468,10 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
     """
     from pymongo.errors import DuplicateKeyError
 
+    from cspflow.db import pid_namespace
+
     locks = db[LOCKS]
-    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     held: list[str] = []
     deadline = time.monotonic() + wait_s
     delay = 0.002
@@ -478,7 +481,7 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
             while True:
                 try:
                     locks.insert_one({"_id": key, "owner": owner, "at": _utcnow(),
-                                      "pidns": _pid_namespace()})  # fmt: skip
+                                      "pidns": pid_namespace()})  # fmt: skip
                     held.append(key)
                     break
                 except DuplicateKeyError:
@@ -509,26 +512,17 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
             locks.delete_one({"_id": key, "owner": owner})
 
 
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
 def _abandoned(lock: dict[str, Any]) -> bool:
     """True when the owner of ``lock`` is known to be gone: an attempt of this process that no
     longer holds it (broken off by an outage), or an exited process of this host and pid
     namespace. Owners elsewhere are judged by age alone (:data:`LOCK_STALE_S`)."""
-    from cspflow.db import _pid_alive
+    from cspflow.db import pid_namespace, process_gone
 
     host, _, rest = str(lock.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]
-    if host != os.uname().nodename or not pid.isdigit() or lock.get("pidns") != _pid_namespace():
-        return False
-    if int(pid) == os.getpid():
+    if host == socket.gethostname() and pid == str(os.getpid()) and lock.get("pidns") == pid_namespace():
         return lock["owner"] not in _HELD
-    return not _pid_alive(int(pid))
+    return process_gone(host, pid, lock.get("pidns"))
 
 
 def register(

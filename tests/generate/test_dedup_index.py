@@ -391,15 +391,17 @@ def test_a_bucket_lock_left_by_a_gone_owner_is_taken_over_and_a_live_ones_is_wai
     next registration takes it over at once when the owner is known to be gone (an earlier
     attempt of this process, an exited process of this host), and waits for a live owner."""
     import os
+    import socket
     import time
 
+    from cspflow.db import pid_namespace
     from cspflow.errors import CspflowError
-    from cspflow.generate.dedup import _bucket_locks, _pid_namespace
+    from cspflow.generate.dedup import _bucket_locks
     from cspflow.generate.fingerprint import lock_key
 
     s = next(iter(structures.values()))
     key = lock_key(fingerprint(s))
-    host, ns = os.uname().nodename, _pid_namespace()
+    host, ns = socket.gethostname(), pid_namespace()
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                             capture_output=True, text=True, check=True)  # fmt: skip
     for owner in (f"{host}:{os.getpid()}:broken01", f"{host}:{exited.stdout.strip()}:dead0001"):
