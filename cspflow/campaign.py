@@ -255,6 +255,7 @@ def _learn_record(learned: dict | None, rescreened: dict | None) -> dict | None:
             "skipped": rescreened.get("skipped"),
             "n_single_points": rescreened.get("n_single_points", 0),
             "relaxed": len(rescreened.get("relaxed") or []),
+            "failed": len(rescreened.get("failed") or {}),
             "best_changed": rescreened.get("best_changed", []),
         }
     return rec

@@ -218,6 +218,7 @@ def learn_table(iterations: list[dict]):
         rs = rec.get("rescreen") or {}
         screened = "-" if rs.get("skipped") or not rs else (
             f"{rs.get('n_single_points')} sp, {rs.get('relaxed')} relaxed"
+            + (f", {rs['failed']} failed" if rs.get("failed") else "")
             + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
         )  # fmt: skip
         t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
