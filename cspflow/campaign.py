@@ -112,9 +112,21 @@ def learns_in(spec: CampaignSpec, iteration: int) -> bool:
 
 def dft_runs(db: Database, name: str) -> int:
     """Number of candidates the campaign sent through DFT (any outcome): its own, and those of
-    earlier campaigns it re-screened and selected."""
+    earlier campaigns it re-screened and selected.
+
+    A result names the campaign that ran it (``relaxed.dft.campaign``), so a candidate another
+    campaign re-screened and this one ran counts here only; results written before that field
+    existed count for the candidate's campaign and for the one that re-screened it.
+    """
+    unnamed = {"relaxed.dft": {"$exists": True}, "relaxed.dft.campaign": None}
     return db.candidates.count_documents(
-        {"$or": [{"campaign": name}, {"rescreen.campaign": name}], "relaxed.dft": {"$exists": True}}
+        {
+            "$or": [
+                {"relaxed.dft.campaign": name},
+                {**unnamed, "campaign": name},
+                {**unnamed, "rescreen.campaign": name},
+            ]
+        }
     )
 
 

@@ -282,9 +282,12 @@ def build_engine_job(
     raise CspflowError(f"dft.engine {spec.engine!r} runs no DFT")
 
 
-def _header(candidate_id: str, spec: DftSpec, preset: str, shash: str) -> dict[str, Any]:
+def _header(
+    candidate_id: str, spec: DftSpec, preset: str, shash: str, campaign: str | None
+) -> dict[str, Any]:
     return {
         "candidate_id": candidate_id,
+        "campaign": campaign,
         "engine": spec.engine,
         "preset": preset,
         "settings_hash": shash,
@@ -333,7 +336,7 @@ def dft_candidate(
     preset, settings = resolve_settings(dspec)
     structure = input_structure(candidate)
     shash = settings_hash(structure, dspec.engine, preset, settings)
-    header = _header(candidate_id, dspec, preset, shash)
+    header = _header(candidate_id, dspec, preset, shash, campaign)
 
     stored = (candidate.get("relaxed") or {}).get("dft") or {}
     if stored.get("settings_hash") == shash and stored.get("status") == "converged":

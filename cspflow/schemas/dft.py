@@ -75,6 +75,9 @@ class DftResultDoc(BaseModel):
 
     schema_version: int = Field(DFT_SCHEMA_VERSION, description="Version of this document.")
     candidate_id: str | None = Field(None, description="The candidate this result belongs to.")
+    campaign: str | None = Field(
+        None, description="Campaign that ran it, whose DFT budget it counts against (None: ad hoc)."
+    )
     engine: DftEngine = Field(..., description="DFT code that produced the result.")
     preset: str = Field(..., description="Preset name the settings came from.")
     settings_hash: str = Field(

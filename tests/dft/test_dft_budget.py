@@ -1,0 +1,52 @@
+"""Which campaign's DFT budget a run counts against.
+
+A candidate of campaign B that campaign A re-screened may still be sent to DFT by B, or by A
+when A selects it. The run counts for the campaign that ran it, once.
+"""
+
+from __future__ import annotations
+
+from jobflow import run_locally
+from pymatgen.core import Lattice, Structure
+
+from cspflow.campaign import dft_runs
+from cspflow.dft.stage import DftStageMaker
+from cspflow.store import get_jobstore
+from cspflow.testing import insert_candidate
+
+
+def _cu(shift: float) -> Structure:
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.62), ["Cu"], [[0, 0, 0]])
+    s.translate_sites([0], [shift, 0, 0])
+    return s
+
+
+def _rescreened_by(db, cid: str, campaign: str) -> None:
+    db.candidates.update_one(
+        {"candidate_id": cid}, {"$set": {"rescreen.campaign": campaign, "rescreen.iteration": 1}}
+    )
+
+
+def test_a_dft_run_counts_for_the_campaign_that_ran_it(db, settings, tmp_path):
+    # no VASP command here: each run is recorded as failed at once, which still uses the budget
+    own = insert_candidate(db, _cu(0.01), mlip_energy=-3.0, campaign="B")
+    taken = insert_candidate(db, _cu(0.02), mlip_energy=-3.0, campaign="B")
+    legacy = insert_candidate(db, _cu(0.03), mlip_energy=-3.0, campaign="B")
+    for cid in (own, taken, legacy):
+        _rescreened_by(db, cid, "A")
+    store = get_jobstore(settings)
+    for campaign, cid in (("B", own), ("A", taken)):
+        stage = DftStageMaker(spec={"engine": "vasp", "potcar_spec": True}, campaign=campaign)
+        run_locally(stage.make([cid]), store=store, root_dir=tmp_path / campaign)
+    # a result written before results named their campaign
+    db.candidates.update_one(
+        {"candidate_id": legacy}, {"$set": {"relaxed.dft": {"status": "failed", "engine": "vasp"}}}
+    )
+
+    ran = {c["candidate_id"]: c["relaxed"]["dft"].get("campaign") for c in db.candidates.find()}
+    print(f"\nrelaxed.dft.campaign: {ran}; dft_runs A={dft_runs(db, 'A')} B={dft_runs(db, 'B')}")
+    assert ran == {own: "B", taken: "A", legacy: None}
+    # own: B only; taken: A only; legacy (no name): both, as before
+    assert dft_runs(db, "B") == 2
+    assert dft_runs(db, "A") == 2
+    assert dft_runs(db, "C") == 0
