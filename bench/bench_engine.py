@@ -11,10 +11,16 @@ not touched), printed as tables:
   candidates of 8-20 atoms, CHGNet, the campaign defaults fmax 0.05 and max_steps 300): the same
   batches relaxed in this process by :func:`cspflow.prerelax.prerelax_candidates` (the job's
   compute, model loading included) and as ``PrerelaxMaker`` jobs through FireWorks + the
-  database by a warm gpu worker; overhead = (FireWorks wall - in-process wall) / in-process wall.
+  database by a warm gpu worker; overhead = (FireWorks wall - in-process wall) / in-process wall;
+* cost per completion against workflow size: the same ``--jobs`` trivial jobs submitted as
+  workflows of S jobs each for S in ``--flow-sizes``, run by one worker. FireWorks rewrites a
+  firework's whole workflow when one completes, and a campaign is one workflow that grows by
+  one iteration at a time, so this is what a long campaign pays per job.
 
     .venv/bin/python bench/bench_engine.py [--jobs 200] [--workers 1,2,4] [--batches 2]
-                                           [--batch-size 32] [--skip-overhead] [--json F]
+                                           [--batch-size 32] [--flow-sizes 20,100,500]
+                                           [--skip-overhead] [--skip-throughput]
+                                           [--skip-flow-size] [--json F]
 """
 
 from __future__ import annotations
@@ -86,6 +92,32 @@ def throughput(settings, n_jobs: int, workers: int) -> dict:
         "wall_s": round(wall, 2), "jobs_per_s": round(completed / wall, 2),
         "jobs_per_s_launch_window": round(completed / busy, 2) if busy == busy else None,
         "worker_s_per_job": round(wall * workers / max(1, completed), 3),
+    }  # fmt: skip
+
+
+def flow_size(settings, n_jobs: int, size: int) -> dict:
+    """Run ``n_jobs`` trivial jobs submitted as workflows of ``size`` jobs, with one worker."""
+    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.store import get_database
+    from cspflow.testing.jobs import EFFECTS, work_flow
+
+    db_name = f"flow_size_{size}"
+    s = settings.model_copy(update={"db_name": db_name})
+    n_flows = max(1, n_jobs // size)
+    for f in range(n_flows):
+        submit_flow(work_flow(size, 0.0, stage="dft", name=f"s{size}-{f}"), s)
+    lp = get_launchpad(s)
+    log = Path(settings.runs_dir) / f"fs-{size}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    _worker(settings, db_name, "cpu", f"bench-fs-{size}", log).wait(timeout=7200)
+    wall = time.monotonic() - t0
+    completed = lp.fireworks.count_documents({"state": "COMPLETED"})
+    runs = [d["runs"] for d in get_database(s)[EFFECTS].find({}, {"runs": 1})]
+    return {
+        "flow_size": size, "flows": n_flows, "jobs": n_flows * size, "completed": completed,
+        "ran_twice": sum(r > 1 for r in runs), "wall_s": round(wall, 2),
+        "s_per_job": round(wall / max(1, completed), 3),
     }  # fmt: skip
 
 
@@ -201,6 +233,8 @@ def main() -> int:
     ap.add_argument("--model", default="chgnet")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--flow-sizes", default="20,100,500")
+    ap.add_argument("--skip-flow-size", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -220,6 +254,16 @@ def main() -> int:
             base = rows[0]["jobs_per_s"]
             print("speed-up over 1 worker: " + ", ".join(
                 f"{r['workers']}: {r['jobs_per_s'] / base:.2f}x" for r in rows))  # fmt: skip
+        if not args.skip_flow_size:
+            rows = [flow_size(settings, args.jobs, int(n)) for n in args.flow_sizes.split(",")]
+            report["flow_size"] = rows
+            print("\n| jobs per workflow | workflows | jobs | completed | ran twice | wall s | s per job |")
+            print("|---|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['flow_size']} | {r['flows']} | {r['jobs']} | {r['completed']} | "
+                      f"{r['ran_twice']} | {r['wall_s']} | {r['s_per_job']} |")  # fmt: skip
+            print("cost per job relative to the smallest workflows: " + ", ".join(
+                f"{r['flow_size']}: {r['s_per_job'] / rows[0]['s_per_job']:.2f}x" for r in rows))  # fmt: skip
         if not args.skip_overhead:
             o = overhead(settings, args.batch_size, args.batches, args.model, args.max_steps)
             report["overhead"] = o
