@@ -223,6 +223,14 @@ def _wait(lp, n_completed: int, timeout: float) -> None:
         time.sleep(0.2)  # light on the server; at most 0.2 s late
 
 
+def _table(rows: list[dict], columns: dict[str, str]) -> None:
+    """Print ``rows`` as a Markdown table of ``columns`` (key -> heading)."""
+    print("| " + " | ".join(columns.values()) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in columns) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200)
@@ -246,22 +254,19 @@ def main() -> int:
         if not args.skip_throughput:
             rows = [throughput(settings, args.jobs, int(w)) for w in args.workers.split(",")]
             report["throughput"] = rows
-            print("| workers | jobs | completed | ran twice | wall s | jobs/s | worker s per job |")
-            print("|---|---|---|---|---|---|---|")
-            for r in rows:
-                print(f"| {r['workers']} | {r['jobs']} | {r['completed']} | {r['ran_twice']} | "
-                      f"{r['wall_s']} | {r['jobs_per_s']} | {r['worker_s_per_job']} |")  # fmt: skip
+            _table(rows, {"workers": "workers", "jobs": "jobs", "completed": "completed",
+                          "ran_twice": "ran twice", "wall_s": "wall s", "jobs_per_s": "jobs/s",
+                          "worker_s_per_job": "worker s per job"})  # fmt: skip
             base = rows[0]["jobs_per_s"]
             print("speed-up over 1 worker: " + ", ".join(
                 f"{r['workers']}: {r['jobs_per_s'] / base:.2f}x" for r in rows))  # fmt: skip
         if not args.skip_flow_size:
             rows = [flow_size(settings, args.jobs, int(n)) for n in args.flow_sizes.split(",")]
             report["flow_size"] = rows
-            print("\n| jobs per workflow | workflows | jobs | completed | ran twice | wall s | s per job |")
-            print("|---|---|---|---|---|---|---|")
-            for r in rows:
-                print(f"| {r['flow_size']} | {r['flows']} | {r['jobs']} | {r['completed']} | "
-                      f"{r['ran_twice']} | {r['wall_s']} | {r['s_per_job']} |")  # fmt: skip
+            print()
+            _table(rows, {"flow_size": "jobs per workflow", "flows": "workflows", "jobs": "jobs",
+                          "completed": "completed", "ran_twice": "ran twice", "wall_s": "wall s",
+                          "s_per_job": "s per job"})  # fmt: skip
             print("cost per job relative to the smallest workflows: " + ", ".join(
                 f"{r['flow_size']}: {r['s_per_job'] / rows[0]['s_per_job']:.2f}x" for r in rows))  # fmt: skip
         if not args.skip_overhead:
