@@ -391,14 +391,14 @@ def _start_structure(doc: dict[str, Any], start: str) -> dict[str, Any]:
     return doc["structure"]
 
 
-def _default_find_duplicate() -> FindDuplicate | None:
+def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate | None:
     try:
         from cspflow.generate.dedup import register_relaxed
     except ImportError:
         return None
 
     def find(db: Database, candidate_id: str, structure: Structure) -> str | None:
-        return register_relaxed(db, candidate_id, structure, "mlip")
+        return register_relaxed(db, candidate_id, structure, "mlip", energies.get(candidate_id))
 
     return find
 
@@ -446,7 +446,8 @@ def prerelax_candidates(
         The cspflow database (default: from the settings).
     find_duplicate
         ``f(db, candidate_id, relaxed_structure) -> duplicate id or None``; default
-        :func:`cspflow.generate.dedup.register_relaxed` (level ``mlip``), or a StructureMatcher
+        :func:`cspflow.generate.dedup.register_relaxed` (level ``mlip``, with the relaxed
+        energy, so copies of one minimum are found however they drifted), or a StructureMatcher
         comparison within the batch when that module is absent.
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
@@ -562,7 +563,9 @@ def prerelax_candidates(
 
     if dedup and good:
         ordered = sorted(good, key=lambda g: g[1].energy_per_atom)
-        finder = find_duplicate or _default_find_duplicate()
+        finder = find_duplicate or _default_find_duplicate(
+            {cid: o.energy_per_atom for cid, o in good}
+        )
         if finder is None:
             dups = deduplicate_batch([(cid, o.structure) for cid, o in ordered])
         else:
@@ -570,7 +573,7 @@ def prerelax_candidates(
             for cid, o in ordered:
                 other = finder(db, cid, o.structure)
                 if other is not None and other != cid:
-                    dups[cid] = other
+                    dups[cid] = dups.get(other, other)  # point at the batch's representative
         for cid, other in dups.items():
             coll.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": other}})
         summary.duplicates = dups

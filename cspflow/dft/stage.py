@@ -182,7 +182,8 @@ def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | No
 
     from cspflow.generate.dedup import register_relaxed
 
-    other = register_relaxed(db, candidate_id, Structure.from_dict(result.structure), "dft")
+    structure = Structure.from_dict(result.structure)
+    other = register_relaxed(db, candidate_id, structure, "dft", result.energy_per_atom)
     if other is None:
         return None
     doc = db["candidates"].find_one(

@@ -81,7 +81,8 @@ def load_parents(db: Database, formula: str, pool_size: int = 20) -> list[Parent
 
     The energy is ``energy_per_atom.dft`` when present, else ``energy_per_atom.mlip``; the
     structure is the most refined one stored (DFT-relaxed, MLIP-relaxed, then as generated).
-    Failed candidates and those without any energy are skipped.
+    Failed candidates, duplicates (another candidate is the same minimum: the population holds
+    each minimum once) and those without any energy are skipped.
     """
     from pymatgen.core import Structure
 
@@ -91,7 +92,8 @@ def load_parents(db: Database, formula: str, pool_size: int = 20) -> list[Parent
     seen: dict[str, dict] = {}
     for level in ("dft", "mlip"):
         key = f"energy_per_atom.{level}"
-        query = {"formula": formula, key: {"$ne": None}, "status": {"$ne": "failed"}}
+        query = {"formula": formula, key: {"$ne": None}, "status": {"$ne": "failed"},
+                 "duplicate_of": None}  # fmt: skip
         for doc in coll.find(query, proj).sort(key, 1).limit(pool_size):
             seen.setdefault(doc["candidate_id"], doc)
 

@@ -28,6 +28,13 @@ it could release), else after :data:`LOCK_STALE_S` seconds; a writer waits up to
 
 Relaxed structures: :func:`register_relaxed` files a candidate's relaxed structure (level
 ``mlip`` or ``dft``) under its own buckets, so later lookups match initial and relaxed forms.
+Relaxed copies of one minimum are also found without the buckets: their space group at
+``symprec`` 0.1 and their fingerprints drift with the optimizer's last steps (three copies of
+CsCl-type DyCu within 0.6 meV/atom sat in different buckets and were all listed), so a relaxed
+structure is also compared with every relaxed form of its formula at the same level whose
+energy lies within :data:`RELAXED_ENERGY_WINDOW`, closest energy first
+(:func:`find_relaxed_duplicate`), and relaxed registrations of one formula and level are
+serialised by one lock.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ __all__ = [
     "find_duplicate",
     "register",
     "register_relaxed",
+    "find_relaxed_duplicate",
     "candidate_document",
     "fingerprint_document",
 ]
@@ -89,6 +97,10 @@ MATCHER_KWARGS: dict[str, Any] = {
 LEVELS = ("mlip", "dft")
 LOCKS = "dedup_locks"
 FINGERPRINTS = "fingerprints"
+#: relaxed forms of one formula and level within this energy (eV/atom) of each other are
+#: compared as possibly one minimum (copies of one minimum relaxed to fmax 0.05 differ by
+#: about 1 meV/atom)
+RELAXED_ENERGY_WINDOW = 0.01
 LOCK_STALE_S = 30.0
 LOCK_WAIT_S = 90.0
 # owner tokens of the bucket locks this process holds right now
@@ -365,13 +377,15 @@ def fingerprint_document(
     structure: Structure,
     fp: Fingerprint,
     cell: Structure | None = None,
+    energy_per_atom: float | None = None,
 ) -> dict[str, Any]:
     """Build the ``fingerprints`` document of one stored form of a candidate.
 
     Small on purpose (no structure): a lookup reads every document of its buckets, and the
     server reads each document whole. The vector is stored as little-endian float32 bytes,
     which the server and the client handle as one value; ``cell`` holds the reduced cell
-    (``cell`` argument, else :func:`reduced_cell` of the structure) for the confirmation.
+    (``cell`` argument, else :func:`reduced_cell` of the structure) for the confirmation;
+    ``energy_per_atom`` (relaxed forms) lets :func:`find_relaxed_duplicate` find it by energy.
     """
     from bson import Binary
 
@@ -388,6 +402,7 @@ def fingerprint_document(
         "bucket": fp.buckets(),
         "fp": Binary(np.asarray(fp.vector, dtype="<f4").tobytes()),
         "cell": cell_document(cell),
+        "energy_per_atom": energy_per_atom,
     }
 
 
@@ -575,14 +590,61 @@ def register(
     return doc["candidate_id"], True
 
 
+def find_relaxed_duplicate(
+    db: Database,
+    structure: Structure,
+    level: str,
+    energy_per_atom: float,
+    *,
+    exclude: str | None = None,
+    cell: Structure | None = None,
+    formula: str | None = None,
+) -> str | None:
+    """Return the id of another candidate whose relaxed form at ``level`` is this minimum.
+
+    Compares with every relaxed form of the formula at the level whose energy is within
+    :data:`RELAXED_ENERGY_WINDOW` of ``energy_per_atom``, closest energy first, by
+    StructureMatcher on reduced cells (:func:`cells_match`). Unlike :func:`find_duplicate`
+    it does not go through the fingerprint buckets, whose space group and fingerprint cells
+    split copies of one minimum that the optimizer left slightly apart.
+    """
+    formula = formula or structure.composition.reduced_formula
+    query: dict[str, Any] = {
+        "formula": formula,
+        "level": level,
+        "energy_per_atom": {
+            "$gte": energy_per_atom - RELAXED_ENERGY_WINDOW,
+            "$lte": energy_per_atom + RELAXED_ENERGY_WINDOW,
+        },
+    }
+    if exclude is not None:
+        query["candidate_id"] = {"$ne": exclude}
+    fields = {"candidate_id": 1, "cell": 1, "energy_per_atom": 1}
+    docs = sorted(
+        db[FINGERPRINTS].find(query, fields),
+        key=lambda d: (abs(d["energy_per_atom"] - energy_per_atom), d["candidate_id"]),
+    )
+    confirm = _Confirmation(structure, cell)
+    for doc in docs:
+        if doc.get("cell") is not None and confirm.matches(cell_from_document(doc["cell"])):
+            return str(doc["candidate_id"])
+    return None
+
+
 def register_relaxed(
-    db: Database, candidate_id: str, structure: Structure, level: str
+    db: Database,
+    candidate_id: str,
+    structure: Structure,
+    level: str,
+    energy_per_atom: float | None = None,
 ) -> str | None:
     """File a candidate's relaxed structure for deduplication; return a duplicate's id or None.
 
     The relaxed structure is stored under the candidate's ``dedup_forms.<level>`` and its
     fingerprint in ``fingerprints`` (replacing an earlier one of the same level), so later
-    lookups match it too.
+    lookups match it too. With ``energy_per_atom`` the relaxed forms of the same formula and
+    level near that energy are searched as well (:func:`find_relaxed_duplicate`): copies of one
+    minimum are found even where their symmetry or fingerprint drifted apart.
 
     Parameters
     ----------
@@ -594,19 +656,27 @@ def register_relaxed(
         Its relaxed structure.
     level
         ``"mlip"`` or ``"dft"``.
+    energy_per_atom
+        The relaxed energy at that level (eV/atom).
 
     Returns
     -------
     str or None
         The id of another candidate that is the same structure (the relaxation converged to a
-        known structure), else None.
+        known structure; where that one is itself marked ``duplicate_of``, the candidate it
+        points to), else None.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     fp = fingerprint(structure)
     cell = reduced_cell(structure)
-    with _bucket_locks(db, [lock_key(fp)]):
+    with _bucket_locks(db, [lock_key(fp), f"{fp.formula}|relaxed|{level}"]):
         dup = find_duplicate(db, structure, fp, exclude=candidate_id, cell=cell)
+        if dup is None and energy_per_atom is not None:
+            dup = find_relaxed_duplicate(
+                db, structure, level, energy_per_atom,
+                exclude=candidate_id, cell=cell, formula=fp.formula,
+            )  # fmt: skip
         db["candidates"].update_one(
             {"candidate_id": candidate_id},
             {
@@ -619,9 +689,21 @@ def register_relaxed(
                 },
             },
         )
-        fdoc = fingerprint_document(candidate_id, level, structure, fp, cell)
+        fdoc = fingerprint_document(candidate_id, level, structure, fp, cell, energy_per_atom)
         db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
-    return dup
+    return _representative(db, dup) if dup is not None else None
+
+
+def _representative(db: Database, candidate_id: str) -> str:
+    """Follow ``duplicate_of`` from a candidate to the one that stands for its minimum."""
+    seen = {candidate_id}
+    while True:
+        doc = db["candidates"].find_one({"candidate_id": candidate_id}, {"duplicate_of": 1})
+        nxt = (doc or {}).get("duplicate_of")
+        if not nxt or nxt in seen:
+            return candidate_id
+        seen.add(nxt)
+        candidate_id = nxt
 
 
 class MongoIndex:

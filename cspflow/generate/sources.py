@@ -7,6 +7,12 @@ alone: the same seed gives the same structure.
 
 - :class:`RandomSymmetric`: PyXtal over every space group 2-230 compatible with the composition
   and every formula-unit count that fits ``max_atoms``, under a per-structure time limit.
+
+Cells are counted and stored primitive: ``max_atoms`` and the formula units count the atoms of
+the primitive cell. A centred space group (A/B/C/I x2, R x3 in PyXtal's hexagonal setting, F x4)
+is built by PyXtal in its conventional cell with that many times the atoms and reduced to its
+primitive cell before it is checked, stored and relaxed; every source's structure goes through
+the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation agree on a cell.
 - :class:`Prototype`: substitution into the built-in prototype library
   (``cspflow/data/prototypes``) plus any structure files the user supplies.
 - :class:`Mutation`: lattice strain, atom permutation, rattle and cut-and-splice heredity of the
@@ -45,6 +51,8 @@ __all__ = [
     "make_source",
     "read_structures",
     "compatible_space_groups",
+    "centring_multiplier",
+    "primitive_cell",
     "random_symmetric_structure",
 ]
 
@@ -91,9 +99,18 @@ def _child_seeds(seed: int, stream: int) -> Iterator[int]:
         yield int(np.random.SeedSequence([seed, stream, i]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def primitive_cell(structure: Structure) -> Structure:
+    """The Niggli-reduced primitive cell of a structure (pymatgen's default 0.25 A tolerance).
+
+    Every generated structure is stored and relaxed in this cell: a centred or supercell
+    structure costs up to four times the atoms in its conventional cell.
+    """
+    return structure.get_primitive_structure().get_reduced_structure()
+
+
 def _validated(gen: Generated, target: Target, context: SourceContext) -> Generated | None:
-    """Scale into the volume window and check the hard constraints."""
-    s = gen.structure
+    """Reduce to the primitive cell, scale into the volume window, check the hard constraints."""
+    s = primitive_cell(gen.structure)
     if len(s) > target.max_atoms:
         context.reject("too many atoms")
         return None
@@ -113,15 +130,33 @@ def _validated(gen: Generated, target: Target, context: SourceContext) -> Genera
 # random_symmetric
 
 
+#: atoms of the conventional cell per atom of the primitive cell, by lattice centring letter
+#: (PyXtal builds rhombohedral groups in the hexagonal setting: three lattice points)
+CENTRING_MULTIPLIER = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
+
+
+@lru_cache(maxsize=230)
+def centring_multiplier(spacegroup: int) -> int:
+    """Lattice points in PyXtal's conventional cell of a space group (1, 2, 3 or 4)."""
+    from pyxtal.symmetry import Group
+
+    return CENTRING_MULTIPLIER[Group(spacegroup).symbol[0]]
+
+
 @lru_cache(maxsize=128)
 def compatible_space_groups(num_ions: tuple[int, ...]) -> tuple[int, ...]:
-    """Space groups 2-230 in which PyXtal can place these numbers of atoms of each species."""
+    """Space groups 2-230 that can hold a *primitive* cell of these numbers of atoms per species.
+
+    PyXtal's own check works in the conventional cell, so a centred group is asked for its
+    multiplier times the atoms (R-3c takes a 10-atom Al2O3 primitive cell as 12 + 18 atoms).
+    """
     from pyxtal.symmetry import Group
 
     out = []
     for sg in range(2, 231):
+        m = centring_multiplier(sg)
         try:
-            ok, _ = Group(sg).check_compatible(list(num_ions))
+            ok, _ = Group(sg).check_compatible([m * n for n in num_ions])
         except Exception:
             ok = False
         if ok:
@@ -134,7 +169,8 @@ def random_symmetric_structure(
 ) -> dict | None:
     """Build one PyXtal random crystal; return ``Structure.as_dict()`` or None when it fails.
 
-    Module-level and returning plain data so that it can run in a child process.
+    ``num_ions`` counts the atoms of the conventional cell PyXtal builds. Module-level and
+    returning plain data so that it can run in a child process.
     """
     import warnings
 
@@ -154,7 +190,11 @@ def random_symmetric_structure(
 
 @dataclass
 class RandomSymmetric:
-    """Random symmetric crystals from PyXtal (formula units and space group drawn uniformly)."""
+    """Random symmetric crystals from PyXtal (formula units and space group drawn uniformly).
+
+    The formula units count the primitive cell; a centred group is built in its conventional
+    cell and reduced (params record ``conventional_atoms``).
+    """
 
     name: ClassVar[str] = "random_symmetric"
     stream: ClassVar[int] = 1
@@ -170,10 +210,11 @@ class RandomSymmetric:
             return None
         sg = int(rng.choice(groups))
         pyxtal_seed = int(rng.integers(2**31))
+        conventional = [centring_multiplier(sg) * n for n in num_ions]
         try:
             data = call_with_time_limit(
                 random_symmetric_structure,
-                (target.species, num_ions, sg, pyxtal_seed),
+                (target.species, conventional, sg, pyxtal_seed),
                 context.time_limit,
                 context.time_limit_mode,
             )
@@ -186,7 +227,8 @@ class RandomSymmetric:
         gen = Generated(
             structure=Structure.from_dict(data),
             source=self.name,
-            params={"spacegroup": sg, "formula_units": fu},
+            params={"spacegroup": sg, "formula_units": fu,
+                    "conventional_atoms": sum(conventional)},  # fmt: skip
             seed=seed,
         )
         return _validated(gen, target, context)
@@ -299,7 +341,7 @@ class Prototype:
         made: dict[str, list[Structure]] = {}
         for k in order:
             name, mapping = jobs[int(k)]
-            s = substitute(lib[name], mapping)
+            s = primitive_cell(substitute(lib[name], mapping))
             # Assignments related by a pseudo-symmetry of the prototype (ilmenite's two cation
             # sites) give the same structure: keep the first.
             if any(_same(s, other) for other in made.get(name, [])):

@@ -20,6 +20,7 @@ from cspflow.generate.dedup import (
     cell_from_document,
     cells_match,
     find_duplicate,
+    find_relaxed_duplicate,
     reduced_cell,
     register,
     register_relaxed,
@@ -428,3 +429,71 @@ def datetime_now():
     from cspflow.generate.dedup import _utcnow
 
     return _utcnow()
+
+
+def _dycu_cscl(abc=(3.4657, 3.4657, 3.4657), beta=90.0) -> Structure:
+    from pymatgen.core import Lattice
+
+    lattice = Lattice.from_parameters(*abc, 90.0, beta, 90.0)
+    return Structure(lattice, ["Dy", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _start(k: int) -> Structure:
+    """A distinct triclinic DyCu cell per k: the generated structure a relaxation started from."""
+    from pymatgen.core import Lattice
+
+    lattice = Lattice.from_parameters(3.3 + 0.3 * k, 3.9, 4.4, 80.0 + 3 * k, 95.0, 101.0)
+    return Structure(lattice, ["Dy", "Cu"], [[0, 0, 0], [0.31, 0.22 + 0.07 * k, 0.6]])
+
+
+def test_relaxed_copies_of_one_minimum_are_one_entry_however_they_drifted(db):
+    """Copies of CsCl-type DyCu as CHGNet left them (a 1-iteration campaign listed them as ranks
+    1-3): spglib puts the drifted ones in Cmcm/Cmmm, not Pm-3m, so they share no bucket; the
+    relaxed-energy lookup still finds them, whatever their orientation or cell."""
+    from pymatgen.core import Lattice
+
+    cubic = _dycu_cscl()
+    drifted = _dycu_cscl((3.4579, 3.4653, 3.4693), beta=90.87)
+    rotated = drifted.copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([1, 1, 0], 23.0))
+    # another cell choice (a' = a + c, a monoclinic cell of the same lattice), strained 1 %
+    m = cubic.lattice.matrix
+    other_cell = Structure(
+        Lattice(np.array([m[0] + m[2], m[1], m[2]]) * [[1.01], [1.0], [0.995]]),
+        ["Dy", "Cu"],
+        [[0, 0, 0], [0.5, 0.5, 0.0]],
+    )
+    supercell = drifted.copy()
+    supercell.make_supercell([2, 1, 1])
+    assert structures_match(cubic, other_cell)  # the same crystal, by the user's criterion
+    copies = {"drifted": drifted, "rotated": rotated, "other cell": other_cell,
+              "supercell": supercell}  # fmt: skip
+    classes = {fingerprint(s).spacegroup for s in copies.values()}
+    assert len(classes - {fingerprint(cubic).spacegroup}) >= 1, classes  # buckets differ
+
+    first, _ = register(db, _start(0), source="test")
+    assert register_relaxed(db, first, cubic, "mlip", -4.59684) is None
+    # Control: the bucket lookup alone misses the drifted copy, so what follows exercises the
+    # relaxed-energy lookup.
+    assert find_duplicate(db, drifted) is None
+    ids: list[str] = []
+    for k, (name, s) in enumerate(copies.items(), start=1):
+        cid, new = register(db, _start(k), source="test")
+        assert new
+        found = register_relaxed(db, cid, s, "mlip", -4.59684 + 0.0004)
+        assert found in [first, *ids], name
+        db.candidates.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": found}})
+        ids.append(cid)
+        # whichever copy it matched, the answer names the representative (via duplicate_of)
+        assert register_relaxed(db, cid, s, "mlip", -4.59684 + 0.0004) == first, name
+    # A polymorph at the same energy (WC type) and a copy at another level are not duplicates.
+    wc = Structure(Lattice.hexagonal(3.80, 3.70), ["Dy", "Cu"],
+                   [[0, 0, 0], [1 / 3, 2 / 3, 0.5]])  # fmt: skip
+    other, _ = register(db, _start(6), source="test")
+    assert find_duplicate(db, wc) is None
+    assert register_relaxed(db, other, wc, "mlip", -4.59684) is None
+    # Energies of one level are compared with that level only.
+    assert find_relaxed_duplicate(db, drifted, "mlip", -4.59684) == first
+    assert find_relaxed_duplicate(db, drifted, "dft", -4.59684) is None
+    assert find_relaxed_duplicate(db, drifted, "mlip", -4.59684 + 0.05) is None
+    assert db.dedup_locks.count_documents({}) == 0

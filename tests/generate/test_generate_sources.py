@@ -235,3 +235,51 @@ def test_pyxtal_attempts_over_the_time_limit_are_counted_and_skipped():
     # a one-atom-per-site cell can finish inside the first 10 ms alarm period; most cannot
     assert r.summary.rejected.get("time limit", 0) >= 5
     assert r.summary.n_new <= 3 and time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    ("species", "primitive", "spacegroup"),
+    [(["Al", "O"], [4, 6], 167),  # corundum R-3c: 10 atoms primitive, 30 conventional
+     (["Mg", "Al", "O"], [2, 4, 8], 227),  # spinel Fd-3m: 14 / 56
+     (["Zr", "Si", "O"], [2, 2, 8], 141)],  # zircon I4_1/amd: 12 / 24
+)  # fmt: skip
+def test_centred_lattice_targets_are_reachable_at_primitive_size(species, primitive, spacegroup):
+    from cspflow.generate.fingerprint import space_group
+    from cspflow.generate.sources import (
+        centring_multiplier,
+        compatible_space_groups,
+        primitive_cell,
+        random_symmetric_structure,
+    )
+
+    assert spacegroup in compatible_space_groups(tuple(primitive))
+    m = centring_multiplier(spacegroup)
+    assert m > 1
+    for seed in range(10):
+        data = random_symmetric_structure(species, [m * n for n in primitive], spacegroup, seed)
+        if data is not None:
+            break
+    assert data is not None
+    conventional = Structure.from_dict(data)
+    cell = primitive_cell(conventional)
+    assert len(conventional) == m * sum(primitive) and len(cell) == sum(primitive)
+    assert space_group(cell) == spacegroup
+
+
+def test_generation_counts_and_stores_primitive_cells():
+    """At max_atoms = corundum's primitive size, centred groups are drawn and stored reduced."""
+    target = parse_target("Al2O3", 10)
+    result = generate_batch(target, 40, MemoryIndex(), sources={"random_symmetric": 1}, seed=0)
+    assert result.summary.n_new == 40
+    ratios = set()
+    for _, gen, _ in result.new:
+        s = gen.structure
+        # the drawn formula units (a random cell may still reduce further)
+        assert len(s) <= 10 and len(s) % 5 == 0 and len(s) <= gen.params["formula_units"] * 5
+        assert len(s.get_primitive_structure()) == len(s)
+        ratios.add(gen.params["conventional_atoms"] // len(s))
+    assert {2, 4} <= ratios, ratios  # body-/face-centred groups were generated and reduced
+    # Sources agree: a prototype stored as a conventional cell enters as its primitive cell.
+    spinel = Prototype().attempts(parse_target("MgAl2O4", 14), 0, SourceContext())
+    names = {g.params["prototype"]: len(g.structure) for g in spinel if g is not None}
+    assert names.get("spinel") == 14, names

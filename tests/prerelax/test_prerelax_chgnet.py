@@ -280,3 +280,66 @@ def test_prerelax_and_select_jobs_run_with_jobflow_on_cpu(db, settings):
     # selecting again gives the same answer (idempotent)
     again = select_candidates("jf", 1, db=db, top_k=1, energy_window=0.5)
     assert sorted(again.selected) == sorted(selection["selected"])
+
+
+def test_relaxed_copies_of_one_minimum_are_listed_once_in_results_top(db, chgnet):
+    """DyCu starts that CHGNet relaxes into the CsCl type (strained triclinic cells, a rotated
+    one, another cell choice, a supercell) and a WC-type start: `results top` lists two minima,
+    and selection and the mutation population see each once. The relaxed CsCl copies differ
+    by up to 1 meV/atom and spglib puts them in several space groups (as in a real campaign,
+    where three were listed as ranks 1-3)."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.core.operations import SymmOp
+
+    from cspflow.generate.batch import load_parents
+    from cspflow.generate.dedup import structures_match
+    from cspflow.generate.fingerprint import fingerprint
+    from cspflow.store import top_structures
+
+    rng = np.random.default_rng(1)
+    starts = []
+    for _ in range(6):
+        lattice = Lattice.from_parameters(*(3.2 + 0.6 * rng.random(3)),
+                                          *(90 + 12 * (rng.random(3) - 0.5)))  # fmt: skip
+        starts.append(Structure(lattice, ["Dy", "Cu"],
+                                [[0, 0, 0], 0.5 + 0.12 * (rng.random(3) - 0.5)]))  # fmt: skip
+    rotated = starts[0].copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 41.0))
+    m = starts[1].lattice.matrix
+    other_cell = Structure(Lattice([m[0] + m[2], m[1], m[2]]), ["Dy", "Cu"],
+                           [[0, 0, 0], starts[1][1].frac_coords - [0, 0, starts[1][1].frac_coords[0]]])  # fmt: skip
+    supercell = starts[2].copy()
+    supercell.make_supercell([1, 2, 1])
+    starts += [rotated, other_cell, supercell]
+    wc = Structure(Lattice.hexagonal(3.9, 3.6), ["Dy", "Cu"], [[0, 0, 0], [1 / 3, 2 / 3, 0.5]])
+    docs = [candidate_doc(s, campaign="dycu") for s in [*starts, wc]]
+    db["candidates"].insert_many([dict(d) for d in docs])
+    db["campaigns"].insert_one({"name": "dycu", "chemsys": "Cu-Dy"})
+    ids = [d["candidate_id"] for d in docs]
+    cscl_ids, wc_id = ids[:-1], ids[-1]
+
+    summary = prerelax_candidates(ids, db=db, loaded=chgnet)
+    assert sorted(summary.relaxed) == sorted(ids), summary.failed
+    relaxed = {d["candidate_id"]: d for d in db.candidates.find({"candidate_id": {"$in": ids}})}
+    final = {c: Structure.from_dict(relaxed[c]["relaxed"]["mlip"]["structure"]) for c in ids}
+    # CHGNet relaxed every start into one CsCl-type minimum (a user's StructureMatcher agrees),
+    # and the copies drifted apart enough that the fingerprint buckets alone would split them
+    for cid in cscl_ids:
+        assert structures_match(final[cscl_ids[0]], final[cid]), cid
+    assert not structures_match(final[cscl_ids[0]], final[wc_id])
+    assert len({fingerprint(final[c]).spacegroup for c in cscl_ids}) >= 2
+
+    rows = top_structures(db, "dycu", n=10)
+    assert [r["candidate_id"] for r in rows][1:] == [wc_id], [
+        (r["candidate_id"], r["spacegroup"]) for r in rows
+    ]
+    keep = rows[0]["candidate_id"]
+    # the kept copy is the lowest-energy one; every other copy points at it
+    energies = {cid: relaxed[cid]["energy_per_atom"]["mlip"] for cid in cscl_ids}
+    assert energies[keep] == min(energies.values())
+    assert {relaxed[c].get("duplicate_of") for c in cscl_ids if c != keep} == {keep}
+    assert summary.duplicates == {c: keep for c in cscl_ids if c != keep}
+
+    chosen = select_candidates("dycu", 0, top_k=5, energy_window=1.0, db=db)
+    assert sorted(chosen.selected) == sorted([keep, wc_id])
+    assert [p.candidate_id for p in load_parents(db, "DyCu")] == [keep, wc_id]
