@@ -64,7 +64,9 @@ def csp(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cspflow.bench import BenchOptions, check_options, load_set, run_benchmark
+    from cspflow.bench.options import BenchOptions, check_options
+    from cspflow.bench.runner import run_benchmark
+    from cspflow.bench.sets import load_set
 
     options = BenchOptions(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,

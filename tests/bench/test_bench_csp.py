@@ -157,7 +157,9 @@ def test_evaluate_run_rank_and_first_found():
     """Scoring without a database: generation order, duplicates, failures, energy ranking."""
     from pymatgen.core import Lattice, Structure
 
-    from cspflow.bench import MatchSpec, evaluate_run, plan_iterations
+    from cspflow.bench.options import plan_iterations
+    from cspflow.bench.score import evaluate_run
+    from cspflow.bench.sets import MatchSpec
 
     rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
                                          [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip

@@ -1,0 +1,224 @@
+"""Scoring a benchmark campaign against its reference, and the report documents.
+
+Definitions
+-----------
+found, rank
+    The campaign's unique relaxed structures (non-failed, non-duplicate) are ordered by MLIP
+    energy and collapsed once more with the set's StructureMatcher; ``rank`` is the 1-based
+    position of the first one that matches the reference, ``found`` is ``rank <= top_k``.
+relaxations to first found
+    Candidates are counted in generation order (iteration, then creation time); the count is
+    the position of the first relaxed candidate whose relaxed structure matches the reference.
+    All candidates of an iteration are relaxed in one batch, so within an iteration this is the
+    order they were generated in. Failed relaxations count as spent.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cspflow.bench.options import BenchOptions
+from cspflow.bench.sets import MatchSpec
+
+__all__ = [
+    "BenchRunDoc",
+    "BenchReportDoc",
+    "evaluate_run",
+    "relaxed_candidates",
+    "count_relaxed",
+    "scores_budget_left",
+    "summarize",
+]
+
+SCHEMA_VERSION = 1
+
+
+class BenchRunDoc(BaseModel):
+    """One campaign of the benchmark: one entry, one repeat."""
+
+    schema_version: int = SCHEMA_VERSION
+    formula: str = Field(description="Composition searched.")
+    reference: str = Field(description="Reference structure file.")
+    repeat: int = Field(description="Repeat index (0-based).")
+    seed: int = Field(description="Generation seed of the campaign.")
+    max_atoms: int = Field(description="Largest cell searched.")
+    iterations: int = Field(description="Iterations run.")
+    per_iteration: int = Field(description="Candidates generated per iteration.")
+    relaxations: int = Field(0, description="Candidates relaxed (including failed ones).")
+    failed: int = Field(0, description="Relaxations that failed.")
+    unique: int = Field(0, description="Unique relaxed structures.")
+    found: bool = Field(False, description="Reference among the top-k unique structures.")
+    rank: int | None = Field(None, description="Rank of the reference among unique structures.")
+    first_found: int | None = Field(
+        None, description="Relaxations until the reference was first obtained (1-based)."
+    )
+    best_energy_per_atom: float | None = Field(None, description="Lowest MLIP energy (eV/atom).")
+    reference_delta_mev: float | None = Field(
+        None, description="Energy of the matched reference above the lowest (meV/atom)."
+    )
+    top: list[dict[str, Any]] = Field(
+        default_factory=list, description="Top-k unique structures: id, spacegroup, nsites, energy."
+    )
+    wall_s: float = Field(0.0, description="Wall time of the campaign (s).")
+    stopped_early: bool = Field(
+        False, description="The search ended before its budget because the reference was found."
+    )
+    error: str | None = Field(None, description="Why the campaign did not finish, if it did not.")
+
+
+class BenchReportDoc(BaseModel):
+    """Everything ``cspflow bench csp`` measured."""
+
+    schema_version: int = SCHEMA_VERSION
+    set_name: str
+    set_file: str
+    options: BenchOptions
+    top_k: int
+    match: MatchSpec
+    runs: list[BenchRunDoc] = Field(default_factory=list)
+    summary: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    total_s: float = 0.0
+    host: dict[str, Any] = Field(default_factory=dict, description="Machine the run used.")
+    server: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The benchmark's own server (pid, uri, data_dir), removed.",
+    )
+
+
+def _matcher(match: MatchSpec) -> Any:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(ltol=match.ltol, stol=match.stol, angle_tol=match.angle_tol)
+
+
+def evaluate_run(
+    reference: Any,
+    relaxed: list[dict[str, Any]],
+    top_k: int,
+    match: MatchSpec,
+) -> dict[str, Any]:
+    """Score one campaign's relaxed candidates against the reference (pure function).
+
+    Parameters
+    ----------
+    reference
+        The reference pymatgen Structure.
+    relaxed
+        Every relaxed candidate in generation order, each a dict with ``candidate_id``,
+        ``structure`` (pymatgen Structure or None), ``energy_per_atom`` (None when failed),
+        ``duplicate_of``, ``spacegroup`` and ``nsites``.
+    top_k, match
+        The set's rank cut and StructureMatcher tolerances.
+
+    Returns
+    -------
+    dict
+        ``relaxations``, ``failed``, ``unique``, ``rank``, ``found``, ``first_found``,
+        ``best_energy_per_atom``, ``reference_delta_mev`` and ``top`` (the top-k unique).
+    """
+    sm = _matcher(match)
+
+    def good(r: dict[str, Any]) -> bool:
+        return r["energy_per_atom"] is not None and r["structure"] is not None
+
+    ok = [r for r in relaxed if good(r)]
+    first_found = None
+    for i, r in enumerate(relaxed, start=1):
+        if good(r) and sm.fit(reference, r["structure"]):
+            first_found = i
+            break
+    # unique structures by energy: the campaign's dedup, then the set's matcher over what is left
+    unique: list[dict[str, Any]] = []
+    for r in sorted(
+        (r for r in ok if not r.get("duplicate_of")), key=lambda r: r["energy_per_atom"]
+    ):
+        if not any(sm.fit(u["structure"], r["structure"]) for u in unique[-20:]):
+            unique.append(r)
+    rank = None
+    if first_found is not None:
+        rank = next((k for k, u in enumerate(unique, 1) if sm.fit(reference, u["structure"])), None)
+    best = unique[0]["energy_per_atom"] if unique else None
+    delta = None
+    if rank is not None and best is not None:
+        delta = round((unique[rank - 1]["energy_per_atom"] - best) * 1000, 1)
+    top = [
+        {"rank": k, "candidate_id": u["candidate_id"], "spacegroup": u.get("spacegroup"),
+         "nsites": u.get("nsites"), "energy_per_atom": u["energy_per_atom"],
+         "matches_reference": rank == k}
+        for k, u in enumerate(unique[:top_k], 1)
+    ]  # fmt: skip
+    return {
+        "relaxations": len(relaxed),
+        "failed": len(relaxed) - len(ok),
+        "unique": len(unique),
+        "rank": rank,
+        "found": rank is not None and rank <= top_k,
+        "first_found": first_found,
+        "best_energy_per_atom": best,
+        "reference_delta_mev": delta,
+        "top": top,
+    }
+
+
+def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
+    """The campaign's relaxed candidates in generation order, as :func:`evaluate_run` takes them."""
+    from pymatgen.core import Structure
+
+    rows = []
+    query = {"campaign": campaign, "relaxed.mlip": {"$exists": True}}
+    for d in db.candidates.find(query).sort([("iteration", 1), ("created_at", 1), ("_id", 1)]):
+        mlip = (d.get("relaxed") or {}).get("mlip") or {}
+        failed = d.get("status") == "failed" or mlip.get("structure") is None
+        rows.append(
+            {
+                "candidate_id": d["candidate_id"],
+                "structure": None if failed else Structure.from_dict(mlip["structure"]),
+                "energy_per_atom": None if failed else (d.get("energy_per_atom") or {}).get("mlip"),
+                "duplicate_of": d.get("duplicate_of"),
+                "spacegroup": mlip.get("spacegroup"),
+                "nsites": d.get("nsites"),
+            }
+        )
+    return rows
+
+
+def count_relaxed(db: Any, campaign: str) -> int:
+    """Candidates of the campaign relaxed so far (progress)."""
+    return db.candidates.count_documents({"campaign": campaign, "relaxed.mlip": {"$exists": True}})
+
+
+def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:
+    """Whether the search ended before spending its planned relaxations."""
+    return scores["relaxations"] < spec.stop.max_iterations * spec.generate.per_iteration
+
+
+def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
+    """Success rate, median relaxations to success and the spread over repeats."""
+    found = [r for r in runs if r.found]
+    to_success = [r.first_found for r in found if r.first_found is not None]
+    per_entry: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        e = per_entry.setdefault(r.formula, {"found": 0, "runs": 0, "first_found": [], "ranks": []})
+        e["runs"] += 1
+        e["found"] += int(r.found)
+        e["first_found"].append(r.first_found)
+        e["ranks"].append(r.rank)
+    entries_found = sum(1 for e in per_entry.values() if e["found"] == e["runs"])
+    return {
+        "runs": len(runs),
+        "runs_found": len(found),
+        "success_rate": round(len(found) / len(runs), 3) if runs else None,
+        "entries": len(per_entry),
+        "entries_found_every_repeat": entries_found,
+        "entries_found_at_least_once": sum(1 for e in per_entry.values() if e["found"]),
+        "median_relaxations_to_success": statistics.median(to_success) if to_success else None,
+        "relaxations_total": sum(r.relaxations for r in runs),
+        "errors": sum(1 for r in runs if r.error),
+        "repeats": repeats,
+        "per_entry": per_entry,
+    }
