@@ -33,6 +33,18 @@ __all__ = ["bench_server", "run_entry", "run_benchmark"]
 _PREFIX = "cspflow-bench-csp-"
 
 
+def _report_path(path: str | Path) -> str:
+    """``path`` relative to the current directory when under it, else absolute.
+
+    Reports are kept in the repository (``bench/results``): they name files the way the command
+    line did, not the layout of the machine that ran them.
+    """
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
 
 def _sweep_killed() -> None:
     """Remove data dirs left by benchmarks that were killed (their server's pid is dead)."""
@@ -130,7 +142,7 @@ def run_entry(
         on_progress(scores["relaxations"])
     return BenchRunDoc(
         formula=entry.formula,
-        reference=str(entry.reference_path),
+        reference=_report_path(entry.reference_path),
         repeat=repeat,
         seed=seed,
         max_atoms=entry.max_atoms,
@@ -192,7 +204,7 @@ def run_benchmark(
     check_options(options)
     top_k = options.top_k or bset.top_k
     report = BenchReportDoc(
-        set_name=bset.name, set_file=str(Path(set_file).resolve()), options=options,
+        set_name=bset.name, set_file=_report_path(set_file), options=options,
         top_k=top_k, match=bset.match,
         host={"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
               "platform": platform.platform()},

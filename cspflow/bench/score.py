@@ -42,7 +42,9 @@ class BenchRunDoc(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     formula: str = Field(description="Composition searched.")
-    reference: str = Field(description="Reference structure file.")
+    reference: str = Field(
+        description="Reference structure file (relative to the current directory when under it)."
+    )
     repeat: int = Field(description="Repeat index (0-based).")
     seed: int = Field(description="Generation seed of the campaign.")
     max_atoms: int = Field(description="Largest cell searched.")
@@ -75,7 +77,7 @@ class BenchReportDoc(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     set_name: str
-    set_file: str
+    set_file: str = Field(description="Set file (relative to the current directory when under it).")
     options: BenchOptions
     top_k: int
     match: MatchSpec
