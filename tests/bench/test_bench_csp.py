@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-DEV = Path("/work/shared/benchmarks/dev")
 REPO = Path(__file__).resolve().parents[2]
+DEV = REPO / "bench" / "sets" / "dev"
 
 
 def _nacl_cif(tmp_path: Path) -> Path:
