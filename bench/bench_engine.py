@@ -30,36 +30,15 @@ import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def _env(settings, db_name: str) -> dict[str, str]:
-    from cspflow.db import resolve_uri
-
-    env = dict(os.environ)
-    env.update({"CSPFLOW_DB_URI": resolve_uri(settings), "CSPFLOW_DB_NAME": db_name,
-                "CSPFLOW_WORK_DIR": str(settings.runs_dir), "OMP_NUM_THREADS": env.get(
-                    "OMP_NUM_THREADS", "1")})  # fmt: skip
-    return env
+from _common import _insert_batches, _wait, _worker, candidates
 
 
 def _t(value) -> datetime.datetime:
     """A FireWorks launch time (stored as an ISO string or a datetime)."""
     return value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
-
-
-def _worker(settings, db_name: str, category: str, name: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
-         "--sleep", "1", "--name", name, "--until-empty"],
-        env=_env(settings, db_name), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def throughput(settings, n_jobs: int, workers: int) -> dict:
@@ -121,19 +100,6 @@ def flow_size(settings, n_jobs: int, size: int) -> dict:
     }  # fmt: skip
 
 
-def _insert_batches(db, structures, batch_size: int, batches: int) -> list[list[str]]:
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from cspflow.testing import insert_candidate
-
-    ids = []
-    for b in range(batches):
-        part = structures[b * batch_size : (b + 1) * batch_size]
-        ids.append([insert_candidate(db, AseAtomsAdaptor.get_structure(a), status="generated",
-                                     campaign="bench", iteration=b) for a in part])  # fmt: skip
-    return ids
-
-
 def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int) -> dict:
     """The same batches relaxed in this process and as FireWorks jobs (warm worker), interleaved.
 
@@ -141,8 +107,6 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     batch to the next, so a change of machine load hits both paths alike. Each path relaxes its
     own copy of the candidates (its own database), so neither reuses the other's results.
     """
-    from bench_prerelax import candidates
-
     from cspflow.prerelax import PrerelaxMaker, prerelax_candidates
     from cspflow.scheduler import get_launchpad, submit_flow
     from cspflow.store import get_database
@@ -163,12 +127,7 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     # a warm worker (what a cluster's worker daemon is): it ran one small job already
     warm = PrerelaxMaker(model=model, max_steps=5, dedup=False).make(ids_fw[0][:1])
     submit_flow(warm, s_fw)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
-         "--sleep", "1", "--name", "bench-overhead"],
-        env=_env(settings, "overhead_fw"), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    worker = _worker(settings, "overhead_fw", "gpu", "bench-overhead", log, until_empty=False)
 
     def in_process(k: int) -> float:
         t = time.monotonic()
@@ -213,16 +172,6 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     }  # fmt: skip
 
 
-def _wait(lp, n_completed: int, timeout: float) -> None:
-    t0 = time.monotonic()
-    while lp.fireworks.count_documents({"state": "COMPLETED"}) < n_completed:
-        if lp.fireworks.count_documents({"state": "FIZZLED"}):
-            raise RuntimeError("a firework fizzled; see the worker log")
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"fewer than {n_completed} fireworks completed in {timeout} s")
-        time.sleep(0.2)  # light on the server; at most 0.2 s late
-
-
 def _table(rows: list[dict], columns: dict[str, str]) -> None:
     """Print ``rows`` as a Markdown table of ``columns`` (key -> heading)."""
     print("| " + " | ".join(columns.values()) + " |")
@@ -246,7 +195,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from cspflow.bench import bench_server
+    from cspflow.bench.runner import bench_server
 
     report: dict = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.platform()}",
                     "load_before": os.getloadavg()}  # fmt: skip

@@ -25,37 +25,7 @@ import json
 import sys
 import time
 
-import numpy as np
-
-
-def candidates(n: int, seed: int = 0):
-    """``n`` random 8-20 atom structures from perturbed prototype supercells."""
-    from ase.build import bulk
-    from ase.spacegroup import crystal
-
-    sto = crystal(
-        ["Sr", "Ti", "O"],
-        basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)],
-        spacegroup=221,
-        cellpar=[3.905, 3.905, 3.905, 90, 90, 90],
-    )
-    protos = [
-        (bulk("Si", "diamond", 5.43, cubic=True), [(1, 1, 1), (1, 1, 2)]),  # 8, 16
-        (bulk("NaCl", "rocksalt", 5.64, cubic=True), [(1, 1, 1), (1, 1, 2)]),  # 8, 16
-        (bulk("MgO", "rocksalt", 4.21), [(2, 2, 2), (2, 2, 1)]),  # 16, 8
-        (sto, [(2, 1, 1), (3, 1, 1), (2, 2, 1)]),  # 10, 15, 20
-    ]
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        proto, reps = protos[k % len(protos)]
-        atoms = proto.repeat(reps[rng.integers(len(reps))])
-        strain = np.eye(3) * rng.uniform(0.95, 1.08) + rng.normal(0, 0.02, (3, 3))
-        atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
-        atoms.positions += rng.normal(0, 0.12, atoms.positions.shape)
-        atoms.info.clear()  # ase.spacegroup.crystal leaves a Spacegroup object there
-        out.append(atoms)
-    return out
+from _common import _insert_batches, _wait, _worker, candidates
 
 
 def one_structure_job(atoms_dict: dict, model: str, fmax: float, max_steps: int) -> dict:
@@ -157,15 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def fireworks_paths(args: argparse.Namespace) -> dict:
     """Both paths as PrerelaxMaker jobs through FireWorks, run by one warm gpu worker."""
-    import subprocess
     from pathlib import Path
 
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_engine import _env, _insert_batches, _wait
-
-    from cspflow.bench import bench_server
+    from cspflow.bench.runner import bench_server
     from cspflow.prerelax import PrerelaxMaker
     from cspflow.scheduler import get_launchpad, submit_flow
     from cspflow.store import get_database
@@ -184,12 +150,9 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
         log = Path(settings.runs_dir) / "worker.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         submit_flow(PrerelaxMaker(model=args.model, max_steps=5, dedup=False).make(batch_ids[:1]), s)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
-             "--sleep", "1", "--name", "bench-prerelax"],
-            env=_env(settings, "prerelax_paths"), stdout=open(log, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        worker = _worker(
+            settings, "prerelax_paths", "gpu", "bench-prerelax", log, until_empty=False
+        )
         try:
             _wait(lp, 1, timeout=900)  # the worker is warm (imports, a first model load)
             maker = PrerelaxMaker(model=args.model, fmax=args.fmax, max_steps=args.max_steps,
