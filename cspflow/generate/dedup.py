@@ -691,7 +691,11 @@ def register_relaxed(
         )
         fdoc = fingerprint_document(candidate_id, level, structure, fp, cell, energy_per_atom)
         db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
-    return _representative(db, dup) if dup is not None else None
+    if dup is None:
+        return None
+    representative = _representative(db, dup)
+    # a candidate whose match points back at it (a rerun) is its minimum's representative
+    return None if representative == candidate_id else representative
 
 
 def _representative(db: Database, candidate_id: str) -> str:

@@ -492,6 +492,8 @@ def test_relaxed_copies_of_one_minimum_are_one_entry_however_they_drifted(db):
     other, _ = register(db, _start(6), source="test")
     assert find_duplicate(db, wc) is None
     assert register_relaxed(db, other, wc, "mlip", -4.59684) is None
+    # A rerun of the representative's own registration (copies now point at it): not a copy.
+    assert register_relaxed(db, first, cubic, "mlip", -4.59684) is None
     # Energies of one level are compared with that level only.
     assert find_relaxed_duplicate(db, drifted, "mlip", -4.59684) == first
     assert find_relaxed_duplicate(db, drifted, "dft", -4.59684) is None
