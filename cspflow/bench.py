@@ -437,7 +437,7 @@ _PREFIX = "cspflow-bench-csp-"
 
 def _sweep_killed() -> None:
     """Remove data dirs left by benchmarks that were killed (their server's pid is dead)."""
-    from cspflow.db import _pid_alive
+    from cspflow.procs import _pid_alive
 
     for d in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
         try:

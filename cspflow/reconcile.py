@@ -84,7 +84,7 @@ class ReconcileReport:
 
 def worker_identity() -> dict[str, Any]:
     """What a cspflow worker records in its launches (``fworker.env``) to be found when lost."""
-    from cspflow.db import pid_namespace
+    from cspflow.procs import pid_namespace
 
     ident: dict[str, Any] = {"cspflow_host": socket.gethostname(), "cspflow_pid": os.getpid(),
                              "cspflow_pidns": pid_namespace()}  # fmt: skip
@@ -158,7 +158,7 @@ def _history(launch: dict, state: str) -> dict:
 
 def _pid_gone(env: dict) -> bool:
     """True when the worker ran on this host, in this pid namespace, and its process is gone."""
-    from cspflow.db import process_gone
+    from cspflow.procs import process_gone
 
     return process_gone(env.get("cspflow_host"), env.get("cspflow_pid"), env.get("cspflow_pidns"))
 

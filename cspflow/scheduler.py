@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fireworks import FWorker, LaunchPad
 from pymongo import ReturnDocument
 
-from cspflow.db import _die_with_parent
+from cspflow.procs import _die_with_parent
 from cspflow.stages import category_for
 
 if TYPE_CHECKING:
@@ -490,8 +490,8 @@ def check_local_engine(spec: Any, settings: CspflowSettings) -> None:
 
 def take_run_lock(db: Any, name: str) -> None:
     """Record this process as the campaign's local runner; refuse when another live one is."""
-    from cspflow.db import _pid_alive
     from cspflow.errors import CspflowError
+    from cspflow.procs import _pid_alive
 
     doc = db.campaigns.find_one({"name": name}, {"runner": 1}) or {}
     runner = doc.get("runner") or {}
