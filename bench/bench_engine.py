@@ -54,9 +54,10 @@ def _t(value) -> datetime.datetime:
 
 
 def _worker(settings, db_name: str, category: str, name: str, log: Path) -> subprocess.Popen:
+    from cspflow.scheduler.workers import worker_command
+
     return subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
-         "--sleep", "1", "--name", name, "--until-empty"],
+        worker_command(category, sleep=1, name=name, until_empty=True),
         env=_env(settings, db_name), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -64,7 +65,7 @@ def _worker(settings, db_name: str, category: str, name: str, log: Path) -> subp
 
 def throughput(settings, n_jobs: int, workers: int) -> dict:
     """Run ``n_jobs`` trivial jobs with ``workers`` concurrent rapidfire workers."""
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
     from cspflow.testing.jobs import EFFECTS, work_flow
 
@@ -97,7 +98,7 @@ def throughput(settings, n_jobs: int, workers: int) -> dict:
 
 def flow_size(settings, n_jobs: int, size: int) -> dict:
     """Run ``n_jobs`` trivial jobs submitted as workflows of ``size`` jobs, with one worker."""
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
     from cspflow.testing.jobs import EFFECTS, work_flow
 
@@ -144,7 +145,8 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     from bench_prerelax import candidates
 
     from cspflow.prerelax import PrerelaxMaker, prerelax_candidates
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import worker_command
     from cspflow.store import get_database
 
     structures = candidates(batch_size * batches, seed=5)
@@ -164,8 +166,7 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     warm = PrerelaxMaker(model=model, max_steps=5, dedup=False).make(ids_fw[0][:1])
     submit_flow(warm, s_fw)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
-         "--sleep", "1", "--name", "bench-overhead"],
+        worker_command("gpu", sleep=1, name="bench-overhead"),
         env=_env(settings, "overhead_fw"), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         stdin=subprocess.DEVNULL,
     )  # fmt: skip

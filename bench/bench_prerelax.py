@@ -167,7 +167,8 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
 
     from cspflow.bench import bench_server
     from cspflow.prerelax import PrerelaxMaker
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import worker_command
     from cspflow.store import get_database
 
     structs = candidates(args.n)
@@ -185,8 +186,7 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
         log.parent.mkdir(parents=True, exist_ok=True)
         submit_flow(PrerelaxMaker(model=args.model, max_steps=5, dedup=False).make(batch_ids[:1]), s)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", "gpu",
-             "--sleep", "1", "--name", "bench-prerelax"],
+            worker_command("gpu", sleep=1, name="bench-prerelax"),
             env=_env(settings, "prerelax_paths"), stdout=open(log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip

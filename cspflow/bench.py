@@ -497,7 +497,7 @@ def run_entry(
     on_progress: Callable[[int], None] | None = None,
 ) -> BenchRunDoc:
     """Run one campaign on its own fresh database of the benchmark server and score it."""
-    from cspflow.scheduler import run_campaign_locally, submit_campaign
+    from cspflow.scheduler.local import run_campaign_locally, submit_campaign
     from cspflow.store import get_database
 
     seed = options.seed + 1000 * repeat
