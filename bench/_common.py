@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -66,9 +65,10 @@ def _worker(
     ``until_empty``: rapidfire until no job is left (throughput); without it the worker keeps
     polling (a warm worker, what a cluster's worker daemon is) until terminated.
     """
+    from cspflow.scheduler.workers import worker_command
+
     return subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
-         "--sleep", "1", "--name", name, *(["--until-empty"] if until_empty else [])],
+        worker_command(category, sleep=1, name=name, until_empty=until_empty),
         env=_env(settings, db_name), stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -43,7 +43,7 @@ def _t(value) -> datetime.datetime:
 
 def throughput(settings, n_jobs: int, workers: int) -> dict:
     """Run ``n_jobs`` trivial jobs with ``workers`` concurrent rapidfire workers."""
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
     from cspflow.testing.jobs import EFFECTS, work_flow
 
@@ -76,7 +76,7 @@ def throughput(settings, n_jobs: int, workers: int) -> dict:
 
 def flow_size(settings, n_jobs: int, size: int) -> dict:
     """Run ``n_jobs`` trivial jobs submitted as workflows of ``size`` jobs, with one worker."""
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
     from cspflow.testing.jobs import EFFECTS, work_flow
 
@@ -108,7 +108,7 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     own copy of the candidates (its own database), so neither reuses the other's results.
     """
     from cspflow.prerelax import PrerelaxMaker, prerelax_candidates
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
 
     structures = candidates(batch_size * batches, seed=5)

@@ -133,7 +133,7 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
 
     from cspflow.bench.runner import bench_server
     from cspflow.prerelax import PrerelaxMaker
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
 
     structs = candidates(args.n)

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from cspflow.errors import CspflowError
+from cspflow.procs import _die_with_parent, _pid_alive
 from cspflow.settings import CspflowSettings, get_settings
 
 __all__ = [
@@ -80,40 +81,6 @@ def ping(uri: str, timeout_ms: int = 2000) -> bool:
         return False
     finally:
         client.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def pid_namespace() -> str | None:
-    """This process's pid namespace: a pid is only meaningful inside the same one."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def process_gone(host: str | None, pid: int | str | None, pidns: str | None) -> bool:
-    """True when ``pid`` ran on this host, in this pid namespace, and that process is gone.
-
-    Containers can share a host name but not a pid namespace; there the pid says nothing, and
-    neither does a pid of another host: both give False (cannot tell).
-    """
-    if host != socket.gethostname() or not str(pid or "").isdigit() or pidns != pid_namespace():
-        return False
-    return not _pid_alive(int(pid))
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -243,12 +210,6 @@ def start_server(
         time.sleep(0.1)
     proc.terminate()
     raise CspflowError(f"the embedded database did not answer within {timeout:.0f} s (log: {log_file})")
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _last_error_line(log_file: Path) -> str:

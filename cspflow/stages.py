@@ -1,7 +1,7 @@
 """Pipeline stage names and where each runs: the one place that decides routing.
 
 Every cspflow job carries ``metadata={"stage": <name>, "campaign": ..., "iteration": ...}``;
-:mod:`cspflow.scheduler` turns the stage into the FireWorks ``_category`` of its firework.
+:mod:`cspflow.scheduler.launchpad` turns the stage into the FireWorks ``_category`` of its firework.
 """
 
 from __future__ import annotations

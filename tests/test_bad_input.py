@@ -131,7 +131,7 @@ def db_digest(db) -> dict[str, str]:
 @pytest.fixture
 def workdir(settings, db, tmp_path, monkeypatch):
     """Input files, and a database already holding a submitted campaign named ``keep``."""
-    from cspflow.scheduler import submit_campaign
+    from cspflow.scheduler.local import submit_campaign
     from cspflow.schemas.campaign import parse_spec
 
     for name, text in FILES.items():

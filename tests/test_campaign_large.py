@@ -38,7 +38,8 @@ def test_5000_candidate_fanout_documents_stay_small(settings, db):
 
     from cspflow.campaign import prerelax_fanout, register_campaign
     from cspflow.prerelax import SelectMaker
-    from cspflow.scheduler import get_launchpad, run_worker, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import run_worker
     from cspflow.schemas.campaign import CampaignSpec
     from cspflow.testing.jobs import announce_candidates
 

@@ -193,7 +193,8 @@ def test_worker_rides_out_a_database_restart(own_db, ride_out):
     ``plain-rapidfire`` (db_outage_max_wait_s=0) is FireWorks' own behaviour: the worker dies
     and its firework is left RUNNING or FIZZLED. The cspflow worker waits and loses nothing.
     """
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import worker_command
     from cspflow.testing.jobs import work_flow
 
     n = 3
@@ -203,8 +204,7 @@ def test_worker_rides_out_a_database_restart(own_db, ride_out):
     env = dict(os.environ, CSPFLOW_DB_OUTAGE_MAX_WAIT_S="600" if ride_out else "0")
     t0 = time.monotonic()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "-c", "cpu",
-         "--until-empty", "--sleep", "1"],
+        worker_command("cpu", sleep=1, until_empty=True),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(lambda: lp.launches.count_documents({"state": "RUNNING"}) == 1, 120, "a running job")
@@ -245,7 +245,8 @@ def test_worker_rides_out_a_database_restart(own_db, ride_out):
 def test_campaign_runner_and_workers_survive_kill9_of_the_database(own_db):
     """The local campaign runner with its workers, the database SIGKILLed mid-flow and started
     again: the flow completes, every job once, nothing written before the kill is lost."""
-    from cspflow.scheduler import run_campaign_locally, submit_flow
+    from cspflow.scheduler.launchpad import submit_flow
+    from cspflow.scheduler.local import run_campaign_locally
     from cspflow.testing.jobs import work_flow
 
     n = 8
@@ -325,7 +326,7 @@ def test_a_write_applied_before_its_answer_was_lost_is_not_applied_again(db, set
     from fireworks.core.launchpad import WFLock
 
     from cspflow.outage import Backoff, Retry, RetryingCollection
-    from cspflow.scheduler import flow_to_workflow, get_launchpad
+    from cspflow.scheduler.launchpad import flow_to_workflow, get_launchpad
     from cspflow.testing.jobs import work_flow
 
     retry = Retry(uri=settings.db_uri.get_secret_value(), backoff=Backoff(first_s=0.01))
@@ -353,7 +354,7 @@ def test_a_write_applied_before_its_answer_was_lost_is_not_applied_again(db, set
 def test_a_task_broken_by_an_outage_runs_again_in_its_launch(settings, capsys):
     from cspflow.errors import DatabaseUnreachable
     from cspflow.outage import Backoff, Retry
-    from cspflow.scheduler import _RerunOnOutage
+    from cspflow.scheduler.launchpad import _RerunOnOutage
 
     class Task:
         fw_name = "{{cspflow.testing.Fake}}"

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def test_qlaunch_submits_through_slurm_and_partitions_match(settings, slurm_cluster, tmp_path):
     from jobflow import Flow
 
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_jobstore
     from cspflow.testing.jobs import independent_flow, record
     from cspflow.testing.slurm import qlaunch, qlaunch_configs, qlaunch_env

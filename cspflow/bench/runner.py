@@ -48,7 +48,7 @@ def _report_path(path: str | Path) -> str:
 
 def _sweep_killed() -> None:
     """Remove data dirs left by benchmarks that were killed (their server's pid is dead)."""
-    from cspflow.db import _pid_alive
+    from cspflow.procs import _pid_alive
 
     for d in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
         try:
@@ -108,7 +108,7 @@ def run_entry(
     on_progress: Callable[[int], None] | None = None,
 ) -> BenchRunDoc:
     """Run one campaign on its own fresh database of the benchmark server and score it."""
-    from cspflow.scheduler import run_campaign_locally, submit_campaign
+    from cspflow.scheduler.local import run_campaign_locally, submit_campaign
     from cspflow.store import get_database
 
     seed = options.seed + 1000 * repeat

@@ -18,7 +18,7 @@ NameArg = Annotated[str, typer.Argument(help="Campaign name (the spec's `name`).
 
 def _submit(spec, settings) -> tuple[dict, bool, list[int]]:
     """Register the campaign and add its first iteration to the LaunchPad (once)."""
-    from cspflow.scheduler import submit_campaign
+    from cspflow.scheduler.local import submit_campaign
 
     return submit_campaign(spec, settings)
 
@@ -41,7 +41,7 @@ def submit(spec_file: SpecArg, json_out: JsonOpt = False) -> None:
 
 
 def _take_run_lock(db, name: str) -> None:
-    from cspflow.scheduler import take_run_lock
+    from cspflow.scheduler.local import take_run_lock
 
     take_run_lock(db, name)
 
@@ -86,7 +86,7 @@ def run(
     from rich.live import Live
 
     from cspflow.errors import CspflowError
-    from cspflow.scheduler import check_local_engine, run_campaign_locally
+    from cspflow.scheduler.local import check_local_engine, run_campaign_locally
     from cspflow.schemas.campaign import load_spec
     from cspflow.settings import get_settings
     from cspflow.store import get_database
@@ -308,7 +308,7 @@ def _reruns_line(reruns: dict) -> str:
 @app.command("pause")
 def pause(name: NameArg) -> None:
     """Stop handing out the campaign's jobs (running ones finish); resume continues."""
-    from cspflow.scheduler import get_launchpad
+    from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import campaign_workflow, get_database
 
     db = get_database()
@@ -321,7 +321,7 @@ def pause(name: NameArg) -> None:
 @app.command("resume")
 def resume(name: NameArg) -> None:
     """Hand out a paused campaign's jobs again (workers, or `campaign run`, pick them up)."""
-    from cspflow.scheduler import get_launchpad
+    from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import campaign_workflow, get_database
 
     db = get_database()
@@ -341,7 +341,7 @@ def extend(
     """Allow more iterations; a finished campaign gets its next iteration submitted."""
     from cspflow.campaign import campaign_doc, iteration_flow
     from cspflow.errors import CspflowError
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.schemas.campaign import CampaignSpec
     from cspflow.store import campaign_workflow, get_database
 
@@ -362,7 +362,7 @@ def extend(
         if wf is None:
             submit_flow(flow, metadata={"campaign": name})
         else:
-            from cspflow.scheduler import flow_to_workflow
+            from cspflow.scheduler.launchpad import flow_to_workflow
 
             last = db.fireworks.find_one(
                 {"fw_id": {"$in": wf["nodes"]}, "name": {"$regex": "^decide "}}, sort=[("fw_id", -1)]

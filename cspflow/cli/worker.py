@@ -30,7 +30,7 @@ def start(
 
     Without --until-empty or --singleshot it runs as a daemon until stopped.
     """
-    from cspflow.scheduler import make_fworker, run_worker
+    from cspflow.scheduler.workers import make_fworker, run_worker
 
     make_fworker(category)  # validates the category before touching the database
     if category == "gpu":
@@ -73,9 +73,9 @@ def reconcile(
     Safe to run at any time and from several places (cron, a login node): each lost launch is
     rerun once. Live workers keep pinging their launches and are left alone.
     """
-    from cspflow.reconcile import default_expiration_s
-    from cspflow.reconcile import reconcile as do_reconcile
-    from cspflow.scheduler import get_launchpad
+    from cspflow.scheduler.launchpad import get_launchpad
+    from cspflow.scheduler.reconcile import default_expiration_s
+    from cspflow.scheduler.reconcile import reconcile as do_reconcile
     from cspflow.settings import get_settings
 
     settings = get_settings()
@@ -106,7 +106,8 @@ def check(json_out: JsonOpt = False) -> None:
 
     from cspflow.db import redact_uri, resolve_uri
     from cspflow.demo import platform_flow
-    from cspflow.scheduler import get_launchpad, run_worker, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import run_worker
     from cspflow.settings import get_settings
     from cspflow.store import get_jobstore
 

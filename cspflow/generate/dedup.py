@@ -483,7 +483,7 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
     """
     from pymongo.errors import DuplicateKeyError
 
-    from cspflow.db import pid_namespace
+    from cspflow.procs import pid_namespace
 
     locks = db[LOCKS]
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -531,7 +531,7 @@ def _abandoned(lock: dict[str, Any]) -> bool:
     """True when the owner of ``lock`` is known to be gone: an attempt of this process that no
     longer holds it (broken off by an outage), or an exited process of this host and pid
     namespace. Owners elsewhere are judged by age alone (:data:`LOCK_STALE_S`)."""
-    from cspflow.db import pid_namespace, process_gone
+    from cspflow.procs import pid_namespace, process_gone
 
     host, _, rest = str(lock.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]

@@ -10,7 +10,7 @@ def take_ids(args: tuple[str, str, int, str]) -> tuple[list[int], list[int]]:
     """
     from fireworks import LaunchPad
 
-    from cspflow.scheduler import CspflowLaunchPad
+    from cspflow.scheduler.launchpad import CspflowLaunchPad
 
     uri, name, n, cls_name = args
     cls = CspflowLaunchPad if cls_name == "cspflow" else LaunchPad

@@ -56,7 +56,8 @@ def _snapshot(db) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
-    from cspflow.db import _pid_alive, ping
+    from cspflow.db import ping
+    from cspflow.procs import _pid_alive
 
     _nacl_cif(tmp_path)
     set_file = _write_set(

@@ -395,10 +395,10 @@ def test_a_bucket_lock_left_by_a_gone_owner_is_taken_over_and_a_live_ones_is_wai
     import socket
     import time
 
-    from cspflow.db import pid_namespace
     from cspflow.errors import CspflowError
     from cspflow.generate.dedup import _bucket_locks
     from cspflow.generate.fingerprint import lock_key
+    from cspflow.procs import pid_namespace
 
     s = next(iter(structures.values()))
     key = lock_key(fingerprint(s))

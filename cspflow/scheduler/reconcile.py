@@ -15,6 +15,10 @@ A lost launch is claimed atomically (so two reconcilers never rerun the same fir
 firework is rerun (its launches are archived, the state goes back to READY) and the launch is
 marked FIZZLED with a ``lost`` record saying why. ``cspflow campaign status`` counts these.
 Reservations (``qlaunch --reserve``) whose Slurm job ended are cancelled the same way.
+
+:func:`rerun_lost_local` is the other way back for a firework: ``campaign run``, resuming, reruns
+what a dead local runner of this host left RUNNING or RESERVED. Both release the workflow lock
+the dead worker may hold (:func:`release_workflow_locks`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ __all__ = [
     "slurm_cluster_name",
     "find_lost_runs",
     "rerun_lost_runs",
+    "rerun_lost_local",
+    "release_workflow_locks",
     "reconcile",
+    "reconcile_lost_runs",
     "worker_identity",
     "default_expiration_s",
 ]
@@ -84,7 +91,7 @@ class ReconcileReport:
 
 def worker_identity() -> dict[str, Any]:
     """What a cspflow worker records in its launches (``fworker.env``) to be found when lost."""
-    from cspflow.db import pid_namespace
+    from cspflow.procs import pid_namespace
 
     ident: dict[str, Any] = {"cspflow_host": socket.gethostname(), "cspflow_pid": os.getpid(),
                              "cspflow_pidns": pid_namespace()}  # fmt: skip
@@ -158,7 +165,7 @@ def _history(launch: dict, state: str) -> dict:
 
 def _pid_gone(env: dict) -> bool:
     """True when the worker ran on this host, in this pid namespace, and its process is gone."""
-    from cspflow.db import process_gone
+    from cspflow.procs import process_gone
 
     return process_gone(env.get("cspflow_host"), env.get("cspflow_pid"), env.get("cspflow_pidns"))
 
@@ -259,6 +266,17 @@ def _claim(lp: LaunchPad, run: LostRun) -> bool:
     return claimed is not None
 
 
+def release_workflow_locks(lp: LaunchPad, fw_ids: list[int]) -> None:
+    """Drop FireWorks' workflow lock on the workflows of ``fw_ids``.
+
+    A worker killed while it held FireWorks' workflow lock leaves the lock behind; every
+    later update of the workflow (a rerun included) would wait for it to expire (5 min), then fail.
+    """
+    lp.workflows.update_many(
+        {"nodes": {"$in": fw_ids}, "locked": {"$exists": True}}, {"$unset": {"locked": ""}}
+    )
+
+
 def rerun_lost_runs(lp: LaunchPad, lost: list[LostRun]) -> list[int]:
     """Rerun the fireworks of lost launches; return the fw ids this process reran."""
     rerun = []
@@ -266,8 +284,7 @@ def rerun_lost_runs(lp: LaunchPad, lost: list[LostRun]) -> list[int]:
         if not _claim(lp, run):
             continue
         # release a workflow lock the dead worker may hold, or the rerun would wait 5 min for it
-        lp.workflows.update_one({"nodes": run.fw_id, "locked": {"$exists": True}},
-                                {"$unset": {"locked": ""}})  # fmt: skip
+        release_workflow_locks(lp, [run.fw_id])
         lp.rerun_fw(run.fw_id)
         now = datetime.datetime.now(datetime.UTC).isoformat()
         lp.launches.update_one(
@@ -313,3 +330,30 @@ def reconcile(lp: LaunchPad, expiration_s: float, *, slurm: bool = True, pids: b
         lp.cancel_reservation(launch_id)
         report.reservations_cancelled.append(launch_id)
     return report
+
+
+def reconcile_lost_runs(lp: LaunchPad, settings: CspflowSettings, **kwargs: Any) -> Any:
+    """Rerun lost runs (dead worker process, ended Slurm job, stale heartbeat); see
+    :func:`reconcile`. Returns its report."""
+    return reconcile(lp, default_expiration_s(settings), **kwargs)
+
+
+def rerun_lost_local(lp: LaunchPad, fw_ids: list[int], host: str | None = None) -> list[int]:
+    """Rerun fireworks left RUNNING or RESERVED by a local runner that died.
+
+    Only call this when no worker of this host can be running them (``campaign run`` holds the
+    campaign's run lock). Returns the fw ids rerun.
+    """
+    host = host or socket.gethostname()
+    release_workflow_locks(lp, fw_ids)
+    rerun = []
+    for fw in lp.fireworks.find(
+        {"fw_id": {"$in": fw_ids}, "state": {"$in": ["RUNNING", "RESERVED"]}},
+        {"fw_id": 1, "launches": 1},
+    ):
+        launch = lp.launches.find_one({"launch_id": {"$in": fw.get("launches", [])}},
+                                      {"host": 1}, sort=[("launch_id", -1)])  # fmt: skip
+        if launch is None or launch.get("host") == host:
+            lp.rerun_fw(fw["fw_id"])
+            rerun.append(fw["fw_id"])
+    return rerun

@@ -27,11 +27,9 @@ def cli(*args, env, timeout=300):
 def env_for(settings, tmp_path: Path) -> dict[str, str]:
     fw_config = tmp_path / "FW_config.yaml"
     fw_config.write_text(f"PING_TIME_SECS: {PING_S}\n")
-    env = dict(os.environ)
-    env.update(CSPFLOW_DB_URI=settings.db_uri.get_secret_value(), CSPFLOW_DB_NAME=settings.db_name,
-               CSPFLOW_DATA_DIR=str(settings.data_dir), CSPFLOW_WORK_DIR=str(settings.runs_dir),
-               FW_CONFIG_FILE=str(fw_config))  # fmt: skip
-    return env
+    from cspflow.scheduler.workers import worker_env
+
+    return worker_env(settings, FW_CONFIG_FILE=str(fw_config))
 
 
 def register(db, name: str) -> None:
@@ -74,8 +72,9 @@ def outcome(db, name_prefix: str) -> dict:
 
 
 def test_killed_worker_is_detected_rerun_and_completes(settings, db, tmp_path):
-    from cspflow.reconcile import find_lost_runs
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.reconcile import find_lost_runs
+    from cspflow.scheduler.workers import worker_command
     from cspflow.testing.jobs import work_flow
 
     register(db, "lost")
@@ -83,8 +82,7 @@ def test_killed_worker_is_detected_rerun_and_completes(settings, db, tmp_path):
     env = env_for(settings, tmp_path)
     lp = get_launchpad(settings)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "-c", "cpu", "--until-empty",
-         "--sleep", "1", "--name", "victim"],
+        worker_command("cpu", sleep=1, name="victim", until_empty=True),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     launch = wait_for(lambda: lp.launches.find_one({"state": "RUNNING"}), 120, "a running job")
@@ -142,7 +140,7 @@ def test_killed_worker_is_detected_rerun_and_completes(settings, db, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_cancelled_slurm_job_is_reconciled_with_squeue(settings, db, slurm_cluster, tmp_path):
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.testing.jobs import work_flow
     from cspflow.testing.slurm import qlaunch, qlaunch_configs, qlaunch_env, squeue_ids
 

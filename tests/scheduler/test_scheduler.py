@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from multiprocessing import get_context
@@ -11,25 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cspflow.scheduler.workers import worker_command, worker_env
 from cspflow.stages import STAGE_CATEGORY, category_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def worker_cmd(category, *extra):
-    return [sys.executable, "-m", "cspflow.cli.main", "worker", "start", "--category", category,
-            "--until-empty", "--sleep", "1", *extra]  # fmt: skip
+    return [*worker_command(category, sleep=1, until_empty=True), *extra]
 
 
 def env_for(settings):
-    env = dict(os.environ)
-    env.update(
-        CSPFLOW_DB_URI=settings.db_uri.get_secret_value(),
-        CSPFLOW_DB_NAME=settings.db_name,
-        CSPFLOW_DATA_DIR=str(settings.data_dir),
-        CSPFLOW_WORK_DIR=str(settings.runs_dir),
-    )
-    return env
+    return worker_env(settings)
 
 
 def launchpad_yaml(settings, path: Path) -> Path:
@@ -51,7 +43,7 @@ def test_routing_table_is_one_place():
 
 def test_gpu_and_cpu_workers_take_only_their_jobs(settings, tmp_path):
     from cspflow.demo import platform_flow
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
 
     ids = submit_flow(platform_flow(), settings)
     lp = get_launchpad(settings)
@@ -96,7 +88,8 @@ def test_gpu_and_cpu_workers_take_only_their_jobs(settings, tmp_path):
 def test_jobs_added_at_run_time_are_routed_by_stage(settings):
     from jobflow import Flow
 
-    from cspflow.scheduler import get_launchpad, run_worker, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.scheduler.workers import run_worker
     from cspflow.testing.jobs import spawn_stage
 
     submit_flow(Flow([spawn_stage("prerelax", "child")]), settings)
@@ -111,7 +104,7 @@ def test_jobs_added_at_run_time_are_routed_by_stage(settings):
 
 
 def test_id_counters_unique_under_concurrent_clients(settings):
-    from cspflow.scheduler import get_launchpad
+    from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.testing import take_ids
 
     lp = get_launchpad(settings)
@@ -130,7 +123,7 @@ def test_id_counters_unique_under_concurrent_clients(settings):
 
 
 def test_concurrent_workers_run_every_firework_exactly_once(settings):
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.testing.jobs import independent_flow
 
     n = 60
@@ -185,7 +178,7 @@ def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, d
     from pymatgen.core import Structure
 
     from cspflow.prerelax import PrerelaxMaker
-    from cspflow.scheduler import get_launchpad, submit_flow
+    from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.testing import insert_candidate
 
     if torch.cuda.is_available():
@@ -228,7 +221,7 @@ def test_500_jobs_4_workers_every_job_exactly_once(settings, db):
     effect (a counter in the database, outside FireWorks' books) incremented once."""
     import time
 
-    from cspflow.scheduler import submit_flow
+    from cspflow.scheduler.launchpad import submit_flow
     from cspflow.testing.jobs import EFFECTS, work_flow
 
     n, per_flow = 500, 20
