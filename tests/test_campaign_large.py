@@ -37,7 +37,7 @@ def test_5000_candidate_fanout_documents_stay_small(settings, db):
     from jobflow import Flow
 
     from cspflow.campaign import prerelax_fanout, register_campaign
-    from cspflow.prerelax import SelectMaker
+    from cspflow.prerelax.select import SelectMaker
     from cspflow.scheduler import get_launchpad, run_worker, submit_flow
     from cspflow.schemas.campaign import CampaignSpec
     from cspflow.testing.jobs import announce_candidates
