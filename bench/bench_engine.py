@@ -9,7 +9,7 @@ not touched), printed as tables:
   last job's completion, and the per-launch cost (worker seconds per job);
 * workflow overhead of an MLIP batch job of the default size (``prerelax.batch_size``, 32
   candidates of 8-20 atoms, CHGNet, the campaign defaults fmax 0.05 and max_steps 300): the same
-  batches relaxed in this process by :func:`cspflow.prerelax.prerelax_candidates` (the job's
+  batches relaxed in this process by :func:`cspflow.prerelax.stage.prerelax_candidates` (the job's
   compute, model loading included) and as ``PrerelaxMaker`` jobs through FireWorks + the
   database by a warm gpu worker; overhead = (FireWorks wall - in-process wall) / in-process wall;
 * cost per completion against workflow size: the same ``--jobs`` trivial jobs submitted as
@@ -107,7 +107,7 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     batch to the next, so a change of machine load hits both paths alike. Each path relaxes its
     own copy of the candidates (its own database), so neither reuses the other's results.
     """
-    from cspflow.prerelax import PrerelaxMaker, prerelax_candidates
+    from cspflow.prerelax.stage import PrerelaxMaker, prerelax_candidates
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
 

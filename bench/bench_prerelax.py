@@ -33,7 +33,7 @@ def one_structure_job(atoms_dict: dict, model: str, fmax: float, max_steps: int)
     from ase import Atoms
 
     from cspflow.mlip import load_model
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     mlip = load_model(model)
     (o,) = relax_structures(
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     from maggma.stores import MemoryStore
 
     from cspflow.mlip import load_model
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     structs = candidates(args.n)
     sizes = [len(a) for a in structs]
@@ -132,7 +132,7 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
     import torch
 
     from cspflow.bench.runner import bench_server
-    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.store import get_database
 

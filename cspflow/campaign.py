@@ -67,7 +67,7 @@ def _spec_from_db(name: str) -> CampaignSpec:
 @job
 def prerelax_fanout(generated: list[dict], name: str, iteration: int) -> Response | list:
     """Split the iteration's new candidates into batches, one prerelax job (gpu) per batch."""
-    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.prerelax.stage import PrerelaxMaker
 
     spec = _spec_from_db(name)
     ids = [cid for summary in generated if summary for cid in summary.get("candidate_ids", [])]
@@ -280,7 +280,7 @@ def _aware(t: datetime.datetime) -> datetime.datetime:
 def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
     """One iteration of the loop as a Flow (generate -> prerelax -> select -> dft -> hull -> decide)."""
     from cspflow.generate.maker import GenerateMaker
-    from cspflow.prerelax import SelectMaker
+    from cspflow.prerelax.select import SelectMaker
 
     name = spec.name
     g = spec.generate

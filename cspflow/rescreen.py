@@ -11,7 +11,7 @@ differently, so the campaign does not leave them behind:
 2. per formula, the ``top`` lowest by the new single-point energy are relaxed again with the
    new model (starting from their MLIP structure) through the prerelax stage;
 3. those relaxed get ``rescreen.iteration`` = the next iteration and ``rescreen.campaign`` =
-   this campaign, so that iteration's selection (:func:`cspflow.prerelax.select_candidates`)
+   this campaign, so that iteration's selection (:func:`cspflow.prerelax.select.select_candidates`)
    weighs them against its own new candidates, every energy in the pool coming from the same
    model. Every candidate relaxed again (also one that failed or relaxed into another
    candidate) lists the model in ``rescreen_relaxed_by``, which later rounds keep.
@@ -127,7 +127,7 @@ def rescreen_candidates(
         subsystems) that are not running are re-screened too (default: the campaign's only).
     """
     from cspflow.mlip import load_model
-    from cspflow.prerelax import prerelax_candidates
+    from cspflow.prerelax.stage import prerelax_candidates
 
     loaded = load_model(model, device=device, db=db)
     pool = rescreen_pool(db, campaign, loaded.model_id, chemsys)

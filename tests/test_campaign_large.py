@@ -37,7 +37,7 @@ def test_5000_candidate_fanout_documents_stay_small(settings, db):
     from jobflow import Flow
 
     from cspflow.campaign import prerelax_fanout, register_campaign
-    from cspflow.prerelax import SelectMaker
+    from cspflow.prerelax.select import SelectMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.scheduler.workers import run_worker
     from cspflow.schemas.campaign import CampaignSpec

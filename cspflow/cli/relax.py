@@ -79,7 +79,7 @@ def relax(
 
     from cspflow.errors import CspflowError
     from cspflow.mlip import load_model
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     if optimizer.upper() not in ("FIRE", "BFGS"):
         raise CspflowError(f"unknown optimizer {optimizer!r}; use --optimizer FIRE or BFGS")

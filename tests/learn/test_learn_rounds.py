@@ -37,7 +37,7 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
         promotion,
     )
     from cspflow.mlip import committee_disagreement, load_model
-    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.schemas.learn import ModelMetrics
     from cspflow.stages import category_for
     from cspflow.store import get_jobstore

@@ -114,7 +114,7 @@ def test_element_coverage_message():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_chgnet_relaxes_on_cuda():
     from cspflow.mlip import load_model
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     model = load_model("chgnet", device="cuda")
     assert model.device == "cuda"

@@ -12,13 +12,9 @@ from ase.spacegroup import crystal
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from cspflow.errors import CspflowError
-from cspflow.prerelax import (
-    PrerelaxMaker,
-    SelectMaker,
-    prerelax_candidates,
-    relax_structures,
-    select_candidates,
-)
+from cspflow.prerelax.relax import relax_structures
+from cspflow.prerelax.select import SelectMaker, select_candidates
+from cspflow.prerelax.stage import PrerelaxMaker, prerelax_candidates
 from cspflow.stages import category_for
 
 EXPERIMENT = {"Si": 5.43, "NaCl": 5.64, "SrTiO3": 3.905}  # conventional cubic lattice constants
@@ -199,7 +195,7 @@ def test_relaxed_duplicates_are_marked_and_results_reused(db, chgnet):
 
     def find_duplicate(database, cid, structure):
         seen.append(cid)
-        from cspflow.prerelax import deduplicate_batch
+        from cspflow.prerelax.relax import deduplicate_batch
 
         if len(seen) == 1:
             find_duplicate.first = (cid, structure)

@@ -7,7 +7,8 @@ from ase.build import bulk
 from pymatgen.core.operations import SymmOp
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from cspflow.prerelax import check_geometry, deduplicate_batch, select_for_dft
+from cspflow.prerelax.relax import check_geometry, deduplicate_batch
+from cspflow.prerelax.select import select_for_dft
 from cspflow.schemas.prerelax import RelaxFilters
 
 

@@ -135,7 +135,7 @@ def mace(mace_file):
 
 
 def test_mace_relaxes_si_nacl_srtio3_sensibly(mace, chgnet):
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     starts = [bulk("Si", "diamond", 5.25), bulk("NaCl", "rocksalt", 5.85), perovskite(3.78)]
     outs = relax_structures(starts, mace, fmax=0.02, max_steps=250)
@@ -164,7 +164,7 @@ def test_mace_batched_evaluation_matches_calculator(mace):
 
 
 def test_mace_model_lacking_an_element_is_one_line(mace):
-    from cspflow.prerelax import relax_structures
+    from cspflow.prerelax.relax import relax_structures
 
     with pytest.raises(CspflowError, match=r"does not cover Mg"):
         relax_structures([bulk("MgO", "rocksalt", 4.2)], mace)
@@ -190,7 +190,8 @@ def test_registry_model_loads_from_gridfs(db, mace_file, tmp_path, settings):
 
 
 def test_committee_disagreement_is_stored_and_drives_selection(db, mace_file):
-    from cspflow.prerelax import prerelax_candidates, select_candidates
+    from cspflow.prerelax.select import select_candidates
+    from cspflow.prerelax.stage import prerelax_candidates
 
     structs = [
         bulk("Si", "diamond", 5.3),

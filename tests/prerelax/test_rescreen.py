@@ -20,7 +20,7 @@ def _si(kind: str, a: float):
 
 def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
     from cspflow.mlip import load_model
-    from cspflow.prerelax import select_candidates
+    from cspflow.prerelax.select import select_candidates
     from cspflow.rescreen import rescreen_candidates, rescreen_job
     from cspflow.testing import insert_candidate
 

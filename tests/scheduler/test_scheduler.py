@@ -177,7 +177,7 @@ def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, d
     import torch
     from pymatgen.core import Structure
 
-    from cspflow.prerelax import PrerelaxMaker
+    from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.testing import insert_candidate
 

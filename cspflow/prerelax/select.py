@@ -1,0 +1,189 @@
+"""The select stage: choose which prerelaxed candidates go on to DFT.
+
+* the pure rule :func:`select_for_dft` (per composition the lowest within an energy window, plus
+  the most uncertain under a committee);
+* :func:`select_candidates`, which applies it to a campaign iteration's candidates and marks
+  them ``selected``;
+* the jobflow Maker :class:`SelectMaker` (``metadata={"stage": "select"}``, cpu).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, Maker, job
+
+from cspflow.prerelax.stage import _metadata
+from cspflow.schemas.prerelax import SelectionSummary
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+__all__ = [
+    "select_for_dft",
+    "select_candidates",
+    "SelectMaker",
+]
+
+
+def select_for_dft(
+    records: Iterable[dict[str, Any]],
+    *,
+    top_k: int = 5,
+    energy_window: float = 0.05,
+    n_uncertain: int = 0,
+    uncertainty: str = "force_std",
+) -> SelectionSummary:
+    """Choose candidates for DFT: per composition the ``top_k`` lowest within ``energy_window``.
+
+    Parameters
+    ----------
+    records
+        Dicts with ``candidate_id``, ``formula``, ``energy_per_atom`` and, when a committee was
+        used, ``committee`` (``{"energy_std": .., "force_std": ..}``). Failed and duplicate
+        candidates must already be left out.
+    top_k
+        Most candidates per composition chosen for low energy.
+    energy_window
+        Only candidates within this much of the composition's lowest energy (eV/atom).
+    n_uncertain
+        Per composition, also the ``n_uncertain`` not yet chosen with the largest committee
+        disagreement (none without a committee).
+    uncertainty
+        ``force_std`` or ``energy_std``.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("energy_per_atom") is None:
+            continue
+        groups.setdefault(rec["formula"], []).append(rec)
+    out = SelectionSummary()
+    for formula in sorted(groups):
+        recs = sorted(groups[formula], key=lambda r: (r["energy_per_atom"], r["candidate_id"]))
+        e_min = recs[0]["energy_per_atom"]
+        chosen = [r for r in recs if r["energy_per_atom"] - e_min <= energy_window + 1e-12]
+        chosen = chosen[:top_k]
+        ids = [r["candidate_id"] for r in chosen]
+        for cid in ids:
+            out.reasons[cid] = "lowest"
+        if n_uncertain > 0:
+            rest = [r for r in recs if r["candidate_id"] not in ids and r.get("committee")]
+            rest.sort(key=lambda r: -float(r["committee"].get(uncertainty) or 0.0))
+            for r in rest[:n_uncertain]:
+                ids.append(r["candidate_id"])
+                out.reasons[r["candidate_id"]] = "uncertain"
+        out.by_formula[formula] = ids
+        out.selected.extend(ids)
+    return out
+
+
+
+def select_candidates(
+    campaign: str | None,
+    iteration: int | None,
+    *,
+    top_k: int = 5,
+    energy_window: float = 0.05,
+    n_uncertain: int = 0,
+    uncertainty: str = "force_std",
+    candidate_ids: Sequence[str] | None = None,
+    db: Database | None = None,
+) -> SelectionSummary:
+    """Mark the candidates chosen by :func:`select_for_dft` as ``selected`` in the database.
+
+    Considers prerelaxed (and already selected), non-duplicate candidates of the
+    campaign/iteration, plus older ones the campaign re-screened for this iteration with a newly
+    promoted model (``rescreen.campaign``/``rescreen.iteration``; see :mod:`cspflow.rescreen`),
+    or exactly ``candidate_ids`` when given; rerunning it is idempotent.
+    """
+    if db is None:
+        from cspflow.store import get_database
+
+        db = get_database()
+    # selected ones count too, so running the selection again gives the same answer
+    query: dict[str, Any] = {"status": {"$in": ["prerelaxed", "selected"]}, "duplicate_of": None}
+    if candidate_ids is not None:
+        query["candidate_id"] = {"$in": list(candidate_ids)}
+    else:
+        # this iteration's candidates, and older ones (of the system: this campaign's or an
+        # earlier campaign's) a newly promoted model re-screened for it
+        query["$or"] = [
+            {"campaign": campaign, "iteration": iteration},
+            {"rescreen.campaign": campaign, "rescreen.iteration": iteration},
+        ]
+    projection = {
+        "_id": 0,
+        "candidate_id": 1,
+        "formula": 1,
+        "energy_per_atom": 1,
+        "relaxed.mlip.committee": 1,
+    }
+    records = [
+        {
+            "candidate_id": d["candidate_id"],
+            "formula": d["formula"],
+            "energy_per_atom": (d.get("energy_per_atom") or {}).get("mlip"),
+            "committee": ((d.get("relaxed") or {}).get("mlip") or {}).get("committee"),
+        }
+        for d in db["candidates"].find(query, projection)
+    ]
+    summary = select_for_dft(
+        records,
+        top_k=top_k,
+        energy_window=energy_window,
+        n_uncertain=n_uncertain,
+        uncertainty=uncertainty,
+    )
+    if summary.selected:
+        db["candidates"].update_many(
+            {"candidate_id": {"$in": summary.selected}}, {"$set": {"status": "selected"}}
+        )
+    return summary
+
+
+
+@dataclass
+class SelectMaker(Maker):
+    """Pick the candidates of a campaign iteration that go on to DFT (cpu)."""
+
+    name: str = "select"
+    top_k: int = 5
+    energy_window: float = 0.05
+    n_uncertain: int = 0
+    uncertainty: str = "force_std"
+
+    def make(
+        self,
+        campaign: str | None = None,
+        iteration: int | None = None,
+        prerelax_outputs: list[Any] | None = None,
+        candidate_ids: list[str] | None = None,
+    ) -> Job:
+        """Return the select job; pass the prerelax jobs' outputs to run after them."""
+        select_job = self.run_select(
+            campaign, iteration, after=prerelax_outputs or [], candidate_ids=candidate_ids
+        )
+        select_job.name = self.name
+        select_job.metadata.update(_metadata("select", campaign, iteration))
+        return select_job
+
+    @job
+    def run_select(
+        self,
+        campaign: str | None,
+        iteration: int | None,
+        after: list[Any] | None = None,
+        candidate_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run the selection (``after`` only orders the job after its inputs)."""
+        return select_candidates(
+            campaign,
+            iteration,
+            top_k=self.top_k,
+            energy_window=self.energy_window,
+            n_uncertain=self.n_uncertain,
+            uncertainty=self.uncertainty,
+            candidate_ids=candidate_ids,
+        ).model_dump()

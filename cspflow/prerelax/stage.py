@@ -1,0 +1,335 @@
+"""The prerelax stage: relax a batch of stored candidates and write the results.
+
+* :func:`prerelax_candidates` (read a batch of candidate ids, load the model once, relax with
+  :func:`cspflow.prerelax.relax.relax_structures`, write ``relaxed.mlip`` / status / energies,
+  deduplicate the relaxed structures);
+* the jobflow Maker :class:`PrerelaxMaker` (``metadata={"stage": "prerelax"}``, routed to gpu
+  workers).
+
+Models come from :mod:`cspflow.mlip`, the only module that imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, Maker, job
+
+from cspflow.prerelax.relax import deduplicate_batch, relax_structures
+from cspflow.schemas.prerelax import (
+    CommitteeDoc,
+    MlipRelaxDoc,
+    PrerelaxSummary,
+    RelaxFilters,
+)
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+    from pymongo.database import Database
+
+    from cspflow.mlip import LoadedModel
+
+__all__ = [
+    "prerelax_candidates",
+    "PrerelaxMaker",
+]
+
+# (candidate_id, relaxed structure) -> id of another candidate that is the same structure, or None
+FindDuplicate = Callable[["Database", str, "Structure"], "str | None"]
+
+
+def _relax_key(structure: dict, settings: dict, model_id: str) -> str:
+    blob = json.dumps([structure, settings, model_id], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _start_structure(doc: dict[str, Any], start: str) -> dict[str, Any]:
+    """The structure a relaxation starts from (``initial`` or the stored ``mlip`` result)."""
+    if start == "mlip":
+        relaxed = ((doc.get("relaxed") or {}).get("mlip") or {}).get("structure")
+        if relaxed:
+            return relaxed
+    elif start != "initial":
+        raise ValueError(f"start must be 'initial' or 'mlip', not {start!r}")
+    return doc["structure"]
+
+
+def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate | None:
+    try:
+        from cspflow.generate.dedup import register_relaxed
+    except ImportError:
+        return None
+
+    def find(db: Database, candidate_id: str, structure: Structure) -> str | None:
+        return register_relaxed(db, candidate_id, structure, "mlip", energies.get(candidate_id))
+
+    return find
+
+
+def prerelax_candidates(
+    candidate_ids: Sequence[str],
+    *,
+    model: str = "chgnet",
+    committee: Sequence[str] = (),
+    fmax: float = 0.05,
+    max_steps: int = 300,
+    optimizer: str = "FIRE",
+    filters: RelaxFilters | dict | None = None,
+    batched: bool | None = None,
+    max_seconds: float | None = None,
+    dedup: bool = True,
+    db: Database | None = None,
+    find_duplicate: FindDuplicate | None = None,
+    device: str | None = None,
+    loaded: LoadedModel | None = None,
+    start: str = "initial",
+) -> PrerelaxSummary:
+    """Relax a batch of stored candidates and write the results to ``candidates``.
+
+    Loads the model once for the batch. For each candidate it sets ``relaxed.mlip``
+    (:class:`~cspflow.schemas.prerelax.MlipRelaxDoc`), ``energy_per_atom.mlip`` and ``status``
+    (``prerelaxed``, or ``failed`` with ``failure_reason``). Relaxed structures are then
+    deduplicated, lowest energy first: a match sets ``duplicate_of``. A candidate whose stored
+    ``relaxed.mlip.key`` equals this run's key (same structure, settings and model) is not redone.
+
+    Parameters
+    ----------
+    candidate_ids
+        The batch.
+    model
+        Model spec (``chgnet``, ``mace:PATH``, ``registry:ID``).
+    committee
+        Further model specs; with any, the disagreement of ``[model, *committee]`` on each
+        relaxed structure is stored under ``relaxed.mlip.committee``.
+    fmax, max_steps, optimizer, filters, batched, max_seconds
+        See :func:`~cspflow.prerelax.relax.relax_structures`.
+    dedup
+        Deduplicate the relaxed structures.
+    db
+        The cspflow database (default: from the settings).
+    find_duplicate
+        ``f(db, candidate_id, relaxed_structure) -> duplicate id or None``; default
+        :func:`cspflow.generate.dedup.register_relaxed` (level ``mlip``, with the relaxed
+        energy, so copies of one minimum are found however they drifted), or a StructureMatcher
+        comparison within the batch when that module is absent.
+    device
+        ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
+    loaded
+        An already loaded model (skips loading ``model``).
+    start
+        ``initial`` relaxes the generated structure; ``mlip`` starts from the stored MLIP
+        relaxed structure where there is one (re-screening with a new model).
+
+    Raises
+    ------
+    CspflowError
+        Unknown ids, a bad model spec, or a model lacking an element of the batch.
+    """
+    from pymatgen.core import Structure
+
+    from cspflow.errors import CspflowError
+    from cspflow.mlip import committee_disagreement, load_model
+
+    t0 = time.monotonic()
+    if db is None:
+        from cspflow.store import get_database
+
+        db = get_database()
+    filters = RelaxFilters.model_validate(filters or {})
+    ids = list(dict.fromkeys(candidate_ids))
+    coll = db["candidates"]
+    docs = {d["candidate_id"]: d for d in coll.find({"candidate_id": {"$in": ids}}, {"_id": 0})}
+    missing = [cid for cid in ids if cid not in docs]
+    if missing:
+        raise CspflowError(
+            f"{len(missing)} candidate id(s) not in the candidates collection (e.g. {missing[0]}); "
+            "generate them first"
+        )
+    mlip = loaded or load_model(model, device=device, db=db)
+    members = [mlip] + [load_model(spec, device=mlip.device, db=db) for spec in committee]
+    numbers = set()
+    for d in docs.values():
+        numbers |= {sp.Z for sp in Structure.from_dict(d["structure"]).composition.elements}
+    for m in members:
+        m.check_elements(numbers)
+
+    run_settings = {
+        "fmax": fmax,
+        "max_steps": max_steps,
+        "optimizer": optimizer.upper(),
+        "filters": filters.model_dump(),
+        "committee": [m.model_id for m in members[1:]],
+    }
+    summary = PrerelaxSummary(
+        model_id=mlip.model_id,
+        device=mlip.device,
+        batched=bool(mlip.batched if batched is None else batched and mlip.batched),
+        n_candidates=len(ids),
+    )
+    starts = {cid: _start_structure(docs[cid], start) for cid in ids}
+    keys = {cid: _relax_key(starts[cid], run_settings, mlip.model_id) for cid in ids}
+    todo = []
+    for cid in ids:
+        stored = ((docs[cid].get("relaxed") or {}).get("mlip")) or {}
+        if stored.get("key") == keys[cid]:
+            summary.reused.append(cid)
+        else:
+            todo.append(cid)
+
+    structures = [Structure.from_dict(starts[cid]) for cid in todo]
+    outcomes = relax_structures(
+        structures,
+        mlip,
+        fmax=fmax,
+        max_steps=max_steps,
+        optimizer=optimizer,
+        filters=filters,
+        batched=batched,
+        max_seconds=max_seconds,
+    )
+    wall = time.monotonic() - t0
+    good = [(cid, o) for cid, o in zip(todo, outcomes, strict=True) if o.ok]
+    spread: dict[str, CommitteeDoc] = {}
+    if len(members) > 1 and good:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = [AseAtomsAdaptor.get_atoms(o.structure) for _, o in good]
+        for (cid, _), dis in zip(good, committee_disagreement(members, atoms), strict=True):
+            spread[cid] = CommitteeDoc(**dis, model_ids=[m.model_id for m in members])
+
+    for cid, out in zip(todo, outcomes, strict=True):
+        doc = MlipRelaxDoc(
+            structure=out.structure.as_dict() if out.structure is not None else None,
+            energy_per_atom=out.energy_per_atom,
+            spacegroup=out.spacegroup,
+            steps=out.steps,
+            converged=out.converged,
+            fmax=out.fmax,
+            model_id=mlip.model_id,
+            optimizer=optimizer.upper(),
+            committee=spread.get(cid),
+            key=keys[cid],
+            device=mlip.device,
+            wall_s=round(wall, 3),
+        )
+        update: dict[str, Any] = {
+            "relaxed.mlip": doc.model_dump(),
+            "energy_per_atom.mlip": out.energy_per_atom if out.ok else None,
+            "status": "prerelaxed" if out.ok else "failed",
+            "failure_reason": out.failure_reason,
+        }
+        coll.update_one({"candidate_id": cid}, {"$set": update, "$unset": {"duplicate_of": ""}})
+        if out.ok:
+            summary.relaxed.append(cid)
+        else:
+            summary.failed[cid] = out.failure_reason or "failed"
+
+    if dedup and good:
+        ordered = sorted(good, key=lambda g: g[1].energy_per_atom)
+        finder = find_duplicate or _default_find_duplicate(
+            {cid: o.energy_per_atom for cid, o in good}
+        )
+        if finder is None:
+            dups = deduplicate_batch([(cid, o.structure) for cid, o in ordered])
+        else:
+            dups = {}
+            for cid, o in ordered:
+                other = finder(db, cid, o.structure)
+                if other is not None and other != cid:
+                    dups[cid] = dups.get(other, other)  # point at the batch's representative
+        for cid, other in dups.items():
+            coll.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": other}})
+        summary.duplicates = dups
+
+    for cid in summary.relaxed + summary.reused:
+        d = coll.find_one({"candidate_id": cid}, {"formula": 1, "energy_per_atom": 1, "status": 1})
+        e = (d.get("energy_per_atom") or {}).get("mlip")
+        if e is not None and d.get("status") != "failed":
+            f = d.get("formula") or docs[cid].get("formula")
+            summary.lowest[f] = min(e, summary.lowest.get(f, e))
+    summary.wall_s = round(time.monotonic() - t0, 3)
+    return summary
+
+
+
+def _metadata(stage: str, campaign: str | None, iteration: int | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"stage": stage}
+    if campaign is not None:
+        meta["campaign"] = campaign
+    if iteration is not None:
+        meta["iteration"] = iteration
+    return meta
+
+
+@dataclass
+class PrerelaxMaker(Maker):
+    """Relax one batch of candidates with an MLIP (a job per batch, routed to gpu workers).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    model
+        Model spec: ``chgnet``, ``mace:PATH`` or ``registry:ID``.
+    committee
+        Further model specs for committee disagreement.
+    fmax
+        Force convergence (eV/A).
+    max_steps
+        Optimizer steps per candidate.
+    optimizer
+        ``FIRE`` or ``BFGS`` (on ``FrechetCellFilter``).
+    filters
+        :class:`~cspflow.schemas.prerelax.RelaxFilters` fields.
+    batched
+        Batched model evaluation (None: when the model supports it).
+    max_seconds
+        Wall-time limit per candidate (s).
+    dedup
+        Deduplicate relaxed structures.
+    """
+
+    name: str = "prerelax"
+    model: str = "chgnet"
+    committee: list[str] = field(default_factory=list)
+    fmax: float = 0.05
+    max_steps: int = 300
+    optimizer: str = "FIRE"
+    filters: dict[str, Any] = field(default_factory=dict)
+    batched: bool | None = None
+    max_seconds: float | None = None
+    dedup: bool = True
+
+    def make(
+        self,
+        candidate_ids: list[str],
+        campaign: str | None = None,
+        iteration: int | None = None,
+    ) -> Job:
+        """Return the job for one batch (ids only: structures stay in the database)."""
+        batch_job = self.run_batch(list(candidate_ids))
+        batch_job.name = self.name
+        batch_job.metadata.update(_metadata("prerelax", campaign, iteration))
+        return batch_job
+
+    @job
+    def run_batch(self, candidate_ids: list[str]) -> dict[str, Any]:
+        """Run the batch (what the job executes); returns the summary as a dict."""
+        summary = prerelax_candidates(
+            candidate_ids,
+            model=self.model,
+            committee=self.committee,
+            fmax=self.fmax,
+            max_steps=self.max_steps,
+            optimizer=self.optimizer,
+            filters=self.filters,
+            batched=self.batched,
+            max_seconds=self.max_seconds,
+            dedup=self.dedup,
+        )
+        return summary.model_dump()
