@@ -298,7 +298,7 @@ def substitute(proto: Structure, mapping: dict[str, str]) -> Structure:
 
 
 def _same(a: Structure, b: Structure) -> bool:
-    from cspflow.generate.dedup import structures_match
+    from cspflow.dedup.match import structures_match
 
     return structures_match(a, b)
 
