@@ -328,9 +328,9 @@ def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, 
 
 
 def _matcher(match: MatchSpec) -> Any:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from cspflow.dedup.match import matcher
 
-    return StructureMatcher(ltol=match.ltol, stol=match.stol, angle_tol=match.angle_tol)
+    return matcher(ltol=match.ltol, stol=match.stol, angle_tol=match.angle_tol)
 
 
 def evaluate_run(
