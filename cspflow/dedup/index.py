@@ -298,6 +298,7 @@ def find_duplicate(
             return doc["candidate_id"]
     return None
 
+
 def register(
     db: Database,
     structure: Structure,

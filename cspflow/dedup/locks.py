@@ -43,7 +43,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-
 @contextmanager
 def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold lock documents for every key (sorted, so two writers cannot deadlock).
