@@ -26,8 +26,8 @@ import numpy as np
 
 
 def _pool(n: int, seed: int):
+    from cspflow.dedup.fingerprint import fingerprint
     from cspflow.generate.composition import parse_target
-    from cspflow.generate.fingerprint import fingerprint
     from cspflow.generate.sources import RandomSymmetric, SourceContext
 
     target = parse_target("SrTiO3", 20)
@@ -52,8 +52,8 @@ def _synthetic_docs(pool, count: int, rng: np.random.Generator, start: int, near
     from bson import Binary
     from pyxtal.symmetry import Group
 
-    from cspflow.generate.dedup import cell_document, reduced_cell
-    from cspflow.generate.fingerprint import Fingerprint
+    from cspflow.dedup.fingerprint import Fingerprint
+    from cspflow.dedup.match import cell_document, reduced_cell
     from cspflow.generate.sources import compatible_space_groups
 
     formula, chemsys = pool[0][1].formula, pool[0][1].chemsys
@@ -70,7 +70,7 @@ def _synthetic_docs(pool, count: int, rng: np.random.Generator, start: int, near
     ) * (1 - w)
     # A continuum of fingerprints between real ones, so stored structures are all distinct.
     vecs += rng.normal(0, 0.1, vecs.shape)
-    from cspflow.generate.fingerprint import FP_TOLERANCE
+    from cspflow.dedup.fingerprint import FP_TOLERANCE
 
     keep = np.ones(count, dtype=bool)
     if near is not None:
@@ -124,10 +124,11 @@ def main() -> None:
     from pymatgen.core.operations import SymmOp
 
     from cspflow.db import start_server, stop_server
+    from cspflow.dedup.fingerprint import fingerprint
+    from cspflow.dedup.index import MemoryIndex, MongoIndex, find_duplicate
+    from cspflow.dedup.match import structures_match
     from cspflow.generate.batch import generate_batch
     from cspflow.generate.composition import parse_target
-    from cspflow.generate.dedup import MemoryIndex, MongoIndex, find_duplicate, structures_match
-    from cspflow.generate.fingerprint import fingerprint
     from cspflow.settings import CspflowSettings
     from cspflow.store import _client_for, ensure_indexes
 
@@ -169,7 +170,7 @@ def main() -> None:
         fit = statistics.median(fit_times)
         # One database per size, so that the lookups can be interleaved: every query runs
         # against each size in turn, and a change of machine load hits all sizes alike.
-        from cspflow.generate.dedup import register
+        from cspflow.dedup.index import register
 
         sizes = [int(x) for x in args.sizes.split(",")]
         stores = {}

@@ -111,7 +111,7 @@ CASES = [
      {"CSPFLOW_DB_URI": "mongodb://alice:s3cret-pw@127.0.0.1:{port}/?authSource=admin"},
      ["cannot reach the database at mongodb://alice:***@127.0.0.1", "CSPFLOW_DB_URI"]),
     ("not-a-crystal", ["relax", "junk.cif", "-o", "out"], {},
-     ["cannot read junk.cif", "give CIF, POSCAR or extxyz files"]),
+     ["cannot read a structure from junk.cif", "give CIF, POSCAR or extxyz files"]),
     ("not-a-crystal-dft", ["dft", "relax", "junk.cif", "--out", "out"], {},
      ["cannot read a structure from junk.cif", "periodic crystals"]),
 ]  # fmt: skip

@@ -93,9 +93,9 @@ class BenchReportDoc(BaseModel):
 
 
 def _matcher(match: MatchSpec) -> Any:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from cspflow.dedup.match import matcher
 
-    return StructureMatcher(ltol=match.ltol, stol=match.stol, angle_tol=match.angle_tol)
+    return matcher(ltol=match.ltol, stol=match.stol, angle_tol=match.angle_tol)
 
 
 def evaluate_run(

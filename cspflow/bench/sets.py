@@ -102,7 +102,8 @@ def load_set(
     """
     import yaml
     from pydantic import ValidationError
-    from pymatgen.core import Structure
+
+    from cspflow.chem import read_structures
 
     path = Path(path)
     try:
@@ -128,12 +129,17 @@ def load_set(
             continue
         ref_path = (path.parent / entry.reference).resolve()
         try:
-            ref = Structure.from_file(ref_path)
-        except Exception as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            refs = read_structures(ref_path)
+        except CspflowError as exc:
             raise CspflowError(
-                f"{path}: entries.{i} ({formula}): cannot read reference {ref_path} ({why})"
+                f"{path}: entries.{i} ({formula}): cannot read reference: {exc}"
             ) from None
+        if len(refs) != 1:
+            raise CspflowError(
+                f"{path}: entries.{i} ({formula}): reference {ref_path} holds {len(refs)} "
+                "structures; give a file with one"
+            )
+        ref = refs[0]
         if ref.composition.reduced_formula != formula:
             raise CspflowError(
                 f"{path}: entries.{i}: reference {ref_path.name} is "

@@ -15,7 +15,8 @@ app = typer.Typer(no_args_is_help=True, help="Run the DFT stage ad hoc on struct
 @app.command("relax")
 def relax(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, ...).")
+        list[Path],
+        typer.Argument(help="Structure files (CIF, POSCAR, extxyz, ...) or directories of them."),
     ],
     engine: Annotated[str, typer.Option("--engine", help="gpaw | cp2k | vasp.")] = "gpaw",
     preset: Annotated[
@@ -38,13 +39,14 @@ def relax(
     """Relax structure files with DFT; write relaxed CIFs and a JSON summary to --out."""
     import json
 
+    from cspflow.chem import read_named_structures
     from cspflow.cli.common import err_console, print_json
-    from cspflow.dft.run import read_structures, relax_structures
+    from cspflow.dft.run import relax_structures
     from cspflow.errors import CspflowError
 
     if engine not in ("gpaw", "cp2k", "vasp"):
         raise CspflowError(f"--engine must be gpaw, cp2k or vasp, not {engine!r}")
-    structures = read_structures(inputs)
+    structures = read_named_structures(inputs)
     spec = {"engine": engine, "preset": preset, "relax": relax_kind, "potcar_spec": potcar_spec}
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

@@ -54,10 +54,10 @@ def generate(
     """Generate unique candidate structures and write them as CIFs plus summary.json."""
     import json
 
+    from cspflow.dedup.index import MemoryIndex, MongoIndex
     from cspflow.errors import CspflowError
     from cspflow.generate.batch import generate_batch, load_parents, parse_sources
     from cspflow.generate.composition import parse_target
-    from cspflow.generate.dedup import MemoryIndex, MongoIndex
     from cspflow.generate.sources import External, Prototype, SourceContext
 
     # Validate everything before touching --out: a user error leaves nothing behind.

@@ -9,50 +9,7 @@ import typer
 
 from cspflow.cli.common import JsonOpt, err_console, print_json
 
-__all__ = ["relax", "read_structures"]
-
-_PATTERNS = ("*.cif", "*.mcif", "POSCAR*", "CONTCAR*", "*.vasp", "*.poscar", "*.extxyz", "*.xyz")
-
-
-def read_structures(path: Path) -> list[tuple[str, object]]:
-    """Read ``(name, pymatgen Structure)`` pairs from a file or a directory of files.
-
-    CIF, POSCAR/CONTCAR (``*.vasp``) and (multi-frame) extxyz files are understood; frames of an
-    extxyz file are named ``<stem>_<k>``.
-    """
-    from ase.io import read
-    from pymatgen.core import Structure
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from cspflow.errors import CspflowError
-
-    if not path.exists():
-        raise CspflowError(f"{path} does not exist; give a structure file or a directory of them")
-    if path.is_dir():
-        files = sorted({f for pat in _PATTERNS for f in path.glob(pat) if f.is_file()})
-        if not files:
-            raise CspflowError(
-                f"no CIF, POSCAR or extxyz files in {path}; put structure files there"
-            )
-    else:
-        files = [path]
-    out: list[tuple[str, object]] = []
-    for f in files:
-        try:
-            if f.suffix in (".xyz", ".extxyz"):
-                frames = read(f, index=":")
-                for k, atoms in enumerate(frames):
-                    name = f.stem if len(frames) == 1 else f"{f.stem}_{k}"
-                    out.append((name, AseAtomsAdaptor.get_structure(atoms)))
-            else:
-                out.append((f.stem if f.suffix else f.name, Structure.from_file(f)))
-        except CspflowError:
-            raise
-        except Exception as exc:
-            raise CspflowError(
-                f"cannot read {f} ({type(exc).__name__}: {exc}); give CIF, POSCAR or extxyz files"
-            ) from None
-    return out
+__all__ = ["relax"]
 
 
 def relax(
@@ -77,13 +34,14 @@ def relax(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cspflow.chem import read_named_structures
     from cspflow.errors import CspflowError
     from cspflow.mlip import load_model
     from cspflow.prerelax.relax import relax_structures
 
     if optimizer.upper() not in ("FIRE", "BFGS"):
         raise CspflowError(f"unknown optimizer {optimizer!r}; use --optimizer FIRE or BFGS")
-    items = read_structures(inp)
+    items = read_named_structures([inp])
     t0 = time.monotonic()
     mlip = load_model(model, device=device)
     console = err_console()

@@ -2,6 +2,7 @@
 
 The same engine jobs as the stage (:func:`cspflow.dft.stage.build_engine_job`), run locally with
 an in-memory JobStore; results go to CIF files and a JSON summary instead of the database.
+Structure files are read by :func:`cspflow.chem.read_named_structures`.
 """
 
 from __future__ import annotations
@@ -16,40 +17,7 @@ from cspflow.errors import CspflowError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-__all__ = ["read_structures", "relax_structures"]
-
-
-def read_structures(paths: list[Path]) -> list[tuple[str, Structure]]:
-    """Read every file (pymatgen first, ASE for other formats); name each by its file stem.
-
-    Raises
-    ------
-    CspflowError
-        When a file is missing or cannot be read as a structure.
-    """
-    from pymatgen.core import Structure
-
-    out = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise CspflowError(f"structure file {path} not found")
-        try:
-            structure = Structure.from_file(path)
-        except Exception:
-            try:
-                from ase.io import read
-                from pymatgen.io.ase import AseAtomsAdaptor
-
-                structure = AseAtomsAdaptor.get_structure(read(path, index=-1))  # type: ignore[arg-type]
-            except Exception as exc:
-                why = f"{type(exc).__name__}: {exc}" if str(exc).strip() else "no cell or atoms found"
-                raise CspflowError(
-                    f"cannot read a structure from {path} ({why}); give CIF, POSCAR or extxyz "
-                    "files of periodic crystals"
-                ) from None
-        out.append((Path(path).stem, structure))
-    names = [n for n, _ in out]
-    return [(f"{n}-{i}" if names.count(n) > 1 else n, s) for i, (n, s) in enumerate(out)]
+__all__ = ["relax_structures"]
 
 
 def relax_structures(

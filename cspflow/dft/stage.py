@@ -180,7 +180,7 @@ def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | No
     candidate's id, or None."""
     from pymatgen.core import Structure
 
-    from cspflow.generate.dedup import register_relaxed
+    from cspflow.dedup.index import register_relaxed
 
     structure = Structure.from_dict(result.structure)
     other = register_relaxed(db, candidate_id, structure, "dft", result.energy_per_atom)

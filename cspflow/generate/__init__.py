@@ -1,14 +1,16 @@
-"""Candidate generation and database-wide deduplication (the first stage of a campaign).
+"""Candidate generation (the first stage of a campaign).
 
 Modules, in data-flow order:
 
 - :mod:`~cspflow.generate.composition`: parse the composition, formula-unit counts that fit.
 - :mod:`~cspflow.generate.sources`: random_symmetric (PyXtal), prototype, mutation, external.
 - :mod:`~cspflow.generate.constraints`: hard geometric constraints.
-- :mod:`~cspflow.generate.fingerprint`: invariant fingerprint and bucket keys.
-- :mod:`~cspflow.generate.dedup`: ``find_duplicate`` / ``register`` / ``register_relaxed``.
 - :mod:`~cspflow.generate.batch`: one batch of unique candidates from weighted sources.
 - :mod:`~cspflow.generate.maker`: the jobflow job (``GenerateMaker``).
+
+Deduplication (fingerprints, ``find_duplicate`` / ``register`` / ``register_relaxed``, the
+in-memory and MongoDB indexes) lives below the stages in :mod:`cspflow.dedup`; reading
+structure files in :func:`cspflow.chem.read_structures`.
 
 Names are imported lazily so ``import cspflow.generate`` stays cheap.
 """
@@ -23,13 +25,6 @@ _EXPORTS = {
     "Target": "composition",
     "Constraints": "constraints",
     "violations": "constraints",
-    "fingerprint": "fingerprint",
-    "find_duplicate": "dedup",
-    "register": "dedup",
-    "register_relaxed": "dedup",
-    "structures_match": "dedup",
-    "MemoryIndex": "dedup",
-    "MongoIndex": "dedup",
     "generate_batch": "batch",
     "load_parents": "batch",
     "parse_sources": "batch",

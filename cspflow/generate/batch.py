@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cspflow.dedup.fingerprint import Fingerprint, fingerprint
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
-from cspflow.generate.fingerprint import Fingerprint, fingerprint
 from cspflow.generate.sources import SOURCES, Generated, Parent, SourceContext, make_source
 
 if TYPE_CHECKING:
@@ -137,8 +137,8 @@ def generate_batch(
     n
         Number of new unique candidates wanted.
     index
-        Deduplication index: :class:`~cspflow.generate.dedup.MemoryIndex` or
-        :class:`~cspflow.generate.dedup.MongoIndex` (registers into the database).
+        Deduplication index: :class:`~cspflow.dedup.index.MemoryIndex` or
+        :class:`~cspflow.dedup.index.MongoIndex` (registers into the database).
     sources
         Source name -> weight (normalised); default :data:`DEFAULT_SOURCES`.
     seed
@@ -199,7 +199,7 @@ def generate_batch(
             doc = {"source": gen.source, "params": gen.params, "seed": gen.seed,
                    "parent_ids": gen.parent_ids, "campaign": campaign, "iteration": iteration,
                    "candidate_id": None}  # fmt: skip
-            from cspflow.generate.dedup import new_candidate_id
+            from cspflow.dedup.index import new_candidate_id
 
             doc["candidate_id"] = new_candidate_id(fp.formula)
             cid, is_new = index.register(gen.structure, fp, doc)

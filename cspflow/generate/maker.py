@@ -43,10 +43,10 @@ def generate_candidates(
     dict
         A :class:`~cspflow.schemas.candidate.GenerateSummary` as a dict (ids and counts only).
     """
+    from cspflow.dedup.index import MongoIndex
     from cspflow.generate.batch import generate_batch, load_parents
     from cspflow.generate.composition import parse_target
     from cspflow.generate.constraints import Constraints
-    from cspflow.generate.dedup import MongoIndex
     from cspflow.generate.sources import SourceContext
     from cspflow.store import get_database
 

@@ -17,7 +17,8 @@ the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation ag
   (``cspflow/data/prototypes``) plus any structure files the user supplies.
 - :class:`Mutation`: lattice strain, atom permutation, rattle and cut-and-splice heredity of the
   lowest-energy unique structures already stored (parents come in the context).
-- :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories).
+- :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories;
+  :func:`cspflow.chem.read_structures`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
+from cspflow.chem import read_structures
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
@@ -49,7 +51,6 @@ __all__ = [
     "External",
     "SOURCES",
     "make_source",
-    "read_structures",
     "compatible_space_groups",
     "centring_multiplier",
     "primitive_cell",
@@ -298,7 +299,7 @@ def substitute(proto: Structure, mapping: dict[str, str]) -> Structure:
 
 
 def _same(a: Structure, b: Structure) -> bool:
-    from cspflow.generate.dedup import structures_match
+    from cspflow.dedup.match import structures_match
 
     return structures_match(a, b)
 
@@ -521,53 +522,6 @@ class Mutation:
 
 # ---------------------------------------------------------------------------------------------
 # external
-
-_SUFFIXES = {".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json"}
-
-
-def _expand(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file()
-            and (p.suffix.lower() in _SUFFIXES or p.name.upper().startswith(("POSCAR", "CONTCAR")))
-        )
-    return [path]
-
-
-def read_structures(path: str | Path) -> list[Structure]:
-    """Read every structure in a file or directory (CIF, POSCAR/CONTCAR, extxyz, pymatgen JSON).
-
-    Raises
-    ------
-    CspflowError
-        When the path does not exist or a file cannot be parsed as a structure.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CspflowError(f"structure file {p} does not exist; check the path")
-    out: list[Structure] = []
-    for f in _expand(p):
-        try:
-            if f.suffix.lower() in {".xyz", ".extxyz"}:
-                from ase.io import read
-                from pymatgen.io.ase import AseAtomsAdaptor
-
-                out += [AseAtomsAdaptor.get_structure(a) for a in read(f, index=":")]
-            elif f.suffix.lower() == ".json":
-                out.append(Structure.from_dict(json.loads(f.read_text())))
-            else:
-                out.append(Structure.from_file(f))
-        except Exception as exc:
-            detail = " ".join(str(exc).split())[:120] or "no cell or atoms found"
-            raise CspflowError(
-                f"cannot read a structure from {f} ({type(exc).__name__}: {detail}); give CIF, "
-                "POSCAR, extxyz or pymatgen JSON files"
-            ) from None
-    if not out:
-        raise CspflowError(f"no structure files (CIF, POSCAR, extxyz, JSON) found in {p}")
-    return out
 
 
 @dataclass

@@ -282,12 +282,14 @@ def deduplicate_batch(
 ) -> dict[str, str]:
     """Map each structure that matches an earlier one in ``items`` to that one's id.
 
-    Used when cspflow's dedup index (:mod:`cspflow.generate.dedup`) is not available. Pass
+    Used when cspflow's dedup index (:mod:`cspflow.dedup.index`) is not available; the
+    default ``matcher`` is the index's (:data:`~cspflow.dedup.match.MATCHER_KWARGS`). Pass
     ``items`` lowest energy first so the lowest-energy copy is the one kept.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from cspflow.dedup.match import MATCHER_KWARGS
+    from cspflow.dedup.match import matcher as make_matcher
 
-    matcher = matcher or StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5, scale=True)
+    matcher = matcher or make_matcher(**MATCHER_KWARGS)
     kept: list[tuple[str, Structure]] = []
     dup: dict[str, str] = {}
     for cid, s in items:

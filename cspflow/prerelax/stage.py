@@ -61,7 +61,7 @@ def _start_structure(doc: dict[str, Any], start: str) -> dict[str, Any]:
 
 def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate | None:
     try:
-        from cspflow.generate.dedup import register_relaxed
+        from cspflow.dedup.index import register_relaxed
     except ImportError:
         return None
 
@@ -114,7 +114,7 @@ def prerelax_candidates(
         The cspflow database (default: from the settings).
     find_duplicate
         ``f(db, candidate_id, relaxed_structure) -> duplicate id or None``; default
-        :func:`cspflow.generate.dedup.register_relaxed` (level ``mlip``, with the relaxed
+        :func:`cspflow.dedup.index.register_relaxed` (level ``mlip``, with the relaxed
         energy, so copies of one minimum are found however they drifted), or a StructureMatcher
         comparison within the batch when that module is absent.
     device

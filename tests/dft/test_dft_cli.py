@@ -52,3 +52,20 @@ def test_dft_cli_vasp_without_command_is_one_line(settings, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err and "CSPFLOW_VASP_CMD" in err
+
+
+def test_dft_cli_accepts_a_directory_of_structure_files(settings, tmp_path, capsys):
+    """``cspflow dft relax DIR`` reads every structure file in DIR, like ``cspflow relax``."""
+    from cspflow.chem import read_named_structures
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]]).to(filename=str(inp / "cu.cif"))
+    Structure(Lattice.cubic(2.9), ["Fe"], [[0, 0, 0]]).to(filename=str(inp / "fe.cif"))
+    named = read_named_structures([inp])
+    assert [(n, s.composition.reduced_formula) for n, s in named] == [("cu", "Cu"), ("fe", "Fe")]
+    # No VASP command: the run stops after reading both files, before any DFT.
+    code = _cli(["dft", "relax", str(inp), "--engine", "vasp", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not found" not in err
+    assert err.startswith("error: ") and "\n" not in err and "CSPFLOW_VASP_CMD" in err

@@ -61,7 +61,7 @@ def test_generate_writes_unique_cifs_and_summary(tmp_path, capsys):
     assert len(cifs) == 6
     on_disk = json.loads((out / "summary.json").read_text())
     assert [c["file"] for c in on_disk["candidates"]] == [p.name for p in cifs]
-    from cspflow.generate.dedup import MemoryIndex
+    from cspflow.dedup.index import MemoryIndex
 
     index = MemoryIndex()
     for i, p in enumerate(cifs):
@@ -86,7 +86,7 @@ def test_register_dedups_against_the_database_and_ingests_external(db, tmp_path,
     # external files: a structure already stored (here rotated) is a duplicate
     from pymatgen.core.operations import SymmOp
 
-    from cspflow.generate.dedup import register
+    from cspflow.dedup.index import register
 
     sto = builtin_prototypes()["perovskite"].copy()
     register(db, sto, source="test")

@@ -11,10 +11,11 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
+from cspflow.dedup.index import MemoryIndex
+from cspflow.dedup.match import MATCHER_KWARGS
 from cspflow.generate.batch import generate_batch, parse_sources
 from cspflow.generate.composition import parse_target
 from cspflow.generate.constraints import Constraints, violations
-from cspflow.generate.dedup import MATCHER_KWARGS, MemoryIndex
 from cspflow.generate.sources import (
     External,
     Mutation,
@@ -244,7 +245,7 @@ def test_pyxtal_attempts_over_the_time_limit_are_counted_and_skipped():
      (["Zr", "Si", "O"], [2, 2, 8], 141)],  # zircon I4_1/amd: 12 / 24
 )  # fmt: skip
 def test_centred_lattice_targets_are_reachable_at_primitive_size(species, primitive, spacegroup):
-    from cspflow.generate.fingerprint import space_group
+    from cspflow.dedup.fingerprint import space_group
     from cspflow.generate.sources import (
         centring_multiplier,
         compatible_space_groups,

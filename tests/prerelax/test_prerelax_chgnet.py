@@ -287,9 +287,9 @@ def test_relaxed_copies_of_one_minimum_are_listed_once_in_results_top(db, chgnet
     from pymatgen.core import Lattice, Structure
     from pymatgen.core.operations import SymmOp
 
+    from cspflow.dedup.fingerprint import fingerprint
+    from cspflow.dedup.match import structures_match
     from cspflow.generate.batch import load_parents
-    from cspflow.generate.dedup import structures_match
-    from cspflow.generate.fingerprint import fingerprint
     from cspflow.store import top_structures
 
     rng = np.random.default_rng(1)

@@ -5,26 +5,20 @@ document in ``fingerprints``: candidate id, level, formula, symmetry, bucket key
 fingerprint vector and the reduced cell StructureMatcher compares (``cell``: the primitive cell
 of the Niggli cell, as float64 bytes; about 0.6 kB for 20 sites), not the structure. A lookup
 reads the buckets of its fingerprint there (``fingerprints.bucket``, a multikey index; one key
-per hash table, see :mod:`cspflow.generate.fingerprint`), keeps the fingerprints within
-:data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, closest first, and confirms with pymatgen's
-StructureMatcher (ltol 0.2, stol 0.3, angle_tol 5, scale=True, primitive cells). Both sides
-enter the matcher already reduced (``fit(..., skip_structure_reduction=True)``): the stored
-side's reduction was done once when it was filed, the query's once per lookup. That is the
-same comparison as ``StructureMatcher.fit`` on the original structures, which spends about 75%
-of its time on those two reductions. Fingerprint documents written by older versions (no
-``cell``, keys of the old scheme) are still found and checked the old way, with the structure
-from ``candidates`` and the full matcher.
+per hash table, see :mod:`cspflow.dedup.fingerprint`), keeps the fingerprints within
+:data:`~cspflow.dedup.fingerprint.FP_TOLERANCE`, closest first, and confirms with pymatgen's
+StructureMatcher (ltol 0.2, stol 0.3, angle_tol 5, scale=True, primitive cells;
+:mod:`cspflow.dedup.match`). Both sides enter the matcher already reduced
+(``fit(..., skip_structure_reduction=True)``): the stored side's reduction was done once when
+it was filed, the query's once per lookup. That is the same comparison as
+``StructureMatcher.fit`` on the original structures, which spends about 75% of its time on
+those two reductions. Fingerprint documents written by older versions (no ``cell``, keys of the
+old scheme) are still found and checked the old way, with the structure from ``candidates`` and
+the full matcher.
 
-Registration is atomic across processes: a writer takes a lock document (``dedup_locks``, keyed
-by ``_id``, so the server's own unique ``_id`` index arbitrates) for the formula, space group
-and primitive-cell size of its structure (:func:`~cspflow.generate.fingerprint.lock_key`),
-looks up, inserts, and releases. Every structure a lookup could match has the same key, so
-registrations of near-identical structures are serialised and exactly one of them is stored.
-The unique (chemsys, fingerprint_hash) index is a second guard against exact repeats. A lock
-left behind is taken over at once when its owner is known to be gone (a process of this host
-that has exited, or an earlier attempt of this process that a database outage broke off before
-it could release), else after :data:`LOCK_STALE_S` seconds; a writer waits up to
-:data:`LOCK_WAIT_S`, which is longer.
+Registration is atomic across processes: a writer holds the bucket lock of its structure
+(:mod:`cspflow.dedup.locks`: formula, space group and primitive-cell size) while it looks up
+and inserts, so exactly one of several near-identical structures is stored.
 
 Relaxed structures: :func:`register_relaxed` files a candidate's relaxed structure (level
 ``mlip`` or ``dft``) under its own buckets, so later lookups match initial and relaxed forms.
@@ -39,226 +33,54 @@ serialised by one lock.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import os
-import socket
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymatgen.core import Structure
 
-from cspflow.errors import CspflowError
-from cspflow.generate.fingerprint import (
+from cspflow.dedup.fingerprint import (
     FP_TOLERANCE,
     Fingerprint,
     fingerprint,
     legacy_query_key,
     lock_key,
 )
+from cspflow.dedup.locks import _bucket_locks
+from cspflow.dedup.match import (
+    _Confirmation,
+    cell_document,
+    cell_from_document,
+    content_hash,
+    reduced_cell,
+    structures_match,
+)
 
 if TYPE_CHECKING:
     from pymongo.database import Database
 
 __all__ = [
-    "MATCHER_KWARGS",
     "LEVELS",
+    "FINGERPRINTS",
+    "RELAXED_ENERGY_WINDOW",
     "MemoryIndex",
     "MongoIndex",
-    "content_hash",
-    "structures_match",
-    "reduced_cell",
-    "cells_match",
-    "cell_document",
-    "cell_from_document",
     "find_duplicate",
     "register",
     "register_relaxed",
     "find_relaxed_duplicate",
     "candidate_document",
     "fingerprint_document",
+    "new_candidate_id",
 ]
 
-MATCHER_KWARGS: dict[str, Any] = {
-    "ltol": 0.2,
-    "stol": 0.3,
-    "angle_tol": 5,
-    "primitive_cell": True,
-    "scale": True,
-    "attempt_supercell": True,
-}
 LEVELS = ("mlip", "dft")
-LOCKS = "dedup_locks"
 FINGERPRINTS = "fingerprints"
 #: relaxed forms of one formula and level within this energy (eV/atom) of each other are
 #: compared as possibly one minimum (copies of one minimum relaxed to fmax 0.05 differ by
 #: about 1 meV/atom)
 RELAXED_ENERGY_WINDOW = 0.01
-LOCK_STALE_S = 30.0
-LOCK_WAIT_S = 90.0
-# owner tokens of the bucket locks this process holds right now
-_HELD: set[str] = set()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-_matcher = None
-
-
-def _get_matcher() -> Any:
-    global _matcher
-    if _matcher is None:
-        from pymatgen.analysis.structure_matcher import StructureMatcher
-
-        _matcher = StructureMatcher(**MATCHER_KWARGS)
-    return _matcher
-
-
-def structures_match(a: Structure, b: Structure) -> bool:
-    """True when pymatgen's StructureMatcher (cspflow's tolerances) finds a and b the same."""
-    return bool(_get_matcher().fit(a, b))
-
-
-def reduced_cell(structure: Structure) -> Structure:
-    """Return the cell StructureMatcher compares: the primitive cell of the Niggli cell.
-
-    The same two steps, in the same order and with the same defaults, as the matcher's own
-    preprocessing with ``primitive_cell=True`` (``StructureMatcher._get_reduced_structure``),
-    so ``cells_match(reduced_cell(a), reduced_cell(b)) == structures_match(a, b)``.
-    """
-    return _niggli_cell(structure).get_primitive_structure()
-
-
-def _niggli_cell(structure: Structure) -> Structure:
-    return Structure.from_sites(structure).get_reduced_structure(reduction_algo="niggli")
-
-
-class _Confirmation:
-    """Confirms stored reduced cells against one query structure, reducing it at most once.
-
-    Before the primitive-cell search (the costly half of :func:`reduced_cell`), the query's
-    Niggli cell is compared with the stored cell by :func:`_same_cell`: a stored structure
-    re-submitted in its primitive cell (rotated, shifted, reordered, rescaled) is the same cell
-    already, and where the check says so the two are one crystal to 1e-3, which
-    StructureMatcher calls a match.
-    """
-
-    def __init__(self, structure: Structure, cell: Structure | None = None) -> None:
-        self.structure = structure
-        self.cell = cell  # reduced_cell(structure) once computed
-        self._niggli: Structure | None = None
-
-    def matches(self, stored: Structure) -> bool:
-        """True when the query and a stored reduced cell are the same structure."""
-        if self.cell is None:
-            if self._niggli is None:
-                self._niggli = _niggli_cell(self.structure)
-            if _same_cell(self._niggli, stored):
-                return True
-            self.cell = self._niggli.get_primitive_structure()  # reduced_cell, same steps
-        return cells_match(self.cell, stored)
-
-
-def cells_match(a: Structure, b: Structure) -> bool:
-    """:func:`structures_match` for cells already reduced by :func:`reduced_cell`.
-
-    pymatgen's ``fit(..., skip_structure_reduction=True)``: the matcher skips only the
-    reduction it would otherwise repeat on every comparison. Two cells that are the same up
-    to rotation, origin, site order and volume (:func:`_same_cell`, 1e-3 tolerances, far
-    inside the matcher's) are a match without running it: a repeat of a stored structure is
-    the common case, and that check costs a fifth of the matcher.
-    """
-    return _same_cell(a, b) or bool(_get_matcher().fit(a, b, skip_structure_reduction=True))
-
-
-#: proper changes of basis that permute and flip the axes (a Niggli cell is unique up to these
-#: where lengths or angles coincide)
-_AXIS_SWAPS = [
-    m
-    for m in (
-        np.array([[sign[i] * (perm[i] == j) for j in range(3)] for i in range(3)], dtype=float)
-        for perm in itertools.permutations(range(3))
-        for sign in itertools.product((1, -1), repeat=3)
-    )
-    if np.linalg.det(m) > 0
-]
-
-
-def _same_cell(a: Structure, b: Structure, tol: float = 1e-3) -> bool:
-    """True when a and b are one cell up to rotation, origin, site order and volume.
-
-    Lattices are compared at one atom per unit volume (the matcher's ``scale=True``), as metric
-    tensors (so rotation does not matter), under each of :data:`_AXIS_SWAPS`; sites must map
-    one to one within ``tol`` after one translation. Where this holds, StructureMatcher finds
-    the same lattice and translation within its far larger tolerances (ltol 0.2, stol 0.3,
-    angle_tol 5), so a True never disagrees with it; a False proves nothing.
-    """
-    n = len(a)
-    if n != len(b):
-        return False
-    sa = np.array([site.species_string for site in a])
-    sb = np.array([site.species_string for site in b])
-    if sorted(sa) != sorted(sb):
-        return False
-    la = a.lattice.matrix * (n / a.volume) ** (1 / 3)
-    lb = b.lattice.matrix * (n / b.volume) ** (1 / 3)
-    ga = la @ la.T
-    same = sa[:, None] == sb[None, :]
-    values, counts = np.unique(sa, return_counts=True)
-    anchor = int(np.flatnonzero(sa == values[np.argmin(counts)])[0])
-    fa = a.frac_coords
-    for m in _AXIS_SWAPS:
-        lm = m @ lb
-        if np.abs(lm @ lm.T - ga).max() > tol:
-            continue
-        fb = b.frac_coords @ m.T  # m is orthogonal: its inverse
-        for j in np.flatnonzero(sb == sa[anchor]):
-            d = fa[:, None, :] + (fb[j] - fa[anchor]) - fb[None, :, :]
-            d -= np.round(d)
-            dist = np.linalg.norm(d @ lm, axis=-1)
-            dist[~same] = np.inf
-            k = dist.argmin(axis=1)
-            if dist[np.arange(n), k].max() < tol and len(set(k.tolist())) == n:
-                return True
-    return False
-
-
-def cell_document(cell: Structure) -> dict[str, Any]:
-    """Compact, exact form of a reduced cell: float64 lattice and fractional coordinates."""
-    from bson import Binary
-
-    return {
-        "lattice": Binary(np.asarray(cell.lattice.matrix, dtype="<f8").tobytes()),
-        "species": " ".join(site.species_string for site in cell),
-        "frac": Binary(np.asarray(cell.frac_coords, dtype="<f8").tobytes()),
-    }
-
-
-def cell_from_document(doc: dict[str, Any]) -> Structure:
-    """Rebuild the cell written by :func:`cell_document`, bit for bit."""
-    lattice = np.frombuffer(doc["lattice"], dtype="<f8").reshape(3, 3).copy()
-    frac = np.frombuffer(doc["frac"], dtype="<f8").reshape(-1, 3).copy()
-    return Structure(lattice, doc["species"].split(" "), frac)
-
-
-def content_hash(structure: Structure) -> str:
-    """Hash of the exact cell and sites (order-independent), rounded to 1e-5."""
-    lat = np.round(structure.lattice.matrix, 5) + 0.0
-    sites = sorted(
-        (site.specie.symbol, *[round(float(x) % 1.0, 5) % 1.0 + 0.0 for x in site.frac_coords])
-        for site in structure
-    )
-    blob = json.dumps({"lattice": lat.tolist(), "sites": sites}, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +206,9 @@ def fingerprint_document(
     Small on purpose (no structure): a lookup reads every document of its buckets, and the
     server reads each document whole. The vector is stored as little-endian float32 bytes,
     which the server and the client handle as one value; ``cell`` holds the reduced cell
-    (``cell`` argument, else :func:`reduced_cell` of the structure) for the confirmation;
-    ``energy_per_atom`` (relaxed forms) lets :func:`find_relaxed_duplicate` find it by energy.
+    (``cell`` argument, else :func:`~cspflow.dedup.match.reduced_cell` of the structure) for
+    the confirmation; ``energy_per_atom`` (relaxed forms) lets :func:`find_relaxed_duplicate`
+    find it by energy.
     """
     from bson import Binary
 
@@ -439,11 +262,12 @@ def find_duplicate(
 
     Reads the buckets of the structure's fingerprint in the small ``fingerprints`` collection
     (one query), keeps the fingerprints within
-    :data:`~cspflow.generate.fingerprint.FP_TOLERANCE`, and confirms them, closest first, with
-    StructureMatcher on the reduced cells (:func:`cells_match`); a document written by an older
-    version, without a reduced cell, is confirmed with the structure from ``candidates`` and
-    :func:`structures_match`. Matches against every stored form: the generated structure and
-    any relaxed structure filed with :func:`register_relaxed`. Works across campaigns.
+    :data:`~cspflow.dedup.fingerprint.FP_TOLERANCE`, and confirms them, closest first, with
+    StructureMatcher on the reduced cells (:func:`~cspflow.dedup.match.cells_match`); a
+    document written by an older version, without a reduced cell, is confirmed with the
+    structure from ``candidates`` and :func:`~cspflow.dedup.match.structures_match`. Matches
+    against every stored form: the generated structure and any relaxed structure filed with
+    :func:`register_relaxed`. Works across campaigns.
 
     Parameters
     ----------
@@ -456,7 +280,7 @@ def find_duplicate(
     exclude
         A candidate id to ignore (the structure's own document).
     cell
-        Its reduced cell (:func:`reduced_cell`), when already computed.
+        Its reduced cell (:func:`~cspflow.dedup.match.reduced_cell`), when already computed.
     """
     fp = fp or fingerprint(structure)
     query: dict[str, Any] = {"bucket": {"$in": [*fp.buckets(), legacy_query_key(fp)]}}
@@ -473,71 +297,6 @@ def find_duplicate(
         if stored is not None and structures_match(structure, stored):
             return doc["candidate_id"]
     return None
-
-
-@contextmanager
-def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold lock documents for every key (sorted, so two writers cannot deadlock).
-
-    cspflow takes one key per registration (:func:`~cspflow.generate.fingerprint.lock_key`).
-    """
-    from pymongo.errors import DuplicateKeyError
-
-    from cspflow.procs import pid_namespace
-
-    locks = db[LOCKS]
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    held: list[str] = []
-    deadline = time.monotonic() + wait_s
-    delay = 0.002
-    _HELD.add(owner)
-    try:
-        for key in sorted(set(keys)):
-            while True:
-                try:
-                    locks.insert_one({"_id": key, "owner": owner, "at": _utcnow(),
-                                      "pidns": pid_namespace()})  # fmt: skip
-                    held.append(key)
-                    break
-                except DuplicateKeyError:
-                    holder = locks.find_one({"_id": key}) or {}
-                    if holder.get("owner") == owner:  # our insert, its answer lost in an outage
-                        held.append(key)
-                        break
-                    if _abandoned(holder):
-                        from cspflow.outage import log_event
-
-                        locks.delete_one({"_id": key, "owner": holder["owner"]})
-                        log_event(f"dedup bucket {key!r}: took over the lock of "
-                                  f"{holder['owner']}, which is gone")  # fmt: skip
-                        continue
-                    stale = _utcnow() - timedelta(seconds=LOCK_STALE_S)
-                    locks.delete_one({"_id": key, "at": {"$lt": stale}})
-                    if time.monotonic() > deadline:
-                        raise CspflowError(
-                            f"dedup bucket {key!r} stayed locked for {wait_s:.0f} s; another "
-                            f"writer may hang (locks expire after {LOCK_STALE_S:.0f} s), retry"
-                        ) from None
-                    time.sleep(delay * (1 + np.random.random()))
-                    delay = min(delay * 2, 0.2)
-        yield
-    finally:
-        _HELD.discard(owner)
-        for key in held:
-            locks.delete_one({"_id": key, "owner": owner})
-
-
-def _abandoned(lock: dict[str, Any]) -> bool:
-    """True when the owner of ``lock`` is known to be gone: an attempt of this process that no
-    longer holds it (broken off by an outage), or an exited process of this host and pid
-    namespace. Owners elsewhere are judged by age alone (:data:`LOCK_STALE_S`)."""
-    from cspflow.procs import pid_namespace, process_gone
-
-    host, _, rest = str(lock.get("owner", "")).partition(":")
-    pid = rest.partition(":")[0]
-    if host == socket.gethostname() and pid == str(os.getpid()) and lock.get("pidns") == pid_namespace():
-        return lock["owner"] not in _HELD
-    return process_gone(host, pid, lock.get("pidns"))
 
 
 def register(
@@ -604,9 +363,9 @@ def find_relaxed_duplicate(
 
     Compares with every relaxed form of the formula at the level whose energy is within
     :data:`RELAXED_ENERGY_WINDOW` of ``energy_per_atom``, closest energy first, by
-    StructureMatcher on reduced cells (:func:`cells_match`). Unlike :func:`find_duplicate`
-    it does not go through the fingerprint buckets, whose space group and fingerprint cells
-    split copies of one minimum that the optimizer left slightly apart.
+    StructureMatcher on reduced cells (:func:`~cspflow.dedup.match.cells_match`). Unlike
+    :func:`find_duplicate` it does not go through the fingerprint buckets, whose space group
+    and fingerprint cells split copies of one minimum that the optimizer left slightly apart.
     """
     formula = formula or structure.composition.reduced_formula
     query: dict[str, Any] = {

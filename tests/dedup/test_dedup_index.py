@@ -14,19 +14,16 @@ import pytest
 from pymatgen.core import Structure
 from pymatgen.core.operations import SymmOp
 
-from cspflow.generate.composition import parse_target
-from cspflow.generate.dedup import (
+from cspflow.dedup.fingerprint import fingerprint, fingerprint_distance
+from cspflow.dedup.index import find_duplicate, find_relaxed_duplicate, register, register_relaxed
+from cspflow.dedup.match import (
     cell_document,
     cell_from_document,
     cells_match,
-    find_duplicate,
-    find_relaxed_duplicate,
     reduced_cell,
-    register,
-    register_relaxed,
     structures_match,
 )
-from cspflow.generate.fingerprint import fingerprint, fingerprint_distance
+from cspflow.generate.composition import parse_target
 from cspflow.generate.sources import RandomSymmetric, SourceContext, builtin_prototypes, substitute
 
 
@@ -133,8 +130,8 @@ def test_reduced_cell_confirmation_agrees_with_structure_matcher(structures):
 
 def test_fingerprint_documents_of_older_versions_are_still_found(db, structures):
     """Documents without a reduced cell, filed under the old single-cell keys, still match."""
-    from cspflow.generate.dedup import candidate_document
-    from cspflow.generate.fingerprint import legacy_query_key
+    from cspflow.dedup.fingerprint import legacy_query_key
+    from cspflow.dedup.index import candidate_document
 
     s = structures["random_sto"]
     fp = fingerprint(s)
@@ -194,7 +191,7 @@ _WORKER = textwrap.dedent(
     from pymatgen.core import Structure
     from pymatgen.core.operations import SymmOp
     from cspflow.store import get_database
-    from cspflow.generate.dedup import register
+    from cspflow.dedup.index import register
     rank, start, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     structures = [Structure.from_dict(d) for d in json.load(open(path))]
     db = get_database()
@@ -277,8 +274,8 @@ def test_generate_job_registers_unique_candidates_and_is_idempotent(db, settings
 
 
 def test_mutation_takes_parents_from_lowest_energy_candidates(db, structures):
+    from cspflow.dedup.index import MongoIndex
     from cspflow.generate.batch import generate_batch, load_parents
-    from cspflow.generate.dedup import MongoIndex
 
     target = parse_target("SrTiO3", 20)
     ids = []
@@ -311,7 +308,7 @@ _NEAR_WORKER = textwrap.dedent(
     import numpy as np
     from pymatgen.core import Structure
     from pymatgen.core.operations import SymmOp
-    import cspflow.generate.dedup as dedup
+    import cspflow.dedup.index as dedup
     from cspflow.store import get_database
     rank, start, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     structures = [Structure.from_dict(d) for d in json.load(open(path))]
@@ -345,7 +342,7 @@ _NEAR_WORKER = textwrap.dedent(
 def test_concurrent_near_duplicates_store_one(db, settings, tmp_path, structures):
     """Rattled copies differ in fingerprint_hash, so only the bucket locks keep them apart."""
 
-    from cspflow.generate.fingerprint import fingerprint
+    from cspflow.dedup.fingerprint import fingerprint
 
     chosen = [structures["random_sto"], structures["spinel"]]
     rng = np.random.default_rng(0)
@@ -395,9 +392,9 @@ def test_a_bucket_lock_left_by_a_gone_owner_is_taken_over_and_a_live_ones_is_wai
     import socket
     import time
 
+    from cspflow.dedup.fingerprint import lock_key
+    from cspflow.dedup.locks import _bucket_locks
     from cspflow.errors import CspflowError
-    from cspflow.generate.dedup import _bucket_locks
-    from cspflow.generate.fingerprint import lock_key
     from cspflow.procs import pid_namespace
 
     s = next(iter(structures.values()))
@@ -426,7 +423,7 @@ def test_a_bucket_lock_left_by_a_gone_owner_is_taken_over_and_a_live_ones_is_wai
 
 
 def datetime_now():
-    from cspflow.generate.dedup import _utcnow
+    from cspflow.dedup.locks import _utcnow
 
     return _utcnow()
 
