@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from cspflow.learn import fit_e0s, promotion, split_frames, subsystems
+from cspflow.learn.dataset import fit_e0s, split_frames, subsystems
+from cspflow.learn.evaluate import promotion
 from cspflow.schemas.learn import ModelMetrics
 
 
@@ -47,7 +48,7 @@ def test_stress_from_task_docs_is_ase_convention():
     from ase.units import GPa
     from atomate2.ase.schemas import convert_stress_from_voigt_to_symm
 
-    from cspflow.learn import _ase_stress
+    from cspflow.learn.dataset import _ase_stress
 
     voigt = np.array([0.01, -0.02, 0.03, 0.001, -0.002, 0.003])  # eV/A^3, as ASE reports
     kbar = convert_stress_from_voigt_to_symm(voigt)  # what atomate2 stores
@@ -87,8 +88,8 @@ def test_replay_data_from_a_file_or_one_clear_line(tmp_path):
     from ase.io import write
 
     from cspflow.errors import CspflowError
-    from cspflow.learn import TrainingSet, TrainSettings, replay_frames
-    from cspflow.schemas.learn import TrainingSetDoc
+    from cspflow.learn.dataset import TrainingSet, replay_frames
+    from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
 
     tset = TrainingSet(train=[], test=[], doc=TrainingSetDoc(chemsys="Si"))
     with pytest.raises(CspflowError, match="cannot read replay file .*nope.xyz"):
