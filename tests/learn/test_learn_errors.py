@@ -75,16 +75,3 @@ def test_foundation_file_that_is_not_mace_is_one_line(db, tmp_path):
               work_dir=tmp_path / "w")  # fmt: skip
     assert not (tmp_path / "w").exists()  # nothing was trained
     assert db.models.count_documents({}) == 1 and db.models.find_one()["model_id"] in current
-
-
-def test_unknown_model_id_is_one_line(db, settings, capsys):
-    from cspflow.cli.main import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["model", "show", "mace-nope"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == "error: no model 'mace-nope' in the model registry; list them with `cspflow model list`"
-    )
