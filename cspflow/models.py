@@ -154,8 +154,6 @@ def fetch_model(model_id: str, db: Database | None = None, cache_dir: Path | Non
 
     The same cache ``registry:ID`` uses (:func:`fetch_registry_model`).
     """
-    from cspflow.mlip import fetch_registry_model
-
     return fetch_registry_model(model_id, db=db, cache_dir=cache_dir)
 
 
