@@ -98,7 +98,7 @@ def prerelax_model(spec: CampaignSpec) -> str:
     (once one was promoted), else the spec's ``prerelax.model``."""
     if not spec.learn.enabled:
         return spec.prerelax.model
-    from cspflow.learn import current_model_spec
+    from cspflow.models import current_model_spec
 
     return current_model_spec(_db(), spec.system(), default=spec.prerelax.model) or spec.prerelax.model
 
@@ -321,7 +321,7 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
 
 def _learning_jobs(spec: CampaignSpec, iteration: int, after: Any) -> tuple[Job, Job]:
     """learn (retrain on the campaign's DFT data) -> rescreen (when a model was promoted)."""
-    from cspflow.learn import LearnMaker
+    from cspflow.learn.round import LearnMaker
     from cspflow.rescreen import make_rescreen
 
     name = spec.name

@@ -7,7 +7,8 @@ Nothing else in cspflow imports torch, ``mace`` or ``chgnet``. A model is named 
 ``mace:PATH``
     Any MACE model file (one trained by cspflow, or a foundation model the cluster has on disk).
 ``registry:ID``
-    A MACE model from cspflow's registry: the ``models`` collection, with the file in GridFS.
+    A MACE model from cspflow's registry (:mod:`cspflow.models`): the ``models`` collection,
+    with the file in GridFS.
 
 :func:`load_model` returns a :class:`LoadedModel` that evaluates a list of ASE ``Atoms`` at
 once: MACE models evaluate the whole list as one batch of graphs (one forward pass), CHGNet
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cspflow.errors import CspflowError
+from cspflow.models import fetch_registry_model
 from cspflow.settings import get_settings
 
 if TYPE_CHECKING:
@@ -39,7 +41,6 @@ __all__ = [
     "parse_model_spec",
     "resolve_device",
     "load_model",
-    "fetch_registry_model",
     "committee_disagreement",
 ]
 
@@ -279,50 +280,6 @@ def _sha12(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:12]
-
-
-def fetch_registry_model(
-    model_id: str, db: Database | None = None, cache_dir: Path | None = None
-) -> Path:
-    """Return a local path to registry model ``model_id``, copying it from GridFS once.
-
-    The ``models`` collection holds ``{"model_id": ..., "file_id": <GridFS id in bucket
-    "models">, "filename": ...}``; files are cached under ``<data_dir>/models``.
-
-    Raises
-    ------
-    CspflowError
-        When no model with that id is registered, or its file is missing from GridFS.
-    """
-    import gridfs
-
-    if db is None:
-        from cspflow.store import get_database
-
-        db = get_database()
-    doc = db["models"].find_one({"model_id": model_id})
-    if doc is None:
-        raise CspflowError(
-            f"no model {model_id!r} in the model registry; list them with `cspflow model list` "
-            "or pass --model mace:PATH"
-        )
-    cache_dir = Path(cache_dir or get_settings().data_dir / "models")
-    path = cache_dir / f"{model_id}.model"
-    if path.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    bucket = gridfs.GridFSBucket(db, bucket_name="models")
-    tmp = path.with_suffix(".part")
-    try:
-        with open(tmp, "wb") as fh:
-            bucket.download_to_stream(doc["file_id"], fh)
-    except (KeyError, gridfs.errors.NoFile):
-        tmp.unlink(missing_ok=True)
-        raise CspflowError(
-            f"registry model {model_id!r} has no file in GridFS; register it again"
-        ) from None
-    tmp.replace(path)
-    return path
 
 
 @contextlib.contextmanager

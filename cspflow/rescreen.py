@@ -49,7 +49,7 @@ def rescreen_pool(
     if chemsys is None:
         query["campaign"] = campaign
     else:
-        from cspflow.learn import subsystems
+        from cspflow.learn.dataset import subsystems
 
         busy = set(db["campaigns"].distinct("name", {"state": {"$in": ["submitted", "running"]}}))
         query["chemsys"] = {"$in": subsystems(chemsys)}

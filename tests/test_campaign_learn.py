@@ -45,8 +45,11 @@ def _register_chgnet_labelled_model(db, tmp_path) -> str:
     """A tiny MACE of Si trained on CHGNet labels, registered as the current Si model."""
     from ase.build import bulk
 
-    from cspflow.learn import TrainSettings, fit_e0s, register_model, train_mace
+    from cspflow.learn.dataset import fit_e0s
+    from cspflow.learn.train import train_mace
     from cspflow.mlip import load_model
+    from cspflow.models import register_model
+    from cspflow.schemas.learn import TrainSettings
 
     chgnet = load_model("chgnet", device="cpu")
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Registered models, newest first, with held-out errors and promotion state."""
-    from cspflow.learn import list_models
+    from cspflow.models import list_models
     from cspflow.store import get_database
 
     rows = list_models(get_database(), chemsys=chemsys, campaign=campaign)
@@ -65,7 +65,7 @@ def list_cmd(
 @app.command("show")
 def show(model_id: IdArg, json_out: JsonOpt = False) -> None:
     """One model: held-out errors before (current model) and after (this one), lineage, data."""
-    from cspflow.learn import get_model, lineage
+    from cspflow.models import get_model, lineage
     from cspflow.store import get_database
 
     db = get_database()
@@ -117,7 +117,7 @@ def export(
     dest: Annotated[Path, typer.Argument(help="File or existing directory to write the model to.")],
 ) -> None:
     """Copy a registry model file out of GridFS (usable as ``mace:PATH``)."""
-    from cspflow.learn import export_model
+    from cspflow.models import export_model
     from cspflow.store import get_database
 
     path = export_model(get_database(), model_id, dest)

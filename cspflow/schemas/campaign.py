@@ -115,7 +115,7 @@ class LearnSpec(_Strict):
     def _train_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         from dataclasses import fields
 
-        from cspflow.learn import TrainSettings
+        from cspflow.schemas.learn import TrainSettings
 
         known = {f.name for f in fields(TrainSettings)}
         unknown = sorted(set(v) - known)

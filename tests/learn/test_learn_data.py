@@ -10,7 +10,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.gpaw]
 def test_frames_come_from_converged_dft_with_ionic_steps(si_db, settings, tmp_path):
     from ase.io import read
 
-    from cspflow.learn import TrainSettings, build_training_set, write_extxyz
+    from cspflow.learn.dataset import build_training_set, write_extxyz
+    from cspflow.schemas.learn import TrainSettings
     from cspflow.store import get_jobstore
 
     store = get_jobstore(settings)
@@ -32,7 +33,7 @@ def test_frames_come_from_converged_dft_with_ionic_steps(si_db, settings, tmp_pa
 def test_ionic_steps_far_above_the_final_frame_are_left_out(si_db, settings):
     """A relaxation's first step lifted 3 eV/atom above its final frame (what a collapsed start
     cell gives) is skipped with its reason; the force filter alone would have kept it."""
-    from cspflow.learn import collect_frames
+    from cspflow.learn.dataset import collect_frames
     from cspflow.store import get_jobstore
 
     store = get_jobstore(settings)

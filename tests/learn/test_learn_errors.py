@@ -24,7 +24,8 @@ def _current(db) -> str:
 
 
 def test_no_dft_data_is_too_little_data(db, tmp_path):
-    from cspflow.learn import TrainSettings, learn
+    from cspflow.learn.round import learn
+    from cspflow.schemas.learn import TrainSettings
 
     with pytest.raises(CspflowError, match=r"^too little data: 0 frames, need at least 20") as exc:
         learn(db, "Si", settings=TrainSettings(), work_dir=tmp_path)
@@ -34,7 +35,9 @@ def test_no_dft_data_is_too_little_data(db, tmp_path):
 @pytest.mark.slow
 @pytest.mark.gpaw
 def test_too_little_data_is_one_line_and_current_model_stays(si_db, settings, tmp_path):
-    from cspflow.learn import LearnMaker, TrainSettings, current_model_spec, learn
+    from cspflow.learn.round import LearnMaker, learn
+    from cspflow.models import current_model_spec
+    from cspflow.schemas.learn import TrainSettings
     from cspflow.store import get_jobstore
 
     current = _current(si_db)
@@ -56,7 +59,8 @@ def test_too_little_data_is_one_line_and_current_model_stays(si_db, settings, tm
 
 
 def test_foundation_file_that_is_not_mace_is_one_line(db, tmp_path):
-    from cspflow.learn import TrainSettings, learn
+    from cspflow.learn.round import learn
+    from cspflow.schemas.learn import TrainSettings
 
     current = _current(db)
     bad = tmp_path / "foundation.model"
@@ -71,16 +75,3 @@ def test_foundation_file_that_is_not_mace_is_one_line(db, tmp_path):
               work_dir=tmp_path / "w")  # fmt: skip
     assert not (tmp_path / "w").exists()  # nothing was trained
     assert db.models.count_documents({}) == 1 and db.models.find_one()["model_id"] in current
-
-
-def test_unknown_model_id_is_one_line(db, settings, capsys):
-    from cspflow.cli.main import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["model", "show", "mace-nope"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == "error: no model 'mace-nope' in the model registry; list them with `cspflow model list`"
-    )

@@ -36,8 +36,11 @@ def _nacl_frames(n: int, seed: int):
 
 
 def test_multihead_finetuning_keeps_a_replay_head(tmp_path):
-    from cspflow.learn import TrainSettings, evaluate, fit_e0s, train_mace
+    from cspflow.learn.dataset import fit_e0s
+    from cspflow.learn.evaluate import evaluate
+    from cspflow.learn.train import train_mace
     from cspflow.mlip import load_model
+    from cspflow.schemas.learn import TrainSettings
 
     old, new = _nacl_frames(12, 1), _nacl_frames(12, 2)
     s = TrainSettings(**TRAIN)
@@ -60,7 +63,8 @@ def test_multihead_finetuning_keeps_a_replay_head(tmp_path):
 @pytest.mark.gpaw
 def test_multihead_bad_input_is_one_line_and_registers_nothing(db, settings, add_si, tmp_path):
     from cspflow.errors import CspflowError
-    from cspflow.learn import TrainSettings, learn
+    from cspflow.learn.round import learn
+    from cspflow.schemas.learn import TrainSettings
     from cspflow.store import get_jobstore
 
     store = get_jobstore(settings)

@@ -173,7 +173,8 @@ def test_mace_model_lacking_an_element_is_one_line(mace):
 def test_registry_model_loads_from_gridfs(db, mace_file, tmp_path, settings):
     import gridfs
 
-    from cspflow.mlip import fetch_registry_model, load_model
+    from cspflow.mlip import load_model
+    from cspflow.models import fetch_registry_model
 
     bucket = gridfs.GridFSBucket(db, bucket_name="models")
     with open(mace_file, "rb") as fh:

@@ -1,4 +1,5 @@
-"""Pure pieces of the learn stage: split, E0s, stress units, promotion rule, subsystems."""
+"""Pure pieces of the learn stage's data (cspflow.learn.dataset): split, E0s, stress units,
+subsystems, replay data."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from cspflow.learn import fit_e0s, promotion, split_frames, subsystems
-from cspflow.schemas.learn import ModelMetrics
+from cspflow.learn.dataset import fit_e0s, split_frames, subsystems
 
 
 def _frame(cid: str, symbols: str = "Si2", energy: float = 0.0) -> Atoms:
@@ -47,34 +47,12 @@ def test_stress_from_task_docs_is_ase_convention():
     from ase.units import GPa
     from atomate2.ase.schemas import convert_stress_from_voigt_to_symm
 
-    from cspflow.learn import _ase_stress
+    from cspflow.learn.dataset import _ase_stress
 
     voigt = np.array([0.01, -0.02, 0.03, 0.001, -0.002, 0.003])  # eV/A^3, as ASE reports
     kbar = convert_stress_from_voigt_to_symm(voigt)  # what atomate2 stores
     assert _ase_stress(kbar) == pytest.approx(voigt)
     assert _ase_stress([[-10 / GPa * 0.01, 0, 0], [0, 0, 0], [0, 0, 0]])[0] == pytest.approx(0.01)
-
-
-def _m(e, f, model="x"):
-    return ModelMetrics(model=model, energy_mae_mev_per_atom=e, force_mae_mev_per_a=f, n_frames=5)
-
-
-def test_promotion_needs_one_error_lower_none_worse_and_says_why():
-    assert promotion(_m(5, 50), None) == (True, "no current model for this system")
-    ok, why = promotion(_m(5, 50), _m(6, 60, "chgnet"))
-    assert ok and why.startswith("beats chgnet: energy MAE 5.0 vs 6.0 meV/atom")
-    ok, why = promotion(_m(7, 50), _m(6, 60, "registry:m1"))
-    assert not ok and why.startswith("does not beat registry:m1 on energy MAE")
-    ok, why = promotion(_m(7, 70), _m(6, 60))
-    assert not ok and "on energy and force MAE" in why
-    none = ModelMetrics(model="chgnet", n_frames=5, note="model chgnet does not cover Xx")
-    assert promotion(_m(7, 70), none)[0]
-    # forces that vanish by symmetry: every model scores 0, a tie, which must not block
-    ok, why = promotion(_m(35.2, 0.0), _m(581.5, 0.0, "chgnet"))
-    assert ok and why.startswith("beats chgnet (force MAE tied): energy MAE 35.2 vs 581.5")
-    ok, why = promotion(_m(6.02, 60.3), _m(6.0, 60.0, "chgnet"))  # within 1 %: ties on both
-    assert not ok and why.startswith("ties with chgnet on energy and force MAE")
-    assert not promotion(_m(5.0, 61.0), _m(6.0, 60.0))[0]  # force worse by more than 1 %
 
 
 def test_subsystems():
@@ -87,8 +65,8 @@ def test_replay_data_from_a_file_or_one_clear_line(tmp_path):
     from ase.io import write
 
     from cspflow.errors import CspflowError
-    from cspflow.learn import TrainingSet, TrainSettings, replay_frames
-    from cspflow.schemas.learn import TrainingSetDoc
+    from cspflow.learn.dataset import TrainingSet, replay_frames
+    from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
 
     tset = TrainingSet(train=[], test=[], doc=TrainingSetDoc(chemsys="Si"))
     with pytest.raises(CspflowError, match="cannot read replay file .*nope.xyz"):

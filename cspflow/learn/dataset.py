@@ -1,0 +1,417 @@
+"""Training data of the learn stage: labelled frames, the held-out split, the training set.
+
+Frames are ASE ``Atoms`` with ``REF_*`` keys built from the converged DFT relaxations of a
+chemical system (its subsystems included): the final frame of each relaxation and a sample of
+its ionic steps, read from the engine's task document (emmet VASP TaskDoc or atomate2 ASE task
+doc) in the JobStore. The held-out split is fixed by a hash of the candidate id, so every frame
+of one relaxation is on the same side and a candidate never changes side between rounds.
+Also here: extxyz output for ``mace_run_train``, the per-element E0 fit and the replay frames of
+multi-head fine-tuning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cspflow.errors import CspflowError
+from cspflow.models import get_model
+from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from jobflow import JobStore
+    from pymongo.database import Database
+
+__all__ = [
+    "TrainingSet",
+    "subsystems",
+    "collect_frames",
+    "split_frames",
+    "build_training_set",
+    "fit_e0s",
+    "write_extxyz",
+    "replay_frames",
+]
+
+# ASE stress (eV/A^3, tension positive) from the kbar 3x3 tensors of emmet/atomate2 task docs
+# (atomate2's ASE docs and VASP both store -10/GPa times ASE's stress).
+_KBAR_TO_ASE = -0.1
+
+
+@dataclass
+class TrainingSet:
+    """Labelled frames (ASE Atoms with ``REF_*`` keys) split into train and test."""
+
+    train: list[Atoms]
+    test: list[Atoms]
+    doc: TrainingSetDoc
+
+
+def subsystems(chemsys: str) -> list[str]:
+    """Every non-empty subsystem of ``chemsys`` (``"Mg-O"`` -> ``["Mg", "O", "Mg-O"]``)."""
+    elements = sorted({e for e in chemsys.split("-") if e})
+    if not elements:
+        raise CspflowError(f"empty chemical system {chemsys!r}; give elements like 'Mg-O'")
+    return [
+        "-".join(combo)
+        for k in range(1, len(elements) + 1)
+        for combo in itertools.combinations(elements, k)
+    ]
+
+
+def _ase_stress(kbar: Any) -> np.ndarray | None:
+    """Voigt stress in eV/A^3 (ASE convention) from a kbar 3x3 tensor, or None."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+    from ase.units import GPa
+
+    if kbar is None:
+        return None
+    arr = np.asarray(kbar, dtype=float)
+    if arr.shape == (3, 3):
+        return full_3x3_to_voigt_6_stress(arr) * _KBAR_TO_ASE * GPa
+    if arr.shape == (6,):
+        return arr * _KBAR_TO_ASE * GPa
+    return None
+
+
+def _frame(
+    structure: dict,
+    energy: float,
+    forces: Any,
+    stress: Any,
+    frame_id: str,
+    candidate_id: str,
+    kind: str,
+) -> Atoms:
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(Structure.from_dict(structure))
+    atoms.info = {
+        "REF_energy": float(energy),
+        "frame_id": frame_id,
+        "candidate_id": candidate_id,
+        "frame_kind": kind,
+        "config_type": "Default",
+    }
+    atoms.arrays["REF_forces"] = np.asarray(forces, dtype=float).reshape(len(atoms), 3)
+    if stress is not None:
+        atoms.info["REF_stress"] = np.asarray(stress, dtype=float)
+    return atoms
+
+
+def _ionic_steps(output: dict, data: dict) -> list[dict]:
+    """(structure, energy, forces, stress) dicts of every ionic step in a task document."""
+    steps: list[dict] = []
+    raw = output.get("ionic_steps")
+    if isinstance(raw, list) and raw:  # atomate2 ASE task doc
+        for s in raw:
+            steps.append(
+                {
+                    "structure": s.get("mol_or_struct") or s.get("structure"),
+                    "energy": s.get("energy"),
+                    "forces": s.get("forces"),
+                    "stress": _ase_stress(s.get("stress")),
+                }
+            )
+        return steps
+    calcs = data.get("calcs_reversed") or []
+    if calcs:  # emmet VASP TaskDoc: ionic steps of the last calculation
+        for s in ((calcs[0].get("output") or {}).get("ionic_steps")) or []:
+            energy = s.get("e_0_energy", s.get("e_fr_energy"))
+            steps.append(
+                {
+                    "structure": s.get("structure"),
+                    "energy": energy,
+                    "forces": s.get("forces"),
+                    "stress": _ase_stress(s.get("stress")),
+                }
+            )
+    return steps
+
+
+def _sample(n: int, k: int) -> list[int]:
+    """Indices of ``k`` evenly spaced steps among the first ``n`` (all when k < 0)."""
+    if n <= 0 or k == 0:
+        return []
+    if k < 0 or k >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def _task_output(store: JobStore | None, task_uuid: str | None) -> dict | None:
+    if store is None or not task_uuid:
+        return None
+    doc = store.query_one({"uuid": task_uuid}, properties=["output"], sort={"index": -1}, load=True)
+    out = (doc or {}).get("output")
+    return out if isinstance(out, dict) else None
+
+
+def collect_frames(
+    db: Database,
+    chemsys: str,
+    *,
+    store: JobStore | None = None,
+    campaign: str | None = None,
+    max_iteration: int | None = None,
+    ionic_steps: int = 3,
+    max_force: float = 10.0,
+    max_energy_above_final: float = 1.0,
+) -> tuple[list[Atoms], dict[str, int]]:
+    """Labelled frames from the converged DFT relaxations of ``chemsys`` and its subsystems.
+
+    Parameters
+    ----------
+    db
+        The cspflow database.
+    chemsys
+        Chemical system, e.g. ``"Mg-O"``.
+    store
+        The JobStore holding the engines' task documents (forces, stresses, ionic steps);
+        a candidate whose task document is missing gives no frame (no forces).
+    campaign
+        Only this campaign's candidates (default: every campaign, DFT data are shared).
+    max_iteration
+        Only candidates of iterations up to this one.
+    ionic_steps
+        Ionic steps sampled per relaxation besides the final frame (-1: all).
+    max_force
+        Frames whose largest force exceeds this (eV/A) are left out.
+    max_energy_above_final
+        Ionic steps more than this (eV/atom) above their relaxation's final frame are left out.
+
+    Returns
+    -------
+    frames, skipped
+        ASE Atoms with ``REF_energy``, ``REF_forces``, ``REF_stress`` (when known),
+        ``frame_id`` and ``candidate_id``; and counts of what was left out, per reason.
+    """
+    # duplicates count too: a candidate marked duplicate after its DFT relaxation (it relaxed
+    # into another one's minimum) still has its own trajectory, real labelled data
+    query: dict[str, Any] = {
+        "chemsys": {"$in": subsystems(chemsys)},
+        "relaxed.dft.status": "converged",
+    }
+    if campaign is not None:
+        query["campaign"] = campaign
+    if max_iteration is not None:
+        query["iteration"] = {"$lte": max_iteration}
+    frames: list[Atoms] = []
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for cand in (
+        db["candidates"].find(query, {"candidate_id": 1, "relaxed.dft": 1}).sort("candidate_id", 1)
+    ):
+        cid = cand["candidate_id"]
+        dft = cand["relaxed"]["dft"]
+        output = _task_output(store, dft.get("task_uuid"))
+        if output is None:
+            skip("no task document (forces unknown)")
+            continue
+        data_out = output.get("output") or {}
+        key = f"{cid}/{dft.get('settings_hash', '')}"
+        structure = dft.get("structure") or data_out.get("structure")
+        if structure is None or dft.get("energy") is None or data_out.get("forces") is None:
+            skip("no final structure, energy or forces")
+            continue
+        candidate_frames = [
+            _frame(
+                structure,
+                dft["energy"],
+                data_out["forces"],
+                _ase_stress(data_out.get("stress")),
+                f"{key}/final",
+                cid,
+                "final",
+            )
+        ]
+        steps = _ionic_steps(data_out, output)
+        for i in _sample(len(steps) - 1, ionic_steps):  # the last step is the final frame
+            s = steps[i]
+            if s["structure"] is None or s["energy"] is None or s["forces"] is None:
+                skip("ionic step without structure, energy or forces")
+                continue
+            candidate_frames.append(
+                _frame(
+                    s["structure"],
+                    s["energy"],
+                    s["forces"],
+                    s["stress"],
+                    f"{key}/step{i}",
+                    cid,
+                    "ionic",
+                )
+            )
+        final = candidate_frames[0].info["REF_energy"] / len(candidate_frames[0])
+        for atoms in candidate_frames:
+            fmax = float(np.linalg.norm(atoms.arrays["REF_forces"], axis=1).max())
+            if not np.isfinite(fmax) or fmax > max_force:
+                skip(f"force above {max_force:g} eV/A")
+                continue
+            if atoms.info["REF_energy"] / len(atoms) - final > max_energy_above_final:
+                skip(f"more than {max_energy_above_final:g} eV/atom above the final frame")
+                continue
+            frames.append(atoms)
+    return frames, skipped
+
+
+def _split_value(candidate_id: str) -> float:
+    digest = hashlib.sha256(f"cspflow-split/{candidate_id}".encode()).hexdigest()
+    return int(digest[:12], 16) / float(16**12)
+
+
+def split_frames(frames: list[Atoms], test_fraction: float) -> tuple[list[Atoms], list[Atoms]]:
+    """Split by a hash of each frame's candidate id (stable across rounds).
+
+    A candidate is held out when its hash value is below ``test_fraction``; when none is (small
+    sets), the candidate with the lowest value is, which is also the first to be held out by
+    the rule, so the split only grows as data come in.
+    """
+    ids = sorted({a.info["candidate_id"] for a in frames})
+    if not ids:
+        return [], []
+    values = {cid: _split_value(cid) for cid in ids}
+    test_ids = {cid for cid, v in values.items() if v < test_fraction}
+    if not test_ids and test_fraction > 0:
+        test_ids = {min(values, key=values.__getitem__)}
+    if len(test_ids) == len(ids) and len(ids) > 1:  # keep something to train on
+        test_ids.discard(max(test_ids, key=values.__getitem__))
+    train = [a for a in frames if a.info["candidate_id"] not in test_ids]
+    test = [a for a in frames if a.info["candidate_id"] in test_ids]
+    return train, test
+
+
+def _frames_hash(frames: list[Atoms], labels: bool = True) -> str:
+    digest = hashlib.sha256()
+    for atoms in sorted(frames, key=lambda a: a.info["frame_id"]):
+        digest.update(atoms.info["frame_id"].encode())
+        if labels:
+            digest.update(np.round(atoms.info["REF_energy"], 6).tobytes())
+            digest.update(np.round(atoms.arrays["REF_forces"], 5).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_training_set(
+    db: Database,
+    chemsys: str,
+    *,
+    store: JobStore | None = None,
+    settings: TrainSettings | None = None,
+    campaign: str | None = None,
+    max_iteration: int | None = None,
+) -> TrainingSet:
+    """Collect, filter and split the frames of ``chemsys``.
+
+    Raises
+    ------
+    CspflowError
+        "too little data: N frames, need at least M" when fewer than ``min_frames`` frames
+        (or no training frame) remain.
+    """
+    s = settings or TrainSettings()
+    frames, skipped = collect_frames(
+        db, chemsys, store=store, campaign=campaign, max_iteration=max_iteration,
+        ionic_steps=s.ionic_steps, max_force=s.max_force,
+        max_energy_above_final=s.max_energy_above_final,
+    )  # fmt: skip
+    if len(frames) < s.min_frames:
+        raise CspflowError(
+            f"too little data: {len(frames)} frames, need at least {s.min_frames} "
+            f"(converged DFT relaxations of {chemsys}); the current model stays"
+        )
+    train, test = split_frames(frames, s.test_fraction)
+    if not train:
+        raise CspflowError(
+            f"too little data: {len(frames)} frames, all held out; need at least "
+            f"{s.min_frames} from more than one candidate; the current model stays"
+        )
+    elements = sorted({sym for a in frames for sym in a.get_chemical_symbols()})
+    doc = TrainingSetDoc(
+        chemsys=chemsys,
+        candidate_ids=sorted({a.info["candidate_id"] for a in frames}),
+        test_candidate_ids=sorted({a.info["candidate_id"] for a in test}),
+        n_frames=len(frames),
+        n_train=len(train),
+        n_test=len(test),
+        n_final=sum(a.info["frame_kind"] == "final" for a in frames),
+        n_ionic=sum(a.info["frame_kind"] == "ionic" for a in frames),
+        skipped=skipped,
+        elements=elements,
+        set_hash=_frames_hash(frames),
+        test_hash=_frames_hash(test, labels=False),
+        test_fraction=s.test_fraction,
+    )
+    return TrainingSet(train=train, test=test, doc=doc)
+
+
+def fit_e0s(frames: list[Atoms]) -> dict[str, float]:
+    """Reference energy per element by least squares: E_frame ~ sum_el n_el * E0_el.
+
+    With collinear compositions (a single stoichiometry) the system is underdetermined and
+    the minimum-norm solution is returned: the split between elements is arbitrary, the sum
+    per formula unit is right, which is all a model trained on those frames needs.
+    """
+    elements = sorted({sym for a in frames for sym in a.get_chemical_symbols()})
+    counts = np.array(
+        [[a.get_chemical_symbols().count(el) for el in elements] for a in frames], float
+    )
+    energies = np.array([a.info["REF_energy"] for a in frames], float)
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {el: float(e) for el, e in zip(elements, solution, strict=True)}
+
+
+def write_extxyz(frames: list[Atoms], path: Path) -> Path:
+    """Write frames as extxyz with their ``REF_*`` keys (what ``mace_run_train`` reads)."""
+    from ase.io import write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = None
+        clean.append(a)
+    write(path, clean, format="extxyz")
+    return path
+
+
+def replay_frames(
+    db: Database, s: TrainSettings, foundation: str | None, tset: TrainingSet
+) -> list[Atoms]:
+    """Replay data of a multi-head fine-tuning: the replay file, or the foundation's own data.
+
+    A registry foundation was trained on frames of candidates listed in its record; those
+    frames (train side) are rebuilt from this round's set. A foundation file from elsewhere
+    needs ``replay_file`` (e.g. the Materials Project subset its authors publish).
+    """
+    if s.replay_file:
+        from ase.io import read
+
+        path = Path(s.replay_file).expanduser()
+        try:
+            frames = read(path, index=":")
+        except Exception as exc:
+            raise CspflowError(
+                f"cannot read replay file {path}: {exc}; give an extxyz file with REF_energy, "
+                "REF_forces and REF_stress"
+            ) from None
+        return list(frames)
+    if foundation and foundation.startswith("registry:"):
+        record = get_model(db, foundation.split(":", 1)[1])
+        ids = set((record.get("training_set") or {}).get("candidate_ids") or [])
+        frames = [a for a in tset.train if a.info.get("candidate_id") in ids]
+        if frames:
+            return frames
+    raise CspflowError(
+        f"multihead fine-tuning of {foundation} needs replay data: set learn.replay_file to an "
+        "extxyz of the foundation's training data, or use finetune: naive"
+    )

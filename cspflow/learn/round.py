@@ -1,0 +1,286 @@
+"""One learning round, the learn job and its Maker.
+
+Layers, top down:
+
+- :class:`LearnMaker` makes the learn job (``metadata={"stage": "learn"}``, routed to gpu
+  workers). The job runs :func:`learn` and returns a :class:`~cspflow.schemas.learn.LearnSummary`;
+  too little data is not a failure of the campaign: the summary says so and the current model
+  stays.
+- :func:`learn` = :func:`~cspflow.learn.dataset.build_training_set` ->
+  :func:`~cspflow.learn.train.train_mace` (from scratch or naive fine-tuning of a MACE file;
+  optionally a committee of seeds) -> :func:`~cspflow.learn.evaluate.evaluate` (new and current
+  model on the held-out split) -> :func:`~cspflow.models.register_model` with the promotion
+  decision. A rerun of a finished round (same data, settings and parent) returns the stored
+  round without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, Maker, job
+
+from cspflow.errors import CspflowError
+from cspflow.learn.dataset import build_training_set, fit_e0s, replay_frames
+from cspflow.learn.evaluate import evaluate, promotion
+from cspflow.learn.train import check_foundation, train_mace
+from cspflow.models import _sha256, current_model_spec, get_model, register_model
+from cspflow.schemas.learn import LearnSummary, ModelMetrics, TrainSettings
+
+if TYPE_CHECKING:
+    from jobflow import JobStore
+    from pymongo.database import Database
+
+__all__ = ["learn", "learn_job", "LearnMaker"]
+
+STAGE = "learn"
+
+
+def learn(
+    db: Database,
+    chemsys: str,
+    *,
+    settings: TrainSettings | None = None,
+    store: JobStore | None = None,
+    work_dir: Path,
+    current: str | None = None,
+    baseline: str | None = None,
+    campaign: str | None = None,
+    iteration: int | None = None,
+    data_campaign: str | None = None,
+    max_iteration: int | None = None,
+) -> LearnSummary:
+    """One learning round: build the set, train, evaluate before/after, register, promote.
+
+    Parameters
+    ----------
+    db, store
+        The cspflow database and the JobStore with the DFT task documents.
+    chemsys
+        Chemical system, e.g. ``"Si"`` or ``"Mg-O"``.
+    settings
+        :class:`~cspflow.schemas.learn.TrainSettings`.
+    work_dir
+        Where training runs (one subdirectory per committee member).
+    current
+        The model to beat (a spec). Default: the promoted registry model of ``chemsys``, if any.
+        Its figures are the "before" of this round; the new model's ``parent`` is it.
+    baseline
+        The model to beat when ``current`` is None and the registry has no current model for
+        ``chemsys`` (a campaign passes its prerelax model, e.g. ``chgnet``).
+    campaign, iteration
+        Recorded with the model.
+    data_campaign, max_iteration
+        Restrict the training data to one campaign / up to one iteration.
+
+    Raises
+    ------
+    CspflowError
+        Too little data, a foundation file that is not a MACE model, mace_run_train failing:
+        nothing is registered and the current model stays.
+    """
+    s = settings or TrainSettings()
+    current_spec = current or current_model_spec(db, chemsys, default=baseline)
+    foundation: Path | None = None
+    foundation_label: str | None = None
+    if s.foundation_model:
+        label = current_spec if s.foundation_model == "current" else s.foundation_model
+        if label is None or label == "chgnet":
+            raise CspflowError(
+                "learn.foundation_model is 'current' but the current model is not a MACE model; "
+                "give a MACE file or train from scratch"
+            )
+        foundation, known = check_foundation(label, db)
+        foundation_label = label
+        if s.finetune == "multihead" and known is not None and len(known) < 2:
+            # mace-torch 0.3.16 indexes the foundation's E0s as a vector for the replay head;
+            # a one-element model's squeezes to a scalar (IndexError: invalid index of a 0-dim
+            # tensor) after minutes of data loading
+            raise CspflowError(
+                f"multihead fine-tuning needs a foundation model with two or more elements "
+                f"({label} knows one: mace-torch fails on it); use finetune: naive"
+            )
+    if s.finetune not in ("naive", "multihead"):
+        raise CspflowError(f"unknown finetune mode {s.finetune!r}; use naive or multihead")
+    tset = build_training_set(
+        db, chemsys, store=store, settings=s, campaign=data_campaign, max_iteration=max_iteration
+    )
+    parent = (current_spec or "").removeprefix("registry:") or None
+    reused = _stored_round(db, chemsys, tset.doc.set_hash, s, parent)
+    if reused is not None:  # a rerun of a finished round: no retraining
+        return _summary(reused, current_spec)
+    e0s = fit_e0s(tset.train)
+    replay = (
+        replay_frames(db, s, foundation_label, tset)
+        if foundation is not None and s.finetune == "multihead"
+        else None
+    )
+    work_dir = Path(work_dir)
+    t0 = time.time()
+    files = [
+        train_mace(
+            tset.train,
+            work_dir / f"seed{s.seed + k}",
+            e0s=e0s,
+            settings=s,
+            seed=s.seed + k,
+            foundation=foundation,
+            replay=replay,
+        )  # fmt: skip
+        for k in range(max(1, s.committee))
+    ]
+    train_time = round(time.time() - t0, 1)
+    # metrics name the model by its registry id (what register_model will call it)
+    new = evaluate(f"mace:{files[0]}", tset.test, db)
+    new = new.model_copy(update={"model": f"registry:mace-{_sha256(files[0])[:12]}"})
+    before = evaluate(current_spec, tset.test, db) if current_spec else None
+    promoted, reason = promotion(new, before)
+    base = {
+        "chemsys": chemsys,
+        "elements": tset.doc.elements,
+        "parent": parent,
+        "foundation_model": foundation_label,
+        "training_set": tset.doc.model_dump(),
+        "e0s": e0s,
+        "train_settings": s.as_dict(),
+        "campaign": campaign,
+        "iteration": iteration,
+        "train_time_s": train_time,
+    }
+    record = register_model(
+        db, files[0],
+        {**base, "metrics": {"new": new.model_dump(), "current": before and before.model_dump()},
+         "promoted": promoted, "promotion_reason": reason},
+    )  # fmt: skip
+    members = []
+    for k, path in enumerate(files[1:], start=1):
+        member = register_model(
+            db, path,
+            {**base, "train_settings": {**s.as_dict(), "seed": s.seed + k},
+             "metrics": {"new": evaluate(f"mace:{path}", tset.test, db).model_copy(
+                 update={"model": f"registry:mace-{_sha256(path)[:12]}"}).model_dump()},
+             "committee_of": record.model_id, "promoted": False,
+             "promotion_reason": f"committee member of {record.model_id}"},
+        )  # fmt: skip
+        members.append(member.model_id)
+    if members:
+        db["models"].update_one({"model_id": record.model_id}, {"$set": {"committee": members}})
+    (work_dir / "summary.json").write_text(
+        json.dumps({"model_id": record.model_id, "reason": reason})
+    )
+    return _summary(get_model(db, record.model_id), current_spec)
+
+
+def _stored_round(
+    db: Database, chemsys: str, set_hash: str, s: TrainSettings, parent: str | None
+) -> dict | None:
+    """The primary model of an earlier round with the same data, settings and parent."""
+    return db["models"].find_one(
+        {"chemsys": chemsys, "training_set.set_hash": set_hash, "train_settings": s.as_dict(),
+         "parent": parent, "committee_of": None},
+        {"_id": 0},
+    )  # fmt: skip
+
+
+def _summary(doc: dict, current_spec: str | None) -> LearnSummary:
+    metrics = doc.get("metrics") or {}
+    return LearnSummary(
+        chemsys=doc["chemsys"],
+        trained=True,
+        model_id=doc["model_id"],
+        promoted=bool(doc.get("promoted")),
+        reason=doc.get("promotion_reason", ""),
+        current_model=f"registry:{doc['model_id']}" if doc.get("promoted") else current_spec,
+        n_frames=(doc.get("training_set") or {}).get("n_frames", 0),
+        metrics={k: (ModelMetrics(**v) if v else None) for k, v in metrics.items()},
+    )
+
+
+@job
+def learn_job(
+    chemsys: str,
+    settings: dict[str, Any],
+    campaign: str | None = None,
+    iteration: int | None = None,
+    current: str | None = None,
+    data_campaign: str | None = None,
+    after: Any = None,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`learn` against the configured database (``after`` only orders the job).
+
+    A user-fixable problem (too little data, a bad foundation file) does not fail the
+    campaign: the summary has ``trained=False`` and the reason, and the current model stays.
+    """
+    from cspflow.settings import get_settings
+    from cspflow.store import get_database, get_jobstore
+
+    cs = get_settings()
+    db = get_database(cs)
+    store = get_jobstore(cs)
+    store.connect()
+    tag = f"{campaign or 'adhoc'}-it{iteration if iteration is not None else 'x'}"
+    work_dir = Path.cwd() / f"learn-{chemsys}-{tag}"
+    try:
+        summary = learn(
+            db, chemsys, settings=TrainSettings(**settings), store=store, work_dir=work_dir,
+            current=current, baseline=baseline, campaign=campaign, iteration=iteration,
+            data_campaign=data_campaign,
+        )  # fmt: skip
+    except CspflowError as exc:
+        summary = LearnSummary(
+            chemsys=chemsys, trained=False, reason=str(exc),
+            current_model=current or current_model_spec(db, chemsys, default=baseline),
+        )  # fmt: skip
+    finally:
+        store.close()
+    return summary.model_dump(mode="json")
+
+
+@dataclass
+class LearnMaker(Maker):
+    """Make the learn job of a chemical system (gpu category through ``stage: learn``).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    settings
+        :class:`~cspflow.schemas.learn.TrainSettings` fields (min_frames, epochs,
+        foundation_model, committee, ...).
+    """
+
+    name: str = "learn"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def make(
+        self,
+        chemsys: str,
+        campaign: str | None = None,
+        iteration: int | None = None,
+        current: str | None = None,
+        data_campaign: str | None = None,
+        after: Any = None,
+        baseline: str | None = None,
+    ) -> Job:
+        """Return the job.
+
+        ``current`` is the model to beat (default: the registry's current model of
+        ``chemsys``, else ``baseline``); ``after`` only orders the job after its inputs.
+        """
+        settings = TrainSettings(**self.settings).as_dict()  # validates the field names
+        j = learn_job(
+            chemsys, settings, campaign, iteration, current, data_campaign, after, baseline
+        )
+        j.name = self.name
+        meta: dict[str, Any] = {"stage": STAGE, "chemsys": chemsys}
+        if campaign is not None:
+            meta["campaign"] = campaign
+        if iteration is not None:
+            meta["iteration"] = iteration
+        j.update_metadata(meta)
+        return j
