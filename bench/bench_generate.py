@@ -129,7 +129,7 @@ def main() -> None:
     from cspflow.generate.dedup import MemoryIndex, MongoIndex, find_duplicate, structures_match
     from cspflow.generate.fingerprint import fingerprint
     from cspflow.settings import CspflowSettings
-    from cspflow.store import _client_for, ensure_indexes
+    from cspflow.store.client import _client_for, ensure_indexes
 
     load_start = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="cspflow-bench-")

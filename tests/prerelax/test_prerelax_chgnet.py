@@ -294,7 +294,7 @@ def test_relaxed_copies_of_one_minimum_are_listed_once_in_results_top(db, chgnet
     from cspflow.generate.batch import load_parents
     from cspflow.generate.dedup import structures_match
     from cspflow.generate.fingerprint import fingerprint
-    from cspflow.store import top_structures
+    from cspflow.store.reports import top_structures
 
     rng = np.random.default_rng(1)
     starts = []
