@@ -10,7 +10,7 @@ to every firework it writes, including those a running job adds dynamically
 concurrent clients, and FireWorks' own counters use the pre-image form. The post-image form is
 equally correct on a real MongoDB.
 
-Workers ride out database outages (:mod:`cspflow.outage`): every LaunchPad operation, the
+Workers ride out database outages (:mod:`cspflow.store.outage`): every LaunchPad operation, the
 jobflow output store and cspflow's own database access wait with backoff while the database is
 unreachable, and a task that the outage interrupted is run again in the same launch (jobs are
 idempotent), so a restart of the database neither kills a worker nor fails its firework.
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from fireworks import Firework, Workflow
     from jobflow import Flow, Job, JobStore
 
-    from cspflow.outage import Retry
     from cspflow.settings import CspflowSettings
+    from cspflow.store.outage import Retry
 
 __all__ = [
     "CspflowLaunchPad",
@@ -108,7 +108,7 @@ class CspflowLaunchPad(LaunchPad):
         worker neither dies nor loses its firework when the database restarts under it. Only
         for workers: interactive commands should fail at once with one line.
         """
-        from cspflow.outage import RetryingCollection
+        from cspflow.store.outage import RetryingCollection
 
         self._retry = retry
         for name in ("fireworks", "launches", "workflows", "fw_id_assigner", "offline_runs"):
@@ -142,7 +142,7 @@ class _RerunOnOutage:
         setattr(self._task, name, value)
 
     def run_task(self, fw_spec: dict) -> Any:
-        from cspflow.outage import is_outage, log_event
+        from cspflow.store.outage import is_outage, log_event
 
         reruns = 0
         while True:
@@ -262,9 +262,9 @@ def run_worker(
     from fireworks.core.rocket_launcher import rapidfire
 
     from cspflow.db import resolve_uri
-    from cspflow.outage import retry_for, riding_out
     from cspflow.reconcile import worker_identity
     from cspflow.settings import get_settings
+    from cspflow.store.outage import retry_for, riding_out
 
     settings = settings or get_settings()
     lp = get_launchpad(settings)  # an unreachable database at start-up: one line, no waiting
@@ -319,8 +319,8 @@ class _jobflow_store_env:
     def __enter__(self) -> None:
         from jobflow import SETTINGS
 
-        from cspflow.outage import RetryingCollection
         from cspflow.store import get_jobstore
+        from cspflow.store.outage import RetryingCollection
 
         self._old = SETTINGS.JOB_STORE
         store = get_jobstore(self.settings)
@@ -562,8 +562,8 @@ def run_campaign_locally(
 
     from cspflow.db import resolve_uri
     from cspflow.errors import CspflowError
-    from cspflow.outage import retry_for
     from cspflow.store import get_database
+    from cspflow.store.outage import retry_for
     from cspflow.store.reports import campaign_workflow
 
     db = get_database(settings)

@@ -60,7 +60,7 @@ def _client_for(uri: str, timeout_ms: int) -> MongoClient:
 def get_client(settings: CspflowSettings | None = None) -> MongoClient:
     """Return a (cached) pymongo client for the configured or embedded database.
 
-    In a worker riding out outages (:func:`cspflow.outage.riding_out`) this waits, with
+    In a worker riding out outages (:func:`cspflow.store.outage.riding_out`) this waits, with
     backoff, for the database to answer instead of failing at once.
 
     Raises
@@ -69,7 +69,7 @@ def get_client(settings: CspflowSettings | None = None) -> MongoClient:
         When the database does not answer (:class:`~cspflow.errors.DatabaseUnreachable`) or
         refuses the credentials; the message never contains the password.
     """
-    from cspflow.outage import active_retry
+    from cspflow.store.outage import active_retry
 
     settings = settings or get_settings()
     uri = resolve_uri(settings)
