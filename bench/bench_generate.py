@@ -130,7 +130,7 @@ def main() -> None:
     from cspflow.generate.batch import generate_batch
     from cspflow.generate.composition import parse_target
     from cspflow.settings import CspflowSettings
-    from cspflow.store import _client_for, ensure_indexes
+    from cspflow.store.client import _client_for, ensure_indexes
 
     load_start = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="cspflow-bench-")

@@ -27,4 +27,4 @@ class SpecError(CspflowError):
 
 
 class DatabaseUnreachable(CspflowError):
-    """The database does not answer; workers wait these out (:mod:`cspflow.outage`)."""
+    """The database does not answer; workers wait these out (:mod:`cspflow.store.outage`)."""

@@ -47,7 +47,7 @@ def _take_run_lock(db, name: str) -> None:
 
 
 def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
-    from cspflow.store import candidate_counts, firework_counts
+    from cspflow.store.reports import candidate_counts, firework_counts
 
     running = [fw["name"] for fw in db.fireworks.find(
         {"fw_id": {"$in": nodes}, "state": "RUNNING"}, {"name": 1})]  # fmt: skip
@@ -148,7 +148,8 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
 
     from cspflow.campaign import campaign_doc
     from cspflow.hull import latest_hull, plot_hull
-    from cspflow.store import get_database, top_structures
+    from cspflow.store import get_database
+    from cspflow.store.reports import top_structures
 
     db = get_database(settings)
     doc = campaign_doc(db, name) or {}
@@ -230,7 +231,7 @@ def learn_table(iterations: list[dict]):
 
 
 def _top_json(rows: list[dict]) -> dict:
-    from cspflow.store import TOP_SCHEMA_VERSION
+    from cspflow.store.reports import TOP_SCHEMA_VERSION
 
     return {"schema_version": TOP_SCHEMA_VERSION,
             "structures": [{k: v for k, v in r.items() if k != "structure"} for r in rows]}  # fmt: skip
@@ -259,7 +260,8 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
 
     from cspflow.campaign import campaign_doc
     from cspflow.errors import CspflowError
-    from cspflow.store import campaign_workflow, get_database, rerun_summary, top_structures
+    from cspflow.store import get_database
+    from cspflow.store.reports import campaign_workflow, rerun_summary, top_structures
 
     db = get_database()
     doc = campaign_doc(db, name)
@@ -309,7 +311,8 @@ def _reruns_line(reruns: dict) -> str:
 def pause(name: NameArg) -> None:
     """Stop handing out the campaign's jobs (running ones finish); resume continues."""
     from cspflow.scheduler.launchpad import get_launchpad
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
+    from cspflow.store.reports import campaign_workflow
 
     db = get_database()
     wf = _need_wf(db, name, campaign_workflow)
@@ -322,7 +325,8 @@ def pause(name: NameArg) -> None:
 def resume(name: NameArg) -> None:
     """Hand out a paused campaign's jobs again (workers, or `campaign run`, pick them up)."""
     from cspflow.scheduler.launchpad import get_launchpad
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
+    from cspflow.store.reports import campaign_workflow
 
     db = get_database()
     wf = _need_wf(db, name, campaign_workflow)
@@ -343,7 +347,8 @@ def extend(
     from cspflow.errors import CspflowError
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.schemas.campaign import CampaignSpec
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
+    from cspflow.store.reports import campaign_workflow
 
     db = get_database()
     doc = campaign_doc(db, name)

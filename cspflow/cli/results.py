@@ -87,7 +87,8 @@ def top(
     ``--json`` prints ``{"schema_version": 1, "structures": [...]}``; see docs/results.md.
     """
     from cspflow.cli.campaign import _top_json, _top_table
-    from cspflow.store import get_database, top_structures
+    from cspflow.store import get_database
+    from cspflow.store.reports import top_structures
 
     db = get_database()
     _campaign(db, name)

@@ -73,7 +73,7 @@ def _bucket_locks(db: Database, keys: list[str], wait_s: float = LOCK_WAIT_S) ->
                         held.append(key)
                         break
                     if _abandoned(holder):
-                        from cspflow.outage import log_event
+                        from cspflow.store.outage import log_event
 
                         locks.delete_one({"_id": key, "owner": holder["owner"]})
                         log_event(f"dedup bucket {key!r}: took over the lock of "

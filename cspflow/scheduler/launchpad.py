@@ -10,7 +10,7 @@ to every firework it writes, including those a running job adds dynamically
 concurrent clients, and FireWorks' own counters use the pre-image form. The post-image form is
 equally correct on a real MongoDB.
 
-Workers ride out database outages (:mod:`cspflow.outage`): every LaunchPad operation, the
+Workers ride out database outages (:mod:`cspflow.store.outage`): every LaunchPad operation, the
 jobflow output store and cspflow's own database access wait with backoff while the database is
 unreachable, and a task that the outage interrupted is run again in the same launch (jobs are
 idempotent), so a restart of the database neither kills a worker nor fails its firework.
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from fireworks import Firework, Workflow
     from jobflow import Flow, Job, JobStore
 
-    from cspflow.outage import Retry
     from cspflow.settings import CspflowSettings
+    from cspflow.store.outage import Retry
 
 __all__ = [
     "CspflowLaunchPad",
@@ -98,7 +98,7 @@ class CspflowLaunchPad(LaunchPad):
         worker neither dies nor loses its firework when the database restarts under it. Only
         for workers: interactive commands should fail at once with one line.
         """
-        from cspflow.outage import RetryingCollection
+        from cspflow.store.outage import RetryingCollection
 
         self._retry = retry
         for name in ("fireworks", "launches", "workflows", "fw_id_assigner", "offline_runs"):
@@ -132,7 +132,7 @@ class _RerunOnOutage:
         setattr(self._task, name, value)
 
     def run_task(self, fw_spec: dict) -> Any:
-        from cspflow.outage import is_outage, log_event
+        from cspflow.store.outage import is_outage, log_event
 
         reruns = 0
         while True:

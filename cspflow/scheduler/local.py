@@ -91,7 +91,8 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
     Returns the campaign document, whether it was created now, and the workflow's fw ids.
     """
     from cspflow.campaign import campaign_flow, register_campaign
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
+    from cspflow.store.reports import campaign_workflow
 
     db = get_database(settings)
     check_models(spec, db)
@@ -224,8 +225,9 @@ def run_campaign_locally(
 
     from cspflow.db import resolve_uri
     from cspflow.errors import CspflowError
-    from cspflow.outage import retry_for
-    from cspflow.store import campaign_workflow, get_database
+    from cspflow.store import get_database
+    from cspflow.store.outage import retry_for
+    from cspflow.store.reports import campaign_workflow
 
     db = get_database(settings)
     take_run_lock(db, spec.name)

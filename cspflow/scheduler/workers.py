@@ -20,8 +20,8 @@ from cspflow.scheduler.launchpad import get_launchpad
 from cspflow.scheduler.reconcile import reconcile_lost_runs
 
 if TYPE_CHECKING:
-    from cspflow.outage import Retry
     from cspflow.settings import CspflowSettings
+    from cspflow.store.outage import Retry
 
 __all__ = ["make_fworker", "run_worker", "worker_command", "worker_env"]
 
@@ -99,9 +99,9 @@ def run_worker(
     from fireworks.core.rocket_launcher import rapidfire
 
     from cspflow.db import resolve_uri
-    from cspflow.outage import retry_for, riding_out
     from cspflow.scheduler.reconcile import worker_identity
     from cspflow.settings import get_settings
+    from cspflow.store.outage import retry_for, riding_out
 
     settings = settings or get_settings()
     lp = get_launchpad(settings)  # an unreachable database at start-up: one line, no waiting
@@ -148,8 +148,8 @@ class _jobflow_store_env:
     def __enter__(self) -> None:
         from jobflow import SETTINGS
 
-        from cspflow.outage import RetryingCollection
         from cspflow.store import get_jobstore
+        from cspflow.store.outage import RetryingCollection
 
         self._old = SETTINGS.JOB_STORE
         store = get_jobstore(self.settings)

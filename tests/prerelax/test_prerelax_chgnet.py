@@ -290,7 +290,7 @@ def test_relaxed_copies_of_one_minimum_are_listed_once_in_results_top(db, chgnet
     from cspflow.dedup.fingerprint import fingerprint
     from cspflow.dedup.match import structures_match
     from cspflow.generate.batch import load_parents
-    from cspflow.store import top_structures
+    from cspflow.store.reports import top_structures
 
     rng = np.random.default_rng(1)
     starts = []

@@ -135,7 +135,7 @@ def test_retry_logs_one_line_per_attempt_and_never_the_password(capsys):
     from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
 
     from cspflow.errors import DatabaseUnreachable
-    from cspflow.outage import Backoff, Retry
+    from cspflow.store.outage import Backoff, Retry
 
     uri = "mongodb://alice:s3cret-pw@127.0.0.1:1/?authSource=admin"
     retry = Retry(uri=uri, backoff=Backoff(first_s=0.01, factor=2, cap_s=0.02, max_wait_s=5))
@@ -325,8 +325,8 @@ def test_a_write_applied_before_its_answer_was_lost_is_not_applied_again(db, set
     document the lost try changed, and does not take a second one or wait on its own lock."""
     from fireworks.core.launchpad import WFLock
 
-    from cspflow.outage import Backoff, Retry, RetryingCollection
     from cspflow.scheduler.launchpad import flow_to_workflow, get_launchpad
+    from cspflow.store.outage import Backoff, Retry, RetryingCollection
     from cspflow.testing.jobs import work_flow
 
     retry = Retry(uri=settings.db_uri.get_secret_value(), backoff=Backoff(first_s=0.01))
@@ -353,8 +353,8 @@ def test_a_write_applied_before_its_answer_was_lost_is_not_applied_again(db, set
 
 def test_a_task_broken_by_an_outage_runs_again_in_its_launch(settings, capsys):
     from cspflow.errors import DatabaseUnreachable
-    from cspflow.outage import Backoff, Retry
     from cspflow.scheduler.launchpad import _RerunOnOutage
+    from cspflow.store.outage import Backoff, Retry
 
     class Task:
         fw_name = "{{cspflow.testing.Fake}}"

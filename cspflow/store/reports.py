@@ -1,0 +1,122 @@
+"""Read-only reports on a campaign: its workflow, firework states, reruns, candidates, top list.
+
+What ``cspflow campaign run``/``status`` and ``cspflow results top`` show, and what the
+campaign runner polls; nothing here writes. Every function takes an explicit database
+(:func:`cspflow.store.get_database`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cspflow.errors import CspflowError
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+__all__ = [
+    "campaign_workflow",
+    "firework_counts",
+    "rerun_summary",
+    "candidate_counts",
+    "TOP_SCHEMA_VERSION",
+    "top_structures",
+]
+
+
+def campaign_workflow(db: Database, name: str) -> dict | None:
+    """The FireWorks workflow document of a campaign (nodes, state), or None."""
+    return db.workflows.find_one(
+        {"metadata.campaign": name}, {"nodes": 1, "state": 1, "fw_states": 1, "name": 1}
+    )
+
+
+def firework_counts(db: Database, fw_ids: list[int]) -> dict[str, int]:
+    """Number of fireworks per FireWorks state among ``fw_ids``."""
+    counts: dict[str, int] = {}
+    for fw in db.fireworks.find({"fw_id": {"$in": fw_ids}}, {"state": 1}):
+        counts[fw["state"]] = counts.get(fw["state"], 0) + 1
+    return counts
+
+
+def rerun_summary(db: Database, fw_ids: list[int]) -> dict:
+    """Which of ``fw_ids`` ran more than once, and the lost runs among their launches.
+
+    A firework was rerun when FireWorks archived a launch of it (``rerun_fw``); a lost run is
+    a launch that ``cspflow worker reconcile`` (or the campaign runner) found without a live
+    worker and marked with why (``lost.reason``: slurm, process or heartbeat).
+    """
+    rerun = list(db.fireworks.find(
+        {"fw_id": {"$in": fw_ids}, "archived_launches.0": {"$exists": True}},
+        {"fw_id": 1, "name": 1, "archived_launches": 1},
+    ))  # fmt: skip
+    names = {fw["fw_id"]: fw.get("name", "") for fw in rerun}
+    archived = [lid for fw in rerun for lid in fw["archived_launches"]]
+    lost = [
+        {"fw_id": ln["fw_id"], "name": names.get(ln["fw_id"], ""), "launch_id": ln["launch_id"],
+         "reason": ln["lost"].get("reason"), "detail": ln["lost"].get("detail")}
+        for ln in db.launches.find({"launch_id": {"$in": archived}, "lost": {"$exists": True}},
+                                   {"launch_id": 1, "fw_id": 1, "lost": 1})
+    ]  # fmt: skip
+    return {
+        "fireworks_rerun": len(rerun),
+        "archived_launches": len(archived),
+        "lost_runs": len(lost),
+        "rerun": [{"fw_id": fw["fw_id"], "name": fw.get("name", ""),
+                   "runs": 1 + len(fw["archived_launches"])} for fw in rerun],  # fmt: skip
+        "lost": lost,
+    }
+
+
+def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
+    """Number of a campaign's candidates per status."""
+    counts: dict[str, int] = {}
+    for row in db.candidates.aggregate(
+        [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+    ):
+        counts[str(row["_id"])] = int(row["n"])
+    return counts
+
+
+TOP_SCHEMA_VERSION = 1
+
+
+def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
+    """The campaign's lowest-energy unique structures at the best fidelity, ranked.
+
+    Each row is the stable ``results top --json`` record (see docs/results.md): rank,
+    candidate_id, formula, spacegroup, nsites, level, energy_per_atom (mlip/dft),
+    e_above_hull, source, iteration, and the final structure (pymatgen dict).
+    """
+    from cspflow.hull import best_level
+
+    doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
+    if doc is None:
+        raise CspflowError(f"no campaign named {campaign!r}; list them with `cspflow campaign status`")
+    level = best_level(db, doc["chemsys"]) or "mlip"
+    query: dict = {"campaign": campaign, f"energy_per_atom.{level}": {"$type": "number"},
+                   "status": {"$ne": "failed"}, "duplicate_of": {"$in": [None]}}  # fmt: skip
+    if level == "dft":
+        query["relaxed.dft.status"] = "converged"
+    rows = []
+    for c in db.candidates.find(query):
+        relaxed = (c.get("relaxed") or {}).get(level) or {}
+        rows.append(
+            {
+                "candidate_id": c["candidate_id"],
+                "formula": c["formula"],
+                "nsites": c.get("nsites"),
+                "spacegroup": relaxed.get("spacegroup") or c.get("spacegroup"),
+                "level": level,
+                "energy_per_atom": {k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")},
+                "e_above_hull": c.get("e_above_hull") if c.get("e_above_hull_level") == level else None,
+                "source": c.get("source"),
+                "iteration": c.get("iteration"),
+                "structure": relaxed.get("structure") or c.get("structure"),
+            }
+        )
+    rows.sort(key=lambda r: (r["e_above_hull"] if r["e_above_hull"] is not None else 1e9,
+                             r["energy_per_atom"][level]))  # fmt: skip
+    for i, r in enumerate(rows[:n], start=1):
+        r["rank"] = i
+    return rows[:n]
