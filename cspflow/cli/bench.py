@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -96,14 +98,7 @@ def csp(
         progress.update(total, completed=done_before + n)
 
     def on_run_end(run) -> None:
-        what = (f"found, rank {run.rank}, first after {run.first_found} relaxations" if run.found
-                else "not found" + (f" (rank {run.rank})" if run.rank else ""))  # fmt: skip
-        if run.stopped_early:
-            what += " (stopped: found)"
-        if run.error:
-            what = f"error: {run.error}"
-        progress.console.print(f"{run.formula} repeat {run.repeat}: {what}; "
-                               f"{run.relaxations} relaxations in {run.wall_s:.0f} s", highlight=False)  # fmt: skip
+        progress.console.print(render.bench_run_line(run), highlight=False)
 
     def on_parallel_end(run) -> None:
         progress.update(total, advance=budget)
@@ -119,43 +114,6 @@ def csp(
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(report.model_dump_json(indent=2))
-    _print_table(report)
-
-
-def _print_table(report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    s = report.summary
-    opts = report.options
-    title = (f"{report.set_name}: {opts.model}, sources {','.join(opts.sources)}, "
-             f"budget {opts.budget}, top {report.top_k}, {opts.repeats} repeat(s)")  # fmt: skip
-    t = Table(title=title)
-    for col in ("entry", "found", "rank", "first found (relaxations)", "relaxations", "unique",
-                "dE ref (meV/atom)", "wall s"):  # fmt: skip
-        t.add_column(col)
-    by_entry: dict[str, list] = {}
-    for r in report.runs:
-        by_entry.setdefault(r.formula, []).append(r)
-
-    def join(values) -> str:
-        return ", ".join("-" if v is None else str(v) for v in values)
-
-    for formula, runs in by_entry.items():
-        found = sum(r.found for r in runs)
-        flag = ("yes" if found else "no") if len(runs) == 1 else f"{found}/{len(runs)}"
-        if any(r.error for r in runs):
-            flag += " (error)"
-        t.add_row(formula, flag, join(r.rank for r in runs), join(r.first_found for r in runs),
-                  join(r.relaxations for r in runs), join(r.unique for r in runs),
-                  join(r.reference_delta_mev for r in runs), join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
     console = Console()
-    console.print(t)
-    med = s.get("median_relaxations_to_success")
-    console.print(
-        f"success rate {s['runs_found']}/{s['runs']} = {100 * (s['success_rate'] or 0):.0f}%  "
-        f"(entries found in every repeat {s['entries_found_every_repeat']}/{s['entries']}); "
-        f"median relaxations to success {'-' if med is None else med}; "
-        f"total {report.total_s:.0f} s",
-        highlight=False,
-    )
+    console.print(render.bench_table(report))
+    console.print(render.bench_summary_line(report), highlight=False)

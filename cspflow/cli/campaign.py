@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -31,13 +32,10 @@ def submit(spec_file: SpecArg, json_out: JsonOpt = False) -> None:
 
     spec = load_spec(spec_file)
     doc, created, nodes = _submit(spec, get_settings())
-    out = {"campaign": spec.name, "created": created, "fw_ids": nodes, "state": doc["state"]}
     if json_out:
-        print_json(out)
+        print_json(render.submit_json(spec.name, created, nodes, doc["state"]))
     else:
-        typer.echo(f"campaign {spec.name}: {'submitted' if created else 'already submitted'}, "
-                   f"fireworks {nodes[:8]}{' ...' if len(nodes) > 8 else ''}; run workers with "
-                   f"`cspflow worker start --category gpu|cpu`")  # fmt: skip
+        typer.echo(render.submit_line(spec.name, created, nodes))
 
 
 def _take_run_lock(db, name: str) -> None:
@@ -59,19 +57,6 @@ def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
         "fireworks": firework_counts(db, nodes),
         "running": running,
     }
-
-
-def _progress_table(p: dict, elapsed: float):
-    from rich.table import Table
-
-    t = Table(title=f"iteration {p['iteration']}  ({elapsed:.0f} s)", expand=False)
-    t.add_column("candidates")
-    t.add_column("fireworks")
-    t.add_column("running now")
-    cands = "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())) or "-"
-    fws = "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items()))
-    t.add_row(cands, fws, "\n".join(p["running"]) or "-")
-    return t
 
 
 @app.command("run")
@@ -102,12 +87,7 @@ def run(
                            "first")  # fmt: skip
 
     def on_start(lost: list[int]) -> None:
-        if not created:
-            console.print(f"resuming campaign {spec.name} (state {doc['state']})"
-                          + (f"; rerunning interrupted fireworks {lost}" if lost else ""))  # fmt: skip
-        else:
-            console.print(f"campaign {spec.name}: {', '.join(spec.formulas())} in {spec.system()}, "
-                          f"{spec.stop.max_iterations} iteration(s) max, DFT: {spec.dft.engine}")  # fmt: skip
+        console.print(render.campaign_start_line(spec, doc, created, lost))
         if live:
             live.start()
 
@@ -117,10 +97,9 @@ def run(
         nonlocal last_line
         p = _progress_rows(db, spec.name, nodes)
         if live:
-            live.update(_progress_table(p, elapsed))
+            live.update(render.progress_table(p, elapsed))
         else:
-            line = (f"[{elapsed:6.0f} s] iteration {p['iteration']}  candidates {p['candidates']}  "
-                    f"running {p['running']}")  # fmt: skip
+            line = render.progress_line(p, elapsed)
             if line.split("]", 1)[1] != last_line.split("]", 1)[-1]:
                 console.print(line, highlight=False)
             last_line = line
@@ -128,8 +107,7 @@ def run(
     def on_reconcile(report) -> None:
         for lost in report.lost:
             if lost.fw_id in report.rerun:
-                console.print(f"lost run rerun: fw {lost.fw_id} {lost.name} ({lost.reason}: "
-                              f"{lost.detail})", highlight=False)  # fmt: skip
+                console.print(render.lost_run_line(lost), highlight=False)
 
     t0 = time.monotonic()
     live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
@@ -144,7 +122,6 @@ def run(
 
 def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: float) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     from cspflow.campaign import campaign_doc
     from cspflow.hull import latest_hull, plot_hull
@@ -162,101 +139,19 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
         out.mkdir(parents=True, exist_ok=True)
         if hull:
             plot = str(plot_hull(hull, out / "hull.png"))
-        (out / "top.json").write_text(json.dumps(_top_json(top), indent=2, default=str))
+        (out / "top.json").write_text(json.dumps(render.top_json(top), indent=2, default=str))
     if json_out:
-        print_json({"campaign": name, "state": doc.get("state"), "stop_reason": doc.get("stop_reason"),
-                    "iterations": doc.get("iterations", []), "top": _top_json(top),
-                    "hull_plot": plot, "elapsed_s": round(elapsed, 1)})  # fmt: skip
+        print_json(render.campaign_report_json(name, doc, top, plot, elapsed))
         return
     console = Console()
-    t = Table(title=f"campaign {name}: {doc.get('state')} ({doc.get('stop_reason')})")
-    for col in ("iteration", "candidates", "duplicates", "DFT runs (total)", "hull", "wall s"):
-        t.add_column(col)
-    for it in doc.get("iterations", []):
-        h = it.get("hull") or {}
-        t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
-                  str(it.get("duplicates")), str(it.get("dft_runs_total")),
-                  f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
-                  str(it.get("wall_time_s")))  # fmt: skip
-    console.print(t)
-    learning = learn_table(doc.get("iterations", []))
-    if learning is not None:
-        console.print(learning)
-    if hull:
-        from cspflow.cli.results import hull_table
-
-        console.print(hull_table(hull))
-    console.print(_top_table(top, "lowest-energy unique structures"))
-    if plot:
-        console.print(f"hull plot: {plot}")
-    console.print(f"finished in {elapsed:.0f} s; `cspflow results top {name} --json` for scripts")
-
-
-def _mae(metrics: dict | None, key: str) -> str:
-    value = (metrics or {}).get(key)
-    return "-" if value is None else f"{value:.1f}"
-
-
-def learn_table(iterations: list[dict]):
-    """Per learning round: model, frames, held-out MAEs before -> after, promotion, re-screening."""
-    from rich.table import Table
-
-    rounds = [it for it in iterations if it.get("learn")]
-    if not rounds:
-        return None
-    t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
-    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A", "promoted",
-                "re-screened"):  # fmt: skip
-        t.add_column(col)
-    for it in rounds:
-        rec = it["learn"]
-        if not rec.get("trained"):
-            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-",
-                      "no", rec.get("reason") or "")  # fmt: skip
-            continue
-        m = rec.get("metrics") or {}
-        before, after = m.get("current"), m.get("new")
-        rs = rec.get("rescreen") or {}
-        screened = "-" if rs.get("skipped") or not rs else (
-            f"{rs.get('n_single_points')} sp, {rs.get('relaxed')} relaxed"
-            + (f", {rs['failed']} failed" if rs.get("failed") else "")
-            + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
-        )  # fmt: skip
-        t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
-                  f"{_mae(before, 'energy_mae_mev_per_atom')} -> {_mae(after, 'energy_mae_mev_per_atom')}",
-                  f"{_mae(before, 'force_mae_mev_per_a')} -> {_mae(after, 'force_mae_mev_per_a')}",
-                  "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
-    t.caption = "why a model was (not) promoted: `cspflow model show ID`"
-    return t
-
-
-def _top_json(rows: list[dict]) -> dict:
-    from cspflow.store.reports import TOP_SCHEMA_VERSION
-
-    return {"schema_version": TOP_SCHEMA_VERSION,
-            "structures": [{k: v for k, v in r.items() if k != "structure"} for r in rows]}  # fmt: skip
-
-
-def _top_table(rows: list[dict], title: str):
-    from rich.table import Table
-
-    t = Table(title=title)
-    for col in ("rank", "id", "formula", "spacegroup", "atoms", "level", "E/atom (eV)", "E_hull (meV/atom)"):
-        t.add_column(col)
-    for r in rows:
-        e = r["energy_per_atom"][r["level"]]
-        eh = r["e_above_hull"]
-        t.add_row(str(r["rank"]), r["candidate_id"], r["formula"], str(r["spacegroup"]),
-                  str(r["nsites"]), r["level"], f"{e:.4f}",
-                  "-" if eh is None else f"{eh * 1000:.1f}")  # fmt: skip
-    return t
+    for part in render.campaign_report(name, doc, hull, top, plot, elapsed):
+        console.print(part)
 
 
 @app.command("status")
 def status(name: NameArg, json_out: JsonOpt = False) -> None:
     """Iterations, counts per status, fireworks and best structures of a campaign."""
     from rich.console import Console
-    from rich.table import Table
 
     from cspflow.campaign import campaign_doc
     from cspflow.errors import CspflowError
@@ -273,38 +168,11 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
     reruns = rerun_summary(db, list(wf.get("nodes", [])))
     top = top_structures(db, name, n=5)
     if json_out:
-        print_json({"campaign": name, "state": doc["state"], "stop_reason": doc.get("stop_reason"),
-                    "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
-                    "candidates": p["candidates"], "fireworks": p["fireworks"],
-                    "running": p["running"], "iterations": doc.get("iterations", []),
-                    "reruns": reruns, "top": _top_json(top)})  # fmt: skip
+        print_json(render.campaign_status_json(name, doc, wf, p, reruns, top))
         return
     console = Console()
-    t = Table(title=f"campaign {name}")
-    t.add_column("field")
-    t.add_column("value")
-    t.add_row("state", f"{doc['state']} {doc.get('stop_reason') or ''}")
-    t.add_row("workflow", str(wf.get("state")))
-    t.add_row("iteration", str(doc.get("iteration")))
-    t.add_row("candidates", "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())))
-    t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
-    t.add_row("running", "\n".join(p["running"]) or "-")
-    t.add_row("reruns", _reruns_line(reruns))
-    console.print(t)
-    learning = learn_table(doc.get("iterations", []))
-    if learning is not None:
-        console.print(learning)
-    if top:
-        console.print(_top_table(top, "best structures"))
-
-
-def _reruns_line(reruns: dict) -> str:
-    """One cell: how many fireworks ran more than once, and the lost runs with their reasons."""
-    if not reruns["fireworks_rerun"]:
-        return "none"
-    lost = "; ".join(f"fw {r['fw_id']} {r['name']}: {r['reason']} ({r['detail']})" for r in reruns["lost"])
-    return (f"{reruns['fireworks_rerun']} firework(s) rerun, {reruns['lost_runs']} lost run(s)"
-            + (f": {lost}" if lost else ""))  # fmt: skip
+    for part in render.campaign_status(name, doc, wf, p, reruns, top):
+        console.print(part)
 
 
 @app.command("pause")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -16,7 +17,7 @@ def start(json_out: JsonOpt = False) -> None:
 
     info = start_server()
     if json_out:
-        print_json({"uri": info.uri, "pid": info.pid, "data_dir": str(info.data_dir)})
+        print_json(render.server_json(info))
     else:
         typer.echo(info.uri)
 
@@ -54,10 +55,7 @@ def status(json_out: JsonOpt = False) -> None:
         return
     info = server_status()
     if json_out:
-        print_json(
-            {"running": info is not None, "uri": info.uri if info else None,
-             "pid": info.pid if info else None, "data_dir": str(get_settings().data_dir)}
-        )  # fmt: skip
+        print_json(render.server_status_json(info, get_settings().data_dir))
         return
     if info is None:
         typer.echo(f"not running (data dir {get_settings().data_dir})")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt
 
 app = typer.Typer(no_args_is_help=True, help="Run the DFT stage ad hoc on structure files.")
@@ -73,23 +74,7 @@ def relax(
     if as_json:
         print_json(summary)
         return
-    from rich.table import Table
-
-    table = Table(title=f"DFT ({engine}, preset {summary['preset']})")
-    for col in ("name", "formula", "status", "E (eV/atom)", "wall (s)", "cif / reason"):
-        table.add_column(col)
-    for row in summary["results"]:
-        epa = row.get("energy_per_atom")
-        wall = row.get("wall_time_s")
-        table.add_row(
-            row["name"],
-            row["formula"],
-            row["status"],
-            "" if epa is None else f"{epa:.4f}",
-            "" if wall is None else f"{wall:.1f}",
-            row.get("cif") or (row.get("reason") or ""),
-        )
     from cspflow.cli.common import console as out_console
 
-    out_console().print(table)
+    out_console().print(render.dft_table(summary, engine))
     out_console().print(f"summary: {out / 'summary.json'}")

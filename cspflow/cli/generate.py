@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, print_json
 
 
@@ -134,28 +135,16 @@ def generate(
     for i, (cid, gen, fp) in enumerate(result.new):
         name = f"{i:04d}-{cid}.cif"
         CifWriter(gen.structure).write_file(out / name)
-        rows.append({"candidate_id": cid, "file": name, "source": gen.source, "params": gen.params,
-                     "seed": gen.seed, "parent_ids": gen.parent_ids, "spacegroup": fp.spacegroup,
-                     "nsites": len(gen.structure)})  # fmt: skip
-    summary = result.summary.model_dump()
-    summary["max_atoms"] = max_atoms
-    summary["candidates"] = rows
+        rows.append(render.generate_row(cid, name, gen, fp))
+    summary = render.generate_json(result.summary, max_atoms, rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if json_out:
         print_json(summary)
         return
-    s = result.summary
-    typer.echo(
-        f"{s.n_new} unique {target.formula} structures in {out} ({s.n_attempts} tried, "
-        f"{s.n_duplicates} duplicates, {sum(s.rejected.values())} rejected, {s.elapsed_s:.1f} s); "
-        f"{len(s.spacegroups)} space groups, formula units {', '.join(s.formula_units)}"
-    )
-    if not s.complete:
-        typer.echo(
-            f"warning: only {s.n_new} of {n} unique structures found; the search space of "
-            f"{target.formula} up to {max_atoms} atoms may be exhausted (raise --max-atoms)",
-            err=True,
-        )
+    line, warning = render.generate_lines(result.summary, target.formula, out, n, max_atoms)
+    typer.echo(line)
+    if warning is not None:
+        typer.echo(warning, err=True)
 
 
 def _stderr():

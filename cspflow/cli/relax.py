@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, err_console, print_json
 
 __all__ = ["relax"]
@@ -76,46 +77,12 @@ def relax(
         if o.ok and o.structure is not None:
             cif = out / f"{name}.cif"
             CifWriter(o.structure, symprec=None).write_file(cif)
-        rows.append(
-            {
-                "name": name,
-                "formula": o.structure.composition.reduced_formula if o.structure else None,
-                "converged": o.converged,
-                "steps": o.steps,
-                "energy_per_atom": o.energy_per_atom,
-                "fmax": o.fmax,
-                "spacegroup": o.spacegroup,
-                "lattice_abc": list(o.structure.lattice.abc) if o.structure else None,
-                "volume_per_atom": o.structure.volume / len(o.structure) if o.structure else None,
-                "failure_reason": o.failure_reason,
-                "cif": str(cif) if cif else None,
-            }
-        )
-    summary = {
-        "model_id": mlip.model_id,
-        "device": mlip.device,
-        "fmax": fmax,
-        "n_structures": len(rows),
-        "n_relaxed": sum(r["failure_reason"] is None for r in rows),
-        "n_failed": sum(r["failure_reason"] is not None for r in rows),
-        "wall_s": round(time.monotonic() - t0, 3),
-        "structures": rows,
-    }
+        rows.append(render.relax_row(name, o, cif))
+    summary = render.relax_summary(mlip, fmax, rows, round(time.monotonic() - t0, 3))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if json_out:
         print_json(summary)
         return
-    from rich.table import Table
-
-    table = Table(title=f"relaxed with {mlip.model_id} -> {out}")
-    for col in ("name", "formula", "E/atom (eV)", "steps", "spacegroup", "status"):
-        table.add_column(col)
-    for r in rows:
-        e = f"{r['energy_per_atom']:.4f}" if r["energy_per_atom"] is not None else "-"
-        status = "ok" if r["failure_reason"] is None else f"failed: {r['failure_reason']}"
-        table.add_row(
-            r["name"], r["formula"] or "-", e, str(r["steps"]), r["spacegroup"] or "-", status
-        )
     from cspflow.cli.common import console as out_console
 
-    out_console().print(table)
+    out_console().print(render.relax_table(rows, mlip.model_id, out))

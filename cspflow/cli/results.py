@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -22,25 +23,6 @@ def _campaign(db, name: str) -> dict:
         names = sorted(db.campaigns.distinct("name"))
         raise CspflowError(f"no campaign named {name!r}; known: {', '.join(names) or 'none'}")
     return doc
-
-
-def hull_table(doc: dict, entries: list[dict] | None = None):
-    """A rich table of a stored hull version: every entry, its energies and whether it is stable."""
-    from rich.table import Table
-
-    chemsys = doc["chemsys"]
-    entries = entries if entries is not None else sorted(
-        doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
-    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
-                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
-    for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
-        t.add_column(col)
-    for e in entries:
-        ef = e.get("formation_energy_per_atom")
-        t.add_row(e["entry_id"], e["formula"], f"{e['energy_per_atom']:.4f}",
-                  "-" if ef is None else f"{ef:.4f}", f"{e['e_above_hull'] * 1000:.1f}",
-                  "yes" if e["entry_id"] in doc["stable"] else "")  # fmt: skip
-    return t
 
 
 @app.command("hull")
@@ -65,12 +47,9 @@ def hull(
         plot_hull(doc, plot)
     entries = sorted(doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))
     if json_out:
-        print_json({"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
-                    "complete": doc["complete"], "stable": doc["stable"],
-                    "stable_formulas": doc["stable_formulas"], "entries": entries,
-                    "plot": str(plot) if plot else None})  # fmt: skip
+        print_json(render.hull_json(chemsys, doc, entries, plot))
         return
-    Console().print(hull_table(doc, entries))
+    Console().print(render.hull_table(doc, entries))
     if plot is not None:
         typer.echo(f"plot: {plot}")
 
@@ -86,7 +65,6 @@ def top(
 
     ``--json`` prints ``{"schema_version": 1, "structures": [...]}``; see docs/results.md.
     """
-    from cspflow.cli.campaign import _top_json, _top_table
     from cspflow.store import get_database
     from cspflow.store.reports import top_structures
 
@@ -102,7 +80,7 @@ def top(
             Structure.from_dict(r["structure"]).to(filename=str(path))
             r["cif"] = str(path)
     if json_out:
-        data = _top_json(rows)
+        data = render.top_json(rows)
         if cif is not None:
             for rec, r in zip(data["structures"], rows, strict=True):
                 rec["cif"] = r["cif"]
@@ -110,6 +88,6 @@ def top(
         return
     from rich.console import Console
 
-    Console().print(_top_table(rows, f"{name}: lowest-energy unique structures"))
+    Console().print(render.top_table(rows, f"{name}: lowest-energy unique structures"))
     if cif is not None:
         typer.echo(f"{len(rows)} CIF file(s) in {cif}")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cspflow.cli import render
 from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -85,15 +86,8 @@ def reconcile(
     if json_out:
         print_json(report.as_dict())
         return
-    typer.echo(f"checked {report.running} RUNNING launch(es) (Slurm: {report.slurm}; heartbeat "
-               f"expiration {report.expiration_s:g} s): {len(report.lost)} lost")  # fmt: skip
-    done = "rerun" if not dry_run else "would rerun (--dry-run)"
-    for run in report.lost:
-        status = done if dry_run or run.fw_id in report.rerun else "left to another reconciler"
-        typer.echo(f"  fw {run.fw_id} {run.name!r} launch {run.launch_id} on {run.host}: "
-                   f"{run.reason}: {run.detail} -> {status}")  # fmt: skip
-    for launch_id in report.reservations_cancelled:
-        typer.echo(f"  reservation of launch {launch_id} cancelled (its Slurm job ended)")
+    for line in render.reconcile_lines(report, dry_run):
+        typer.echo(line)
 
 
 @app.command("check")
@@ -102,7 +96,6 @@ def check(json_out: JsonOpt = False) -> None:
     import time
 
     from rich.console import Console
-    from rich.table import Table
 
     from cspflow.db import redact_uri, resolve_uri
     from cspflow.demo import platform_flow
@@ -140,32 +133,11 @@ def check(json_out: JsonOpt = False) -> None:
         except ValueError:  # the job did not complete
             output = None
         launch = lp.launches.find_one({"fw_id": fw_id}, {"fworker": 1})
-        rows.append(
-            {
-                "fw_id": fw_id,
-                "name": fw.name,
-                "stage": fw.spec.get("stage"),
-                "category": fw.spec.get("_category"),
-                "ran_on": (launch or {}).get("fworker", {}).get("category"),
-                "state": fw.state,
-                "output": output if isinstance(output, dict) and "spacegroup" in output else None,
-            }
-        )
-    summary = {"workflow_state": state, "elapsed_s": round(elapsed, 2), "launches": launches,
-               "fireworks": rows, "database": redact_uri(uri), "db_name": settings.db_name}  # fmt: skip
+        rows.append(render.check_row(fw_id, fw, launch, output))
     if json_out:
-        print_json(summary)
+        print_json(render.check_json(state, elapsed, launches, rows, redact_uri(uri), settings.db_name))
     else:
-        table = Table(title="cspflow platform check")
-        for col in ("fw_id", "job", "stage", "_category", "ran on", "state"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(str(r["fw_id"]), r["name"], str(r["stage"]), str(r["category"]),
-                          str(r["ran_on"]), r["state"])  # fmt: skip
-        console.print(table)
-        result = next((r["output"] for r in rows if r["output"]), None)
-        console.print(f"result: {result}")
-        console.print(f"workflow {state} in {elapsed:.1f} s; inspect with "
-                      f"`lpad -l fw_configs/my_launchpad.yaml get_wflows`")  # fmt: skip
+        for part in render.check_report(rows, state, elapsed):
+            console.print(part)
     if state != "COMPLETED":
         raise typer.Exit(1)

@@ -1,0 +1,576 @@
+"""What the commands print: rich tables, report lines and ``--json`` layouts, built from plain data.
+
+Every function takes plain data (dicts, lists, the library's result objects) and returns a rich
+renderable, a string, a list of them to print in order, or a JSON-able dict; none of them reads
+the database or prints. The command modules (:mod:`cspflow.cli.campaign`,
+:mod:`cspflow.cli.results`, ...) gather the data, call these and print the result, so no command
+module needs another one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "hull_table",
+    "hull_json",
+    "top_json",
+    "top_table",
+    "learn_table",
+    "progress_table",
+    "progress_line",
+    "campaign_start_line",
+    "lost_run_line",
+    "submit_json",
+    "submit_line",
+    "campaign_report_json",
+    "campaign_report",
+    "campaign_status_json",
+    "campaign_status",
+    "reruns_line",
+    "generate_row",
+    "generate_json",
+    "generate_lines",
+    "model_table",
+    "model_show",
+    "bench_run_line",
+    "bench_table",
+    "bench_summary_line",
+    "reconcile_lines",
+    "check_row",
+    "check_json",
+    "check_report",
+    "dft_table",
+    "relax_row",
+    "relax_summary",
+    "relax_table",
+    "server_json",
+    "server_status_json",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# hull and best structures (results, campaign run/status)
+
+
+def hull_table(doc: dict, entries: list[dict] | None = None):
+    """A rich table of a stored hull version: every entry, its energies and whether it is stable."""
+    from rich.table import Table
+
+    chemsys = doc["chemsys"]
+    entries = entries if entries is not None else sorted(
+        doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
+    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
+                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
+    for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
+        t.add_column(col)
+    for e in entries:
+        ef = e.get("formation_energy_per_atom")
+        t.add_row(e["entry_id"], e["formula"], f"{e['energy_per_atom']:.4f}",
+                  "-" if ef is None else f"{ef:.4f}", f"{e['e_above_hull'] * 1000:.1f}",
+                  "yes" if e["entry_id"] in doc["stable"] else "")  # fmt: skip
+    return t
+
+
+def hull_json(chemsys: str, doc: dict, entries: list[dict], plot: Path | None) -> dict:
+    """``cspflow results hull --json``: the hull version, its entries and the plot path."""
+    return {"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+            "complete": doc["complete"], "stable": doc["stable"],
+            "stable_formulas": doc["stable_formulas"], "entries": entries,
+            "plot": str(plot) if plot else None}  # fmt: skip
+
+
+def top_json(rows: list[dict]) -> dict:
+    """``{"schema_version": ..., "structures": [...]}`` of ranked structures, without structures."""
+    from cspflow.store.reports import TOP_SCHEMA_VERSION
+
+    return {"schema_version": TOP_SCHEMA_VERSION,
+            "structures": [{k: v for k, v in r.items() if k != "structure"} for r in rows]}  # fmt: skip
+
+
+def top_table(rows: list[dict], title: str):
+    """A rich table of ranked structures (:func:`cspflow.store.reports.top_structures` rows)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("rank", "id", "formula", "spacegroup", "atoms", "level", "E/atom (eV)", "E_hull (meV/atom)"):
+        t.add_column(col)
+    for r in rows:
+        e = r["energy_per_atom"][r["level"]]
+        eh = r["e_above_hull"]
+        t.add_row(str(r["rank"]), r["candidate_id"], r["formula"], str(r["spacegroup"]),
+                  str(r["nsites"]), r["level"], f"{e:.4f}",
+                  "-" if eh is None else f"{eh * 1000:.1f}")  # fmt: skip
+    return t
+
+
+def _mae(metrics: dict | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def learn_table(iterations: list[dict]):
+    """Per learning round: model, frames, held-out MAEs before -> after, promotion, re-screening."""
+    from rich.table import Table
+
+    rounds = [it for it in iterations if it.get("learn")]
+    if not rounds:
+        return None
+    t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
+    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A", "promoted",
+                "re-screened"):  # fmt: skip
+        t.add_column(col)
+    for it in rounds:
+        rec = it["learn"]
+        if not rec.get("trained"):
+            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-",
+                      "no", rec.get("reason") or "")  # fmt: skip
+            continue
+        m = rec.get("metrics") or {}
+        before, after = m.get("current"), m.get("new")
+        rs = rec.get("rescreen") or {}
+        screened = "-" if rs.get("skipped") or not rs else (
+            f"{rs.get('n_single_points')} sp, {rs.get('relaxed')} relaxed"
+            + (f", {rs['failed']} failed" if rs.get("failed") else "")
+            + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
+        )  # fmt: skip
+        t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
+                  f"{_mae(before, 'energy_mae_mev_per_atom')} -> {_mae(after, 'energy_mae_mev_per_atom')}",
+                  f"{_mae(before, 'force_mae_mev_per_a')} -> {_mae(after, 'force_mae_mev_per_a')}",
+                  "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
+    t.caption = "why a model was (not) promoted: `cspflow model show ID`"
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# campaign run / submit / status
+
+
+def progress_table(p: dict, elapsed: float):
+    """The live table of ``campaign run``: candidates, fireworks and running jobs now."""
+    from rich.table import Table
+
+    t = Table(title=f"iteration {p['iteration']}  ({elapsed:.0f} s)", expand=False)
+    t.add_column("candidates")
+    t.add_column("fireworks")
+    t.add_column("running now")
+    cands = "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())) or "-"
+    fws = "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items()))
+    t.add_row(cands, fws, "\n".join(p["running"]) or "-")
+    return t
+
+
+def progress_line(p: dict, elapsed: float) -> str:
+    """The progress of ``campaign run`` as one line (when stderr is not a terminal)."""
+    return (f"[{elapsed:6.0f} s] iteration {p['iteration']}  candidates {p['candidates']}  "
+            f"running {p['running']}")  # fmt: skip
+
+
+def campaign_start_line(spec, doc: dict, created: bool, lost: list[int]) -> str:
+    """What ``campaign run`` says when it starts (a new campaign) or resumes one."""
+    if not created:
+        return (f"resuming campaign {spec.name} (state {doc['state']})"
+                + (f"; rerunning interrupted fireworks {lost}" if lost else ""))  # fmt: skip
+    return (f"campaign {spec.name}: {', '.join(spec.formulas())} in {spec.system()}, "
+            f"{spec.stop.max_iterations} iteration(s) max, DFT: {spec.dft.engine}")  # fmt: skip
+
+
+def lost_run_line(lost) -> str:
+    """One lost run that ``campaign run`` reran (a :class:`~cspflow.scheduler.reconcile.LostRun`)."""
+    return f"lost run rerun: fw {lost.fw_id} {lost.name} ({lost.reason}: {lost.detail})"
+
+
+def submit_json(name: str, created: bool, nodes: list[int], state: str) -> dict:
+    """``cspflow campaign submit --json``."""
+    return {"campaign": name, "created": created, "fw_ids": nodes, "state": state}
+
+
+def submit_line(name: str, created: bool, nodes: list[int]) -> str:
+    """``cspflow campaign submit``: submitted or not, the first fireworks, what to run next."""
+    return (f"campaign {name}: {'submitted' if created else 'already submitted'}, "
+            f"fireworks {nodes[:8]}{' ...' if len(nodes) > 8 else ''}; run workers with "
+            f"`cspflow worker start --category gpu|cpu`")  # fmt: skip
+
+
+def campaign_report_json(name: str, doc: dict, top: list[dict], plot: str | None,
+                         elapsed: float) -> dict:  # fmt: skip
+    """``cspflow campaign run --json``: the final state, the iterations and the best structures."""
+    return {"campaign": name, "state": doc.get("state"), "stop_reason": doc.get("stop_reason"),
+            "iterations": doc.get("iterations", []), "top": top_json(top),
+            "hull_plot": plot, "elapsed_s": round(elapsed, 1)}  # fmt: skip
+
+
+def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], plot: str | None,
+                    elapsed: float) -> list:  # fmt: skip
+    """What ``campaign run`` prints at the end, in order: iterations, learning, hull, best."""
+    from rich.table import Table
+
+    t = Table(title=f"campaign {name}: {doc.get('state')} ({doc.get('stop_reason')})")
+    for col in ("iteration", "candidates", "duplicates", "DFT runs (total)", "hull", "wall s"):
+        t.add_column(col)
+    for it in doc.get("iterations", []):
+        h = it.get("hull") or {}
+        t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
+                  str(it.get("duplicates")), str(it.get("dft_runs_total")),
+                  f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
+                  str(it.get("wall_time_s")))  # fmt: skip
+    out: list = [t]
+    learning = learn_table(doc.get("iterations", []))
+    if learning is not None:
+        out.append(learning)
+    if hull:
+        out.append(hull_table(hull))
+    out.append(top_table(top, "lowest-energy unique structures"))
+    if plot:
+        out.append(f"hull plot: {plot}")
+    out.append(f"finished in {elapsed:.0f} s; `cspflow results top {name} --json` for scripts")
+    return out
+
+
+def campaign_status_json(name: str, doc: dict, wf: dict, p: dict, reruns: dict,
+                         top: list[dict]) -> dict:  # fmt: skip
+    """``cspflow campaign status --json``."""
+    return {"campaign": name, "state": doc["state"], "stop_reason": doc.get("stop_reason"),
+            "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
+            "candidates": p["candidates"], "fireworks": p["fireworks"],
+            "running": p["running"], "iterations": doc.get("iterations", []),
+            "reruns": reruns, "top": top_json(top)}  # fmt: skip
+
+
+def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: list[dict]) -> list:
+    """What ``cspflow campaign status`` prints, in order: state, learning rounds, best structures."""
+    from rich.table import Table
+
+    t = Table(title=f"campaign {name}")
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("state", f"{doc['state']} {doc.get('stop_reason') or ''}")
+    t.add_row("workflow", str(wf.get("state")))
+    t.add_row("iteration", str(doc.get("iteration")))
+    t.add_row("candidates", "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())))
+    t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
+    t.add_row("running", "\n".join(p["running"]) or "-")
+    t.add_row("reruns", reruns_line(reruns))
+    out: list = [t]
+    learning = learn_table(doc.get("iterations", []))
+    if learning is not None:
+        out.append(learning)
+    if top:
+        out.append(top_table(top, "best structures"))
+    return out
+
+
+def reruns_line(reruns: dict) -> str:
+    """One cell: how many fireworks ran more than once, and the lost runs with their reasons."""
+    if not reruns["fireworks_rerun"]:
+        return "none"
+    lost = "; ".join(f"fw {r['fw_id']} {r['name']}: {r['reason']} ({r['detail']})" for r in reruns["lost"])
+    return (f"{reruns['fireworks_rerun']} firework(s) rerun, {reruns['lost_runs']} lost run(s)"
+            + (f": {lost}" if lost else ""))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def generate_row(cid: str, file: str, gen, fp) -> dict:
+    """One written candidate in ``summary.json`` (a ``Generated`` and its ``Fingerprint``)."""
+    return {"candidate_id": cid, "file": file, "source": gen.source, "params": gen.params,
+            "seed": gen.seed, "parent_ids": gen.parent_ids, "spacegroup": fp.spacegroup,
+            "nsites": len(gen.structure)}  # fmt: skip
+
+
+def generate_json(summary, max_atoms: int, rows: list[dict]) -> dict:
+    """``summary.json`` of ``cspflow generate`` (also its ``--json``): the batch summary + files."""
+    out = summary.model_dump()
+    out["max_atoms"] = max_atoms
+    out["candidates"] = rows
+    return out
+
+
+def generate_lines(s, formula: str, out: Path, n: int, max_atoms: int) -> tuple[str, str | None]:
+    """The summary line of ``cspflow generate`` and, when fewer than ``n`` were found, a warning."""
+    line = (
+        f"{s.n_new} unique {formula} structures in {out} ({s.n_attempts} tried, "
+        f"{s.n_duplicates} duplicates, {sum(s.rejected.values())} rejected, {s.elapsed_s:.1f} s); "
+        f"{len(s.spacegroups)} space groups, formula units {', '.join(s.formula_units)}"
+    )
+    if s.complete:
+        return line, None
+    return line, (
+        f"warning: only {s.n_new} of {n} unique structures found; the search space of "
+        f"{formula} up to {max_atoms} atoms may be exhausted (raise --max-atoms)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# model registry
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _metrics_row(metrics: dict | None) -> tuple[str, str]:
+    m = metrics or {}
+    return _fmt(m.get("energy_mae_mev_per_atom")), _fmt(m.get("force_mae_mev_per_a"))
+
+
+def model_table(rows: list[dict]):
+    """``cspflow model list``: registered models with held-out errors and promotion state."""
+    from rich.table import Table
+
+    t = Table(
+        title=f"MLIP registry ({len(rows)} model{'s' if len(rows) != 1 else ''}); "
+        "held-out MAE: E meV/atom, F meV/A"
+    )
+    t.add_column("model_id", no_wrap=True)  # ids are copied into commands: never cut them
+    t.add_column("chemsys")
+    t.add_column("created")
+    t.add_column("parent", no_wrap=True)
+    for col in ("frames", "E MAE", "F MAE", "promoted"):
+        t.add_column(col)
+    for r in rows:
+        e, f = _metrics_row((r.get("metrics") or {}).get("new"))
+        t.add_row(
+            r["model_id"], r["chemsys"], str(r.get("created_at", ""))[:10], r.get("parent") or "-",
+            str((r.get("training_set") or {}).get("n_frames", "-")), e, f,
+            "yes" if r.get("promoted") else "no",
+        )  # fmt: skip
+    return t
+
+
+def model_show(doc: dict, chain: list[str]) -> list:
+    """What ``cspflow model show`` prints, in order (strings carry rich markup)."""
+    from rich.table import Table
+
+    out: list = []
+    ts = doc.get("training_set") or {}
+    out.append(f"[bold]{doc['model_id']}[/bold]  {doc['chemsys']}  created {str(doc['created_at'])[:19]}"
+               f"  campaign {doc.get('campaign') or '-'} iteration {doc.get('iteration', '-')}")  # fmt: skip
+    out.append(f"lineage: {' <- '.join(chain)}")
+    if doc.get("foundation_model"):
+        out.append(f"fine-tuned from: {doc['foundation_model']}")
+    out.append(
+        f"promoted: {'yes' if doc.get('promoted') else 'no'} ({doc.get('promotion_reason', '')})"
+    )
+    metrics = doc.get("metrics") or {}
+    t = Table(title=f"held-out split: {ts.get('n_test', 0)} frames of "
+                    f"{len(ts.get('test_candidate_ids', []))} candidate(s), hash {ts.get('test_hash', '')}")  # fmt: skip
+    t.add_column("")
+    t.add_column("model", no_wrap=True)
+    t.add_column("energy MAE (meV/atom)")
+    t.add_column("force MAE (meV/A)")
+    for label, key in (("before (current)", "current"), ("after (this model)", "new")):
+        m = metrics.get(key)
+        e, f = _metrics_row(m)
+        t.add_row(label, (m or {}).get("model", "-") if m else "none", e, f)
+    out.append(t)
+    e0s = ", ".join(f"{el} {v:.4f}" for el, v in sorted((doc.get("e0s") or {}).items()))
+    out.append(
+        f"training set: {ts.get('n_frames', 0)} frames ({ts.get('n_train', 0)} train, "
+        f"{ts.get('n_test', 0)} test; {ts.get('n_final', 0)} final, {ts.get('n_ionic', 0)} ionic) "
+        f"from {len(ts.get('candidate_ids', []))} candidates, hash {ts.get('set_hash', '')}"
+    )
+    out.append(f"E0s (eV): {e0s or '-'}")
+    if doc.get("committee"):
+        out.append(f"committee: {', '.join(doc['committee'])}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+def bench_run_line(run) -> str:
+    """One finished benchmark run (entry, repeat): found or not, relaxations, wall time."""
+    what = (f"found, rank {run.rank}, first after {run.first_found} relaxations" if run.found
+            else "not found" + (f" (rank {run.rank})" if run.rank else ""))  # fmt: skip
+    if run.stopped_early:
+        what += " (stopped: found)"
+    if run.error:
+        what = f"error: {run.error}"
+    return f"{run.formula} repeat {run.repeat}: {what}; {run.relaxations} relaxations in {run.wall_s:.0f} s"
+
+
+def bench_table(report):
+    """Per entry of a benchmark report: found, ranks, relaxations, reference energy gap, time."""
+    from rich.table import Table
+
+    opts = report.options
+    title = (f"{report.set_name}: {opts.model}, sources {','.join(opts.sources)}, "
+             f"budget {opts.budget}, top {report.top_k}, {opts.repeats} repeat(s)")  # fmt: skip
+    t = Table(title=title)
+    for col in ("entry", "found", "rank", "first found (relaxations)", "relaxations", "unique",
+                "dE ref (meV/atom)", "wall s"):  # fmt: skip
+        t.add_column(col)
+    by_entry: dict[str, list] = {}
+    for r in report.runs:
+        by_entry.setdefault(r.formula, []).append(r)
+
+    def join(values) -> str:
+        return ", ".join("-" if v is None else str(v) for v in values)
+
+    for formula, runs in by_entry.items():
+        found = sum(r.found for r in runs)
+        flag = ("yes" if found else "no") if len(runs) == 1 else f"{found}/{len(runs)}"
+        if any(r.error for r in runs):
+            flag += " (error)"
+        t.add_row(formula, flag, join(r.rank for r in runs), join(r.first_found for r in runs),
+                  join(r.relaxations for r in runs), join(r.unique for r in runs),
+                  join(r.reference_delta_mev for r in runs), join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
+    return t
+
+
+def bench_summary_line(report) -> str:
+    """The success rate line under the benchmark table."""
+    s = report.summary
+    med = s.get("median_relaxations_to_success")
+    return (
+        f"success rate {s['runs_found']}/{s['runs']} = {100 * (s['success_rate'] or 0):.0f}%  "
+        f"(entries found in every repeat {s['entries_found_every_repeat']}/{s['entries']}); "
+        f"median relaxations to success {'-' if med is None else med}; "
+        f"total {report.total_s:.0f} s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# workers
+
+
+def reconcile_lines(report, dry_run: bool) -> list[str]:
+    """``cspflow worker reconcile``: what was checked, each lost run and what was done with it."""
+    lines = [f"checked {report.running} RUNNING launch(es) (Slurm: {report.slurm}; heartbeat "
+             f"expiration {report.expiration_s:g} s): {len(report.lost)} lost"]  # fmt: skip
+    done = "rerun" if not dry_run else "would rerun (--dry-run)"
+    for run in report.lost:
+        status = done if dry_run or run.fw_id in report.rerun else "left to another reconciler"
+        lines.append(f"  fw {run.fw_id} {run.name!r} launch {run.launch_id} on {run.host}: "
+                     f"{run.reason}: {run.detail} -> {status}")  # fmt: skip
+    for launch_id in report.reservations_cancelled:
+        lines.append(f"  reservation of launch {launch_id} cancelled (its Slurm job ended)")
+    return lines
+
+
+def check_row(fw_id: int, fw, launch: dict | None, output: Any) -> dict:
+    """One firework of ``cspflow worker check``: its job, category, who ran it, its result."""
+    return {
+        "fw_id": fw_id,
+        "name": fw.name,
+        "stage": fw.spec.get("stage"),
+        "category": fw.spec.get("_category"),
+        "ran_on": (launch or {}).get("fworker", {}).get("category"),
+        "state": fw.state,
+        "output": output if isinstance(output, dict) and "spacegroup" in output else None,
+    }
+
+
+def check_json(state: str, elapsed: float, launches: dict, rows: list[dict], database: str,
+               db_name: str) -> dict:  # fmt: skip
+    """``cspflow worker check --json``."""
+    return {"workflow_state": state, "elapsed_s": round(elapsed, 2), "launches": launches,
+            "fireworks": rows, "database": database, "db_name": db_name}  # fmt: skip
+
+
+def check_report(rows: list[dict], state: str, elapsed: float) -> list:
+    """What ``cspflow worker check`` prints at the end: who ran what, the result, the state."""
+    from rich.table import Table
+
+    table = Table(title="cspflow platform check")
+    for col in ("fw_id", "job", "stage", "_category", "ran on", "state"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["fw_id"]), r["name"], str(r["stage"]), str(r["category"]),
+                      str(r["ran_on"]), r["state"])  # fmt: skip
+    result = next((r["output"] for r in rows if r["output"]), None)
+    return [table, f"result: {result}",
+            f"workflow {state} in {elapsed:.1f} s; inspect with "
+            f"`lpad -l fw_configs/my_launchpad.yaml get_wflows`"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# ad hoc relaxations (dft relax, relax)
+
+
+def dft_table(summary: dict, engine: str):
+    """``cspflow dft relax``: one row per structure (status, energy, wall time, CIF or reason)."""
+    from rich.table import Table
+
+    table = Table(title=f"DFT ({engine}, preset {summary['preset']})")
+    for col in ("name", "formula", "status", "E (eV/atom)", "wall (s)", "cif / reason"):
+        table.add_column(col)
+    for row in summary["results"]:
+        epa = row.get("energy_per_atom")
+        wall = row.get("wall_time_s")
+        table.add_row(
+            row["name"],
+            row["formula"],
+            row["status"],
+            "" if epa is None else f"{epa:.4f}",
+            "" if wall is None else f"{wall:.1f}",
+            row.get("cif") or (row.get("reason") or ""),
+        )
+    return table
+
+
+def relax_row(name: str, o, cif: Path | None) -> dict:
+    """One structure of ``cspflow relax``'s summary (a relaxer outcome and its CIF, if written)."""
+    return {
+        "name": name,
+        "formula": o.structure.composition.reduced_formula if o.structure else None,
+        "converged": o.converged,
+        "steps": o.steps,
+        "energy_per_atom": o.energy_per_atom,
+        "fmax": o.fmax,
+        "spacegroup": o.spacegroup,
+        "lattice_abc": list(o.structure.lattice.abc) if o.structure else None,
+        "volume_per_atom": o.structure.volume / len(o.structure) if o.structure else None,
+        "failure_reason": o.failure_reason,
+        "cif": str(cif) if cif else None,
+    }
+
+
+def relax_summary(mlip, fmax: float, rows: list[dict], wall_s: float) -> dict:
+    """``summary.json`` of ``cspflow relax`` (also its ``--json``)."""
+    return {
+        "model_id": mlip.model_id,
+        "device": mlip.device,
+        "fmax": fmax,
+        "n_structures": len(rows),
+        "n_relaxed": sum(r["failure_reason"] is None for r in rows),
+        "n_failed": sum(r["failure_reason"] is not None for r in rows),
+        "wall_s": wall_s,
+        "structures": rows,
+    }
+
+
+def relax_table(rows: list[dict], model_id: str, out: Path):
+    """``cspflow relax``: one row per structure (energy, steps, space group, ok or why not)."""
+    from rich.table import Table
+
+    table = Table(title=f"relaxed with {model_id} -> {out}")
+    for col in ("name", "formula", "E/atom (eV)", "steps", "spacegroup", "status"):
+        table.add_column(col)
+    for r in rows:
+        e = f"{r['energy_per_atom']:.4f}" if r["energy_per_atom"] is not None else "-"
+        status = "ok" if r["failure_reason"] is None else f"failed: {r['failure_reason']}"
+        table.add_row(
+            r["name"], r["formula"] or "-", e, str(r["steps"]), r["spacegroup"] or "-", status
+        )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# database
+
+
+def server_json(info) -> dict:
+    """``cspflow db start --json``: the embedded server's URI, pid and data directory."""
+    return {"uri": info.uri, "pid": info.pid, "data_dir": str(info.data_dir)}
+
+
+def server_status_json(info, data_dir: Path) -> dict:
+    """``cspflow db status --json`` for the embedded server (``info`` None: not running)."""
+    return {"running": info is not None, "uri": info.uri if info else None,
+            "pid": info.pid if info else None, "data_dir": str(data_dir)}  # fmt: skip
