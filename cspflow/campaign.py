@@ -36,6 +36,7 @@ __all__ = [
     "decide",
     "register_campaign",
     "campaign_doc",
+    "set_campaign_state",
     "iteration_summary",
 ]
 
@@ -348,6 +349,11 @@ def campaign_flow(spec: CampaignSpec, start_iteration: int = 0) -> Flow:
 def campaign_doc(db: Database, name: str) -> dict | None:
     """The stored campaign document (spec, state, per-iteration summaries)."""
     return db.campaigns.find_one({"name": name}, {"_id": 0})
+
+
+def set_campaign_state(db: Database, name: str, state: str) -> None:
+    """Record a campaign's state (``paused`` / ``running``: `cspflow campaign pause|resume`)."""
+    db.campaigns.update_one({"name": name}, {"$set": {"state": state}})
 
 
 def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:

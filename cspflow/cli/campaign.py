@@ -178,6 +178,7 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
 @app.command("pause")
 def pause(name: NameArg) -> None:
     """Stop handing out the campaign's jobs (running ones finish); resume continues."""
+    from cspflow.campaign import set_campaign_state
     from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
@@ -185,13 +186,14 @@ def pause(name: NameArg) -> None:
     db = get_database()
     wf = _need_wf(db, name, campaign_workflow)
     get_launchpad().pause_wf(wf["nodes"][0])
-    db.campaigns.update_one({"name": name}, {"$set": {"state": "paused"}})
+    set_campaign_state(db, name, "paused")
     typer.echo(f"campaign {name} paused")
 
 
 @app.command("resume")
 def resume(name: NameArg) -> None:
     """Hand out a paused campaign's jobs again (workers, or `campaign run`, pick them up)."""
+    from cspflow.campaign import set_campaign_state
     from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
@@ -201,7 +203,7 @@ def resume(name: NameArg) -> None:
     lp = get_launchpad()
     for fw_id in wf["nodes"]:  # FireWorks has pause_wf but no resume_wf
         lp.resume_fw(fw_id)
-    db.campaigns.update_one({"name": name}, {"$set": {"state": "running"}})
+    set_campaign_state(db, name, "running")
     typer.echo(f"campaign {name} resumed")
 
 
