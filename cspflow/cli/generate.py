@@ -19,13 +19,14 @@ def generate(
     n: Annotated[int, typer.Option("--n", "-n", help="Number of unique structures wanted.")] = 20,
     max_atoms: Annotated[int, typer.Option("--max-atoms", help="Largest cell (atoms).")] = 20,
     sources: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--sources",
             help="Weighted sources: random_symmetric, prototype, mutation, external "
-            "(e.g. random_symmetric:0.8,prototype:0.2).",
+            "(e.g. random_symmetric:0.8,prototype:0.2, the default: DEFAULT_SOURCES of "
+            "cspflow.generate.batch).",
         ),
-    ] = "random_symmetric:0.8,prototype:0.2",
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed (same seed, same structures).")
     ] = 0,
@@ -57,9 +58,9 @@ def generate(
 
     from cspflow.dedup.index import MemoryIndex, MongoIndex
     from cspflow.errors import CspflowError
-    from cspflow.generate.batch import generate_batch, load_parents, parse_sources
+    from cspflow.generate.batch import add_source_files, generate_batch, load_parents, parse_sources
     from cspflow.generate.composition import parse_target
-    from cspflow.generate.sources import External, Prototype, SourceContext
+    from cspflow.generate.sources import SourceContext
 
     # Validate everything before touching --out: a user error leaves nothing behind.
     target = parse_target(composition, max_atoms)
@@ -74,20 +75,9 @@ def generate(
             "the mutation source takes its parents from the database; add --register "
             "(or leave mutation out of --sources)"
         )
-    options: dict[str, dict] = {}
-    if ext_files:
-        # Reads every file now: an unreadable one stops the run before anything is written.
-        n_ext = len(External(files=ext_files)._structures)
-        options["external"] = {"files": ext_files}
-        if "external" not in weights:
-            # Files given without a weight: ingest them all first, the other sources fill up.
-            share = min(n_ext, n) / n
-            weights = {k: v * (1 - share) for k, v in weights.items()}
-            weights = parse_sources({**weights, "external": share})
-    if prototype_file:
-        files = [str(p) for p in prototype_file]
-        Prototype(files=files).library()
-        options["prototype"] = {"files": files}
+    # Reads every file now: an unreadable one stops the run before anything is written.
+    weights, options = add_source_files(weights, n, external=ext_files,
+                                        prototypes=[str(p) for p in prototype_file or []])  # fmt: skip
     if out.exists() and not out.is_dir():
         raise CspflowError(f"--out {out} is a file; give a directory")
 

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
 
     from cspflow.schemas.candidate import GenerateSummary
 
-__all__ = ["DEFAULT_SOURCES", "parse_sources", "generate_batch", "load_parents", "BatchResult"]
+__all__ = [
+    "DEFAULT_SOURCES",
+    "parse_sources",
+    "add_source_files",
+    "generate_batch",
+    "load_parents",
+    "BatchResult",
+]
 
 DEFAULT_SOURCES: dict[str, float] = {"random_symmetric": 0.8, "prototype": 0.2}
 #: sources that can always make another attempt (take over the quota of exhausted ones)
@@ -58,6 +65,49 @@ def parse_sources(spec: str | dict[str, float] | None) -> dict[str, float]:
     if total <= 0:
         raise CspflowError("all source weights are zero; give at least one positive weight")
     return {k: v / total for k, v in items.items() if v > 0}
+
+
+def add_source_files(
+    weights: dict[str, float],
+    n: int,
+    *,
+    external: list[str] | None = None,
+    prototypes: list[str] | None = None,
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Add structure files to parsed source weights: the weights and ``source_options`` to use.
+
+    Every file is read now, so an unreadable one stops a run before anything is written.
+    External files given without an ``external`` weight are all ingested first (their share of
+    ``n``) and the other sources fill up the rest; prototype files extend the prototype library.
+
+    Parameters
+    ----------
+    weights
+        Normalised weights (:func:`parse_sources`).
+    n
+        Number of unique structures wanted.
+    external, prototypes
+        Structure files or directories for the ``external`` and ``prototype`` sources.
+
+    Raises
+    ------
+    CspflowError
+        For a file that cannot be read.
+    """
+    from cspflow.generate.sources import External, Prototype
+
+    options: dict[str, dict[str, Any]] = {}
+    if external:
+        n_ext = len(External(files=external)._structures)
+        options["external"] = {"files": external}
+        if "external" not in weights:
+            share = min(n_ext, n) / n
+            weights = {k: v * (1 - share) for k, v in weights.items()}
+            weights = parse_sources({**weights, "external": share})
+    if prototypes:
+        Prototype(files=prototypes).library()
+        options["prototype"] = {"files": prototypes}
+    return weights, options
 
 
 def _quotas(weights: dict[str, float], n: int) -> dict[str, int]:
