@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Flow, Job, Response, job
 
 from cspflow.schemas.campaign import CampaignSpec
+from cspflow.store import candidates
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -73,10 +74,8 @@ def prerelax_fanout(generated: list[dict], name: str, iteration: int) -> Respons
     spec = _spec_from_db(name)
     ids = [cid for summary in generated if summary for cid in summary.get("candidate_ids", [])]
     # candidates of this iteration still waiting (a resumed iteration picks them up as well)
-    pending = _db().candidates.distinct(
-        "candidate_id", {"campaign": name, "iteration": iteration, "status": "generated"}
-    )
-    ids = list(dict.fromkeys(ids + sorted(pending)))
+    pending = candidates.ids_where(_db(), campaign=name, iteration=iteration, status="generated")
+    ids = list(dict.fromkeys(ids + pending))
     if not ids:
         return []
     p = spec.prerelax
@@ -113,22 +112,9 @@ def learns_in(spec: CampaignSpec, iteration: int) -> bool:
 
 def dft_runs(db: Database, name: str) -> int:
     """Number of candidates the campaign sent through DFT (any outcome): its own, and those of
-    earlier campaigns it re-screened and selected.
-
-    A result names the campaign that ran it (``relaxed.dft.campaign``), so a candidate another
-    campaign re-screened and this one ran counts here only; results written before that field
-    existed count for the candidate's campaign and for the one that re-screened it.
-    """
-    unnamed = {"relaxed.dft": {"$exists": True}, "relaxed.dft.campaign": None}
-    return db.candidates.count_documents(
-        {
-            "$or": [
-                {"relaxed.dft.campaign": name},
-                {**unnamed, "campaign": name},
-                {**unnamed, "rescreen.campaign": name},
-            ]
-        }
-    )
+    earlier campaigns it re-screened and selected (:func:`cspflow.store.candidates.dft_runs`:
+    a result names the campaign that ran it, and counts for that one only)."""
+    return candidates.dft_runs(db, name)
 
 
 @job
@@ -171,28 +157,10 @@ def hull_update(chemsys: str, name: str, iteration: int, after: Any = None) -> d
 
 def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]:
     """Counts per status and best energies of one iteration (what ``campaign status`` shows)."""
-    counts: dict[str, int] = {}
-    for row in db.candidates.aggregate(
-        [{"$match": {"campaign": name, "iteration": iteration}},
-         {"$group": {"_id": "$status", "n": {"$sum": 1}}}]  # fmt: skip
-    ):
-        counts[str(row["_id"])] = int(row["n"])
-    duplicates = db.candidates.count_documents(
-        {"campaign": name, "iteration": iteration, "duplicate_of": {"$ne": None}}
-    )
-    best: dict[str, dict[str, float]] = {}
-    for level in ("mlip", "dft"):
-        field = f"energy_per_atom.{level}"
-        query: dict[str, Any] = {"campaign": name, field: {"$type": "number"}}
-        if level == "dft":
-            query["relaxed.dft.status"] = "converged"
-        for doc in db.candidates.find(query, {"formula": 1, "energy_per_atom": 1}):
-            e = float(doc["energy_per_atom"][level])
-            cur = best.setdefault(doc["formula"], {})
-            if level not in cur or e < cur[level]:
-                cur[level] = e
-    return {"iteration": iteration, "counts": counts, "duplicates": duplicates,
-            "best_energy_per_atom": best}  # fmt: skip
+    return {"iteration": iteration,
+            "counts": candidates.status_counts(db, name, iteration),
+            "duplicates": candidates.count_duplicates(db, name, iteration),
+            "best_energy_per_atom": candidates.best_energies(db, name)}  # fmt: skip
 
 
 def _improved(hull: dict | None, previous: list[dict]) -> bool:

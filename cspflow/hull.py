@@ -12,7 +12,7 @@ import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -112,21 +112,15 @@ def _in_system(doc: dict, system: set[str]) -> bool:
 def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]:
     """Return hull entries of every usable candidate in ``chemsys`` (and its subsystems).
 
-    DFT entries must be converged (``relaxed.dft.status == "converged"``); duplicates and failed
-    candidates are left out.
+    The usable energies of :func:`cspflow.store.candidates.usable_query`: DFT entries converged,
+    duplicates and failed candidates left out.
     """
+    from cspflow.store import candidates
+
     system = set(chemsys.split("-"))
-    query: dict[str, Any] = {
-        f"energy_per_atom.{level}": {"$type": "number"},
-        "status": {"$ne": "failed"},
-        "duplicate_of": {"$in": [None]},
-    }
-    if level == "dft":
-        query["relaxed.dft.status"] = "converged"
     entries = []
-    for doc in db.candidates.find(
-        query, {"candidate_id": 1, "composition": 1, "formula": 1, "energy_per_atom": 1}
-    ):
+    fields = {"candidate_id": 1, "composition": 1, "formula": 1, "energy_per_atom": 1}
+    for doc in candidates.usable(db, level, projection=fields):
         if _in_system(doc, system):
             entries.append(
                 HullEntry(
@@ -201,19 +195,10 @@ def update_hull(
         ],  # fmt: skip
     }
     db.hull.insert_one(doc)
-    from pymongo import UpdateOne
+    from cspflow.store import candidates
 
-    ops = [
-        UpdateOne(
-            {"candidate_id": e.entry_id},
-            {"$set": {"e_above_hull": result.e_above_hull[e.entry_id], "e_above_hull_level": level,
-                      "hull_version": version}},  # fmt: skip
-        )
-        for e in entries
-        if e.source == "candidate"
-    ]
-    if ops:
-        db.candidates.bulk_write(ops, ordered=False)
+    values = {e.entry_id: result.e_above_hull[e.entry_id] for e in entries if e.source == "candidate"}
+    candidates.set_hull(db, values, level, version)
     doc.pop("_id", None)
     return doc
 

@@ -10,11 +10,14 @@ differently, so the campaign does not leave them behind:
    now are left alone: their campaign's own selection is ranking them with its own model;
 2. per formula, the ``top`` lowest by the new single-point energy are relaxed again with the
    new model (starting from their MLIP structure) through the prerelax stage;
-3. those relaxed get ``rescreen.iteration`` = the next iteration and ``rescreen.campaign`` =
-   this campaign, so that iteration's selection (:func:`cspflow.prerelax.select.select_candidates`)
-   weighs them against its own new candidates, every energy in the pool coming from the same
-   model. Every candidate relaxed again (also one that failed or relaxed into another
-   candidate) lists the model in ``rescreen_relaxed_by``, which later rounds keep.
+3. every candidate of the pool gets one more entry in its append-only ``screenings`` list
+   (:class:`~cspflow.schemas.candidate.ScreeningDoc`): this campaign, the model, the single
+   point and the previous model's energy, whether it was relaxed again (also one that failed
+   or relaxed into another candidate) and, for those relaxed and usable, ``joins_iteration`` =
+   the next iteration, so that iteration's selection
+   (:func:`cspflow.prerelax.select.select_candidates`) weighs them against its own new
+   candidates, every energy in the pool coming from the same model. The candidate's
+   ``campaign`` stays the one that generated it.
 
 The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
 formula the old model's best and the new model's best, and whether they differ.
@@ -40,26 +43,19 @@ def rescreen_pool(
     """Pre-relaxed, unique candidates without DFT, not relaxed by ``model_id``: those of
     ``campaign``, and with ``chemsys`` those of every campaign of the system (or a subsystem)
     that is not running now."""
-    query: dict[str, Any] = {
-        "status": {"$in": ["prerelaxed", "selected"]},
-        "duplicate_of": None,
-        "relaxed.dft": {"$exists": False},
-        "relaxed.mlip.structure": {"$ne": None},
-    }
-    if chemsys is None:
-        query["campaign"] = campaign
-    else:
+    from cspflow.store import candidates
+
+    chemsystems = None
+    campaigns: Any = campaign
+    if chemsys is not None:
         from cspflow.learn.dataset import subsystems
 
         busy = set(db["campaigns"].distinct("name", {"state": {"$in": ["submitted", "running"]}}))
-        query["chemsys"] = {"$in": subsystems(chemsys)}
-        query["campaign"] = {"$nin": sorted(busy - {campaign})}
-    projection = {"_id": 0, "candidate_id": 1, "formula": 1, "campaign": 1,
-                  "energy_per_atom.mlip": 1, "relaxed.mlip.structure": 1,
-                  "relaxed.mlip.model_id": 1}  # fmt: skip
+        chemsystems = subsystems(chemsys)
+        campaigns = {"$nin": sorted(busy - {campaign})}
     return [
         d
-        for d in db["candidates"].find(query, projection).sort("candidate_id", 1)
+        for d in candidates.rescreen_pool(db, campaigns, chemsystems)
         if d["relaxed"]["mlip"].get("model_id") != model_id
     ]
 
@@ -128,22 +124,25 @@ def rescreen_candidates(
     """
     from cspflow.mlip import load_model
     from cspflow.prerelax.stage import prerelax_candidates
+    from cspflow.schemas.candidate import ScreeningDoc
+    from cspflow.store import candidates
 
     loaded = load_model(model, device=device, db=db)
     pool = rescreen_pool(db, campaign, loaded.model_id, chemsys)
     energies = _single_points(loaded, pool)
     old: dict[str, list[tuple[str, float]]] = {}
     new: dict[str, list[tuple[str, float]]] = {}
-    coll = db["candidates"]
+    records: dict[str, ScreeningDoc] = {}
     for doc, e in zip(pool, energies, strict=True):
         cid, formula = doc["candidate_id"], doc["formula"]
         before = (doc.get("energy_per_atom") or {}).get("mlip")
         if before is not None:
             old.setdefault(formula, []).append((cid, float(before)))
-        record = {"model_id": loaded.model_id, "single_point_energy_per_atom": e,
-                  "previous_model_id": doc["relaxed"]["mlip"].get("model_id"),
-                  "previous_energy_per_atom": before, "by_campaign": campaign}  # fmt: skip
-        coll.update_one({"candidate_id": cid}, {"$set": {"rescreen": record}})
+        records[cid] = ScreeningDoc(
+            campaign=campaign, model_id=loaded.model_id, single_point_energy_per_atom=e,
+            previous_model_id=doc["relaxed"]["mlip"].get("model_id"),
+            previous_energy_per_atom=before,
+        )  # fmt: skip
         if e is not None:
             new.setdefault(formula, []).append((cid, e))
     chosen = [
@@ -160,15 +159,13 @@ def rescreen_candidates(
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
-        # provenance that later rounds (which rewrite ``rescreen``) keep: whatever became of the
-        # relaxation (relaxed, failed, or relaxed into another candidate), ``relaxed.mlip`` is
-        # now this model's and no longer that of the candidate's own iteration
-        coll.update_many({"candidate_id": {"$in": chosen}},
-                         {"$addToSet": {"rescreen_relaxed_by": loaded.model_id}})  # fmt: skip
-        coll.update_many(
-            {"candidate_id": {"$in": relaxed}},
-            {"$set": {"rescreen.iteration": next_iteration, "rescreen.campaign": campaign}},
-        )
+    # whatever became of a relaxation (relaxed, failed, or relaxed into another candidate),
+    # ``relaxed.mlip`` is now this model's and no longer that of the candidate's own iteration
+    for cid in chosen:
+        records[cid].relaxed = True
+    for cid in relaxed:
+        records[cid].joins_iteration = next_iteration
+    candidates.add_screenings(db, records)
     changes = {
         f: {"old_best": _best(old.get(f, [])), "new_best": _best(new.get(f, []))}
         for f in sorted(set(old) | set(new))

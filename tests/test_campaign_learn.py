@@ -95,8 +95,8 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
     model_of = {}
     for it in (0, 1, 2):
         ids = {d["relaxed"]["mlip"]["model_id"] for d in db.candidates.find(
-            {"campaign": "si-learn", "iteration": it, "relaxed.mlip.model_id": {"$exists": True},
-             "rescreen_relaxed_by": {"$exists": False}})}  # fmt: skip
+            {"campaign": "si-learn", "iteration": it, "relaxed.mlip.model_id": {"$exists": True}})
+               if not any(s["relaxed"] for s in d.get("screenings", []))}  # fmt: skip
         assert len(ids) == 1, (it, ids)
         model_of[it] = ids.pop()
     assert model_of[0] == pre  # the registry's current Si model, loaded by its id
@@ -109,21 +109,28 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
         assert model_of[k + 1] == (r["model_id"] if r["promoted"] else model_of[k])
         rs = r["rescreen"]
         if not r["promoted"]:
-            assert rs["skipped"] and not db.candidates.count_documents({"rescreen.iteration": k + 1})
+            joined = {"screenings": {"$elemMatch": {"joins_iteration": k + 1}}}
+            assert rs["skipped"] and not db.candidates.count_documents(joined)
             continue
         assert rs["skipped"] is None and rs["n_single_points"] > 0 and rs["relaxed"] >= 1
         # every candidate this round relaxed again, whatever later rounds did to it
-        again = list(db.candidates.find({"rescreen_relaxed_by": r["model_id"]}))
+        this_round = {"campaign": "si-learn", "model_id": r["model_id"]}
+        again = list(db.candidates.find(
+            {"screenings": {"$elemMatch": {**this_round, "relaxed": True}}}))  # fmt: skip
         assert len(again) >= rs["relaxed"] + rs["failed"]  # relaxed and failed are disjoint
         assert all(d["iteration"] <= k for d in again)
-        # `rescreen` holds a candidate's latest round: a later round's single point replaces it
-        rescreened = list(db.candidates.find({"rescreen.iteration": k + 1}))
-        assert len(rescreened) <= rs["relaxed"]
-        if k == len(rounds) - 1:
-            assert len(rescreened) == rs["relaxed"]
+        # `screenings` only grows: every candidate this round relaxed into iteration k + 1
+        # keeps its entry, whatever later rounds did
+        rescreened = list(db.candidates.find(
+            {"screenings": {"$elemMatch": {**this_round, "joins_iteration": k + 1}}}))  # fmt: skip
+        assert len(rescreened) == rs["relaxed"]
         for d in rescreened:
-            assert d["rescreen"]["model_id"] == r["model_id"] != d["rescreen"]["previous_model_id"]
-            assert d["relaxed"]["mlip"]["model_id"] == r["model_id"] and d["iteration"] <= k
+            entry = next(e for e in d["screenings"] if e["joins_iteration"] == k + 1)
+            later = d["screenings"][d["screenings"].index(entry) + 1 :]
+            assert entry["model_id"] == r["model_id"] != entry["previous_model_id"]
+            assert d["iteration"] <= k
+            if not any(e["relaxed"] for e in later):  # no later round relaxed it again
+                assert d["relaxed"]["mlip"]["model_id"] == r["model_id"]
     print("rounds: " + "; ".join(f"{r['model_id']} promoted={r['promoted']}: {r['reason']}"
                                  for r in rounds))  # fmt: skip
     shown_model = run_cli("model", "show", rounds[1]["model_id"], env=env).stdout

@@ -171,9 +171,10 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
     """The campaign's relaxed candidates in generation order, as :func:`evaluate_run` takes them."""
     from pymatgen.core import Structure
 
+    from cspflow.store import candidates
+
     rows = []
-    query = {"campaign": campaign, "relaxed.mlip": {"$exists": True}}
-    for d in db.candidates.find(query).sort([("iteration", 1), ("created_at", 1), ("_id", 1)]):
+    for d in candidates.relaxed_in_order(db, campaign):
         mlip = (d.get("relaxed") or {}).get("mlip") or {}
         failed = d.get("status") == "failed" or mlip.get("structure") is None
         rows.append(
@@ -191,7 +192,9 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
 
 def count_relaxed(db: Any, campaign: str) -> int:
     """Candidates of the campaign relaxed so far (progress)."""
-    return db.candidates.count_documents({"campaign": campaign, "relaxed.mlip": {"$exists": True}})
+    from cspflow.store import candidates
+
+    return candidates.count_relaxed(db, campaign)
 
 
 def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:

@@ -190,7 +190,7 @@ def candidate_document(
         seed=seed,
         parent_ids=parent_ids or [],
     )
-    return doc.model_dump()
+    return doc.model_dump(exclude={"relaxed"})  # no relaxation yet: no sub-document
 
 
 def fingerprint_document(

@@ -153,22 +153,11 @@ def result_from_task_doc(doc: Any, relax: str | None = None) -> dict[str, Any]:
 
 
 def write_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
-    """Store ``result`` at ``candidates.relaxed.dft``; only a converged run is usable.
+    """Store ``result`` (:func:`cspflow.store.candidates.set_dft_result`: only a converged run
+    is usable) and, for a converged structure, deduplicate it against other DFT results."""
+    from cspflow.store import candidates
 
-    Converged: ``energy_per_atom.dft`` set and status ``dft_done``. Otherwise the DFT energy is
-    removed and the candidate is marked ``failed`` with ``failure_reason``.
-    """
-    doc = result.model_dump(exclude={"reused"})
-    update: dict[str, Any] = {"$set": {"relaxed.dft": doc}}
-    if result.usable:
-        update["$set"].update({"energy_per_atom.dft": result.energy_per_atom, "status": "dft_done"})
-        update["$unset"] = {"failure_reason": ""}
-    else:
-        update["$set"].update(
-            {"status": "failed", "failure_reason": f"dft {result.status}: {result.reason}"}
-        )
-        update["$unset"] = {"energy_per_atom.dft": ""}
-    db["candidates"].update_one({"candidate_id": candidate_id}, update)
+    candidates.set_dft_result(db, candidate_id, result)
     if result.usable and result.structure:
         dedup_dft(db, candidate_id, result)
 
@@ -181,25 +170,25 @@ def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | No
     from pymatgen.core import Structure
 
     from cspflow.dedup.index import register_relaxed
+    from cspflow.store import candidates
 
     structure = Structure.from_dict(result.structure)
     other = register_relaxed(db, candidate_id, structure, "dft", result.energy_per_atom)
     if other is None:
         return None
-    doc = db["candidates"].find_one(
-        {"candidate_id": other, "relaxed.dft.status": "converged", "duplicate_of": None},
-        {"energy_per_atom.dft": 1},
-    )
-    if doc is None:  # it matched a form that is not a usable DFT result
-        return None
+    doc = candidates.get_many(
+        db, [other], {"relaxed.dft.status": 1, "duplicate_of": 1, "energy_per_atom.dft": 1}
+    ).get(other, {})
+    converged = ((doc.get("relaxed") or {}).get("dft") or {}).get("status") == "converged"
+    if not converged or doc.get("duplicate_of") is not None:
+        return None  # it matched a form that is not a usable DFT result
     theirs = (doc.get("energy_per_atom") or {}).get("dft")
     mine = result.energy_per_atom
     loser, winner = (
         (other, candidate_id) if theirs is not None and mine is not None and mine < theirs
         else (candidate_id, other)
     )  # fmt: skip
-    db["candidates"].update_one({"candidate_id": loser}, {"$set": {"duplicate_of": winner}})
-    db["candidates"].update_many({"duplicate_of": loser}, {"$set": {"duplicate_of": winner}})
+    candidates.mark_duplicate(db, loser, winner)
     return loser
 
 
@@ -331,7 +320,9 @@ def dft_candidate(
     cs = get_settings()
     db = get_database(cs)
     dspec = DftSpec.model_validate(spec)
-    candidate = db["candidates"].find_one({"candidate_id": candidate_id})
+    from cspflow.store import candidates
+
+    candidate = candidates.get_many(db, [candidate_id]).get(candidate_id)
     if candidate is None:
         raise CspflowError(f"candidate {candidate_id} is not in the database")
     preset, settings = resolve_settings(dspec)

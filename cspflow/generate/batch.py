@@ -136,31 +136,18 @@ def load_parents(db: Database, formula: str, pool_size: int = 20) -> list[Parent
     """
     from pymatgen.core import Structure
 
-    coll = db["candidates"]
-    proj = {"_id": 0, "candidate_id": 1, "energy_per_atom": 1, "structure": 1,
-            "relaxed.mlip.structure": 1, "relaxed.dft.structure": 1}  # fmt: skip
-    seen: dict[str, dict] = {}
-    for level in ("dft", "mlip"):
-        key = f"energy_per_atom.{level}"
-        query = {"formula": formula, key: {"$ne": None}, "status": {"$ne": "failed"},
-                 "duplicate_of": None}  # fmt: skip
-        for doc in coll.find(query, proj).sort(key, 1).limit(pool_size):
-            seen.setdefault(doc["candidate_id"], doc)
+    from cspflow.store import candidates
 
-    def energy(doc: dict) -> float:
-        e = doc.get("energy_per_atom") or {}
-        return e["dft"] if e.get("dft") is not None else e["mlip"]
-
-    ranked = sorted(seen.values(), key=energy)[:pool_size]
     out = []
-    for doc in ranked:
+    for doc in candidates.parent_pool(db, formula, pool_size):
         relaxed = doc.get("relaxed") or {}
         data = (
             (relaxed.get("dft") or {}).get("structure")
             or (relaxed.get("mlip") or {}).get("structure")
             or doc["structure"]
         )
-        out.append(Parent(doc["candidate_id"], Structure.from_dict(data), energy(doc)))
+        energy = candidates.preferred_energy(doc)
+        out.append(Parent(doc["candidate_id"], Structure.from_dict(data), energy))
     return out
 
 

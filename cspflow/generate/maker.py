@@ -48,16 +48,16 @@ def generate_candidates(
     from cspflow.generate.composition import parse_target
     from cspflow.generate.constraints import Constraints
     from cspflow.generate.sources import SourceContext
-    from cspflow.store import get_database
+    from cspflow.store import candidates, get_database
 
     target = parse_target(composition, max_atoms)
     db = get_database()
     done: list[str] = []
     if campaign is not None and iteration is not None:
         # A rerun of this iteration's job tops up to n instead of generating n more.
-        done = [d["candidate_id"] for d in db["candidates"].find(
-            {"campaign": campaign, "iteration": iteration, "formula": target.formula},
-            {"candidate_id": 1})]  # fmt: skip
+        done = candidates.ids_where(
+            db, campaign=campaign, iteration=iteration, formula=target.formula
+        )
     if len(done) >= n:
         from cspflow.schemas.candidate import GenerateSummary
 

@@ -192,25 +192,16 @@ def collect_frames(
         ASE Atoms with ``REF_energy``, ``REF_forces``, ``REF_stress`` (when known),
         ``frame_id`` and ``candidate_id``; and counts of what was left out, per reason.
     """
-    # duplicates count too: a candidate marked duplicate after its DFT relaxation (it relaxed
-    # into another one's minimum) still has its own trajectory, real labelled data
-    query: dict[str, Any] = {
-        "chemsys": {"$in": subsystems(chemsys)},
-        "relaxed.dft.status": "converged",
-    }
-    if campaign is not None:
-        query["campaign"] = campaign
-    if max_iteration is not None:
-        query["iteration"] = {"$lte": max_iteration}
+    from cspflow.store import candidates
+
     frames: list[Atoms] = []
     skipped: dict[str, int] = {}
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    for cand in (
-        db["candidates"].find(query, {"candidate_id": 1, "relaxed.dft": 1}).sort("candidate_id", 1)
-    ):
+    # duplicates count too (see dft_labelled)
+    for cand in candidates.dft_labelled(db, subsystems(chemsys), campaign, max_iteration):
         cid = cand["candidate_id"]
         dft = cand["relaxed"]["dft"]
         output = _task_output(store, dft.get("task_uuid"))

@@ -46,7 +46,8 @@ class RelaxOutcome:
     converged: bool
     fmax: float | None
     failure_reason: str | None = None
-    spacegroup: str | None = None
+    spacegroup: str | None = None  # Hermann-Mauguin symbol (symprec 0.1)
+    spacegroup_number: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,11 +72,13 @@ def _to_structure(atoms: Atoms) -> Structure:
     return AseAtomsAdaptor.get_structure(clean)
 
 
-def _spacegroup(structure: Structure) -> str | None:
+def _spacegroup(structure: Structure) -> tuple[int, str] | None:
+    """(number, symbol) of the space group at symprec 0.1, or None where spglib gives up."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
-        return SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
+        sga = SpacegroupAnalyzer(structure, symprec=0.1)
+        return sga.get_space_group_number(), sga.get_space_group_symbol()
     except Exception:  # spglib gives up on some distorted cells; the symbol is informative only
         return None
 
@@ -199,7 +202,9 @@ def relax_structures(
 
     def finish(run: _Run | None, index: int, outcome: RelaxOutcome) -> None:
         if outcome.structure is not None and outcome.ok:
-            outcome.spacegroup = _spacegroup(outcome.structure)
+            found = _spacegroup(outcome.structure)
+            if found is not None:
+                outcome.spacegroup_number, outcome.spacegroup = found
         outcomes[index] = outcome
         if progress is not None:
             progress(index, outcome)

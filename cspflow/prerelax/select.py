@@ -95,31 +95,17 @@ def select_candidates(
 
     Considers prerelaxed (and already selected), non-duplicate candidates of the
     campaign/iteration, plus older ones the campaign re-screened for this iteration with a newly
-    promoted model (``rescreen.campaign``/``rescreen.iteration``; see :mod:`cspflow.rescreen`),
+    promoted model (a ``screenings`` entry of this campaign that joins this iteration; see
+    :mod:`cspflow.rescreen`),
     or exactly ``candidate_ids`` when given; rerunning it is idempotent.
     """
+    from cspflow.store import candidates
+
     if db is None:
         from cspflow.store import get_database
 
         db = get_database()
     # selected ones count too, so running the selection again gives the same answer
-    query: dict[str, Any] = {"status": {"$in": ["prerelaxed", "selected"]}, "duplicate_of": None}
-    if candidate_ids is not None:
-        query["candidate_id"] = {"$in": list(candidate_ids)}
-    else:
-        # this iteration's candidates, and older ones (of the system: this campaign's or an
-        # earlier campaign's) a newly promoted model re-screened for it
-        query["$or"] = [
-            {"campaign": campaign, "iteration": iteration},
-            {"rescreen.campaign": campaign, "rescreen.iteration": iteration},
-        ]
-    projection = {
-        "_id": 0,
-        "candidate_id": 1,
-        "formula": 1,
-        "energy_per_atom": 1,
-        "relaxed.mlip.committee": 1,
-    }
     records = [
         {
             "candidate_id": d["candidate_id"],
@@ -127,7 +113,7 @@ def select_candidates(
             "energy_per_atom": (d.get("energy_per_atom") or {}).get("mlip"),
             "committee": ((d.get("relaxed") or {}).get("mlip") or {}).get("committee"),
         }
-        for d in db["candidates"].find(query, projection)
+        for d in candidates.selection_pool(db, campaign, iteration, candidate_ids)
     ]
     summary = select_for_dft(
         records,
@@ -136,10 +122,7 @@ def select_candidates(
         n_uncertain=n_uncertain,
         uncertainty=uncertainty,
     )
-    if summary.selected:
-        db["candidates"].update_many(
-            {"candidate_id": {"$in": summary.selected}}, {"$set": {"status": "selected"}}
-        )
+    candidates.mark_selected(db, summary.selected)
     return summary
 
 

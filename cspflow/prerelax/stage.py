@@ -132,8 +132,8 @@ def prerelax_candidates(
     """
     from pymatgen.core import Structure
 
-    from cspflow.errors import CspflowError
     from cspflow.mlip import committee_disagreement, load_model
+    from cspflow.store import candidates
 
     t0 = time.monotonic()
     if db is None:
@@ -142,14 +142,7 @@ def prerelax_candidates(
         db = get_database()
     filters = RelaxFilters.model_validate(filters or {})
     ids = list(dict.fromkeys(candidate_ids))
-    coll = db["candidates"]
-    docs = {d["candidate_id"]: d for d in coll.find({"candidate_id": {"$in": ids}}, {"_id": 0})}
-    missing = [cid for cid in ids if cid not in docs]
-    if missing:
-        raise CspflowError(
-            f"{len(missing)} candidate id(s) not in the candidates collection (e.g. {missing[0]}); "
-            "generate them first"
-        )
+    docs = candidates.require(db, ids)
     mlip = loaded or load_model(model, device=device, db=db)
     members = [mlip] + [load_model(spec, device=mlip.device, db=db) for spec in committee]
     numbers = set()
@@ -206,7 +199,8 @@ def prerelax_candidates(
         doc = MlipRelaxDoc(
             structure=out.structure.as_dict() if out.structure is not None else None,
             energy_per_atom=out.energy_per_atom,
-            spacegroup=out.spacegroup,
+            spacegroup=out.spacegroup_number,
+            spacegroup_symbol=out.spacegroup,
             steps=out.steps,
             converged=out.converged,
             fmax=out.fmax,
@@ -217,13 +211,7 @@ def prerelax_candidates(
             device=mlip.device,
             wall_s=round(wall, 3),
         )
-        update: dict[str, Any] = {
-            "relaxed.mlip": doc.model_dump(),
-            "energy_per_atom.mlip": out.energy_per_atom if out.ok else None,
-            "status": "prerelaxed" if out.ok else "failed",
-            "failure_reason": out.failure_reason,
-        }
-        coll.update_one({"candidate_id": cid}, {"$set": update, "$unset": {"duplicate_of": ""}})
+        candidates.set_mlip_result(db, cid, doc, failure_reason=out.failure_reason)
         if out.ok:
             summary.relaxed.append(cid)
         else:
@@ -243,15 +231,15 @@ def prerelax_candidates(
                 if other is not None and other != cid:
                     dups[cid] = dups.get(other, other)  # point at the batch's representative
         for cid, other in dups.items():
-            coll.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": other}})
+            candidates.mark_duplicate(db, cid, other)
         summary.duplicates = dups
 
-    for cid in summary.relaxed + summary.reused:
-        d = coll.find_one({"candidate_id": cid}, {"formula": 1, "energy_per_atom": 1, "status": 1})
+    now = candidates.get_many(db, summary.relaxed + summary.reused,
+                              {"formula": 1, "energy_per_atom": 1, "status": 1})  # fmt: skip
+    for d in now.values():
         e = (d.get("energy_per_atom") or {}).get("mlip")
         if e is not None and d.get("status") != "failed":
-            f = d.get("formula") or docs[cid].get("formula")
-            summary.lowest[f] = min(e, summary.lowest.get(f, e))
+            summary.lowest[d["formula"]] = min(e, summary.lowest.get(d["formula"], e))
     summary.wall_s = round(time.monotonic() - t0, 3)
     return summary
 

@@ -178,10 +178,12 @@ def get_launchpad(settings: CspflowSettings | None = None, *, init: bool = True)
     """
     from cspflow.db import resolve_uri
     from cspflow.settings import get_settings
-    from cspflow.store import get_client
+    from cspflow.store import get_database
 
     settings = settings or get_settings()
-    get_client(settings)  # one clear line if the database is unreachable
+    # one clear line if the database is unreachable; a database of an earlier release is
+    # upgraded before a worker deserializes its fireworks (cspflow.store.migrate)
+    get_database(settings)
     lp = CspflowLaunchPad(
         host=resolve_uri(settings),
         name=settings.db_name,

@@ -1,7 +1,8 @@
 """The candidate document (collection ``candidates``) and the generate stage's summary.
 
 One candidate document per unique structure, shared by the generate, prerelax, select and DFT
-stages. Later stages add ``relaxed.mlip`` / ``relaxed.dft`` sub-documents and fill the energies.
+stages. Later stages add ``relaxed.mlip`` / ``relaxed.dft`` sub-documents and fill the energies,
+always through :mod:`cspflow.store.candidates`; :class:`CandidateDoc` declares every field.
 """
 
 from __future__ import annotations
@@ -11,7 +12,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CandidateDoc", "EnergyPerAtom", "GenerateSummary", "CandidateStatus"]
+from cspflow.schemas.dft import DftResultDoc
+from cspflow.schemas.prerelax import MlipRelaxDoc
+
+__all__ = [
+    "CANDIDATE_SCHEMA_VERSION",
+    "CandidateDoc",
+    "CandidateStatus",
+    "DedupForm",
+    "EnergyPerAtom",
+    "GenerateSummary",
+    "RelaxedForms",
+    "ScreeningDoc",
+]
+
+#: 2: ``screenings`` replaces ``rescreen``/``rescreen_relaxed_by``; ``relaxed.mlip.spacegroup``
+#: is a number (see :mod:`cspflow.store.migrate`)
+CANDIDATE_SCHEMA_VERSION = 2
 
 CandidateStatus = Literal["generated", "prerelaxed", "selected", "dft_done", "failed"]
 
@@ -27,14 +44,60 @@ class EnergyPerAtom(BaseModel):
     dft: float | None = Field(None, description="DFT energy per atom after relaxation (eV).")
 
 
+class ScreeningDoc(BaseModel):
+    """One re-screening of a candidate by a newly promoted model (``screenings`` grows only)."""
+
+    campaign: str = Field(description="Campaign that re-screened it.")
+    model_id: str = Field(description="The promoted model.")
+    single_point_energy_per_atom: float | None = Field(
+        None, description="The model's energy of the stored MLIP structure (eV/atom)."
+    )
+    previous_model_id: str | None = Field(None, description="Model of the stored MLIP result.")
+    previous_energy_per_atom: float | None = Field(
+        None, description="Energy the previous model gave (eV/atom)."
+    )
+    relaxed: bool = Field(
+        False, description="Relaxed again with the model (whatever became of the relaxation)."
+    )
+    joins_iteration: int | None = Field(
+        None,
+        description="Iteration of the re-screening campaign whose selection it joins (it "
+        "relaxed again and is usable); None otherwise.",
+    )
+    at: datetime = Field(default_factory=_now, description="UTC time of the re-screening.")
+
+
+class DedupForm(BaseModel):
+    """A relaxed form of the candidate filed for deduplication (``dedup_forms.<level>``)."""
+
+    fingerprint: list[float] = Field(description="Fingerprint of the relaxed structure.")
+    structure: dict[str, Any] = Field(description="The relaxed structure (pymatgen dict).")
+    spacegroup: int = Field(description="Space group number (spglib, symprec 0.1).")
+
+
+class RelaxedForms(BaseModel):
+    """The ``relaxed`` sub-document: one result per level of theory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlip: MlipRelaxDoc | None = Field(None, description="MLIP pre-relaxation.")
+    dft: DftResultDoc | None = Field(None, description="DFT relaxation.")
+
+
 class CandidateDoc(BaseModel):
-    """One unique candidate structure."""
+    """One unique candidate structure: every field any stage writes is declared here.
 
-    model_config = ConfigDict(extra="allow")
+    Written through :mod:`cspflow.store.candidates` (and created by :mod:`cspflow.dedup.index`).
+    """
 
-    schema_version: int = Field(1, description="Version of this document's layout.")
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = Field(
+        CANDIDATE_SCHEMA_VERSION,
+        description="Layout version (2: re-screening as the append-only ``screenings``).",
+    )
     candidate_id: str = Field(description="Unique id of the candidate.")
-    campaign: str | None = Field(None, description="Campaign that generated it.")
+    campaign: str | None = Field(None, description="Campaign that generated it (its owner).")
     iteration: int | None = Field(None, description="Campaign iteration that generated it.")
     composition: dict[str, float] = Field(description="Element -> amount in the stored cell.")
     formula: str = Field(description="Reduced formula.")
@@ -54,7 +117,23 @@ class CandidateDoc(BaseModel):
     parent_ids: list[str] = Field(default_factory=list, description="Parent candidate ids.")
     status: CandidateStatus = Field("generated", description="Pipeline status.")
     energy_per_atom: EnergyPerAtom = Field(default_factory=EnergyPerAtom)
+    relaxed: RelaxedForms = Field(
+        default_factory=RelaxedForms, description="Relaxation results per level."
+    )
+    duplicate_of: str | None = Field(
+        None, description="The candidate that stands for the same relaxed minimum, if another."
+    )
+    dedup_forms: dict[str, DedupForm] = Field(
+        default_factory=dict, description="Relaxed forms filed for deduplication, by level."
+    )
     e_above_hull: float | None = Field(None, description="Energy above the hull (eV/atom).")
+    e_above_hull_level: Literal["mlip", "dft"] | None = Field(
+        None, description="Level of the hull that gave e_above_hull."
+    )
+    hull_version: int | None = Field(None, description="Hull version that gave e_above_hull.")
+    screenings: list[ScreeningDoc] = Field(
+        default_factory=list, description="Re-screenings by promoted models, oldest first."
+    )
     failure_reason: str | None = Field(None, description="Why the candidate failed, if it did.")
     created_at: datetime = Field(default_factory=_now, description="UTC creation time.")
 

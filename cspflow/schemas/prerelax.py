@@ -20,6 +20,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1"
+#: ``relaxed.mlip`` layout: 2 since the space group is a number (was a symbol)
+MLIP_RELAX_SCHEMA_VERSION = 2
 
 
 class RelaxFilters(BaseModel):
@@ -67,7 +69,12 @@ class MlipRelaxDoc(BaseModel):
         None, description="Relaxed (or last) structure, pymatgen Structure.as_dict()."
     )
     energy_per_atom: float | None = Field(None, description="MLIP energy per atom (eV).")
-    spacegroup: str | None = Field(None, description="Space group symbol after relaxation.")
+    spacegroup: int | None = Field(
+        None, description="Space group number after relaxation (symprec 0.1; None: not found)."
+    )
+    spacegroup_symbol: str | None = Field(
+        None, description="Hermann-Mauguin symbol of that space group."
+    )
     steps: int = Field(0, description="Optimizer steps taken.")
     converged: bool = Field(False, description="Whether max force fell below fmax.")
     fmax: float | None = Field(None, description="Final max force incl. cell (eV/A).")
@@ -77,7 +84,10 @@ class MlipRelaxDoc(BaseModel):
     key: str = Field(description="Content hash of structure + settings + model id.")
     device: str | None = Field(None, description="cpu or cuda.")
     wall_s: float | None = Field(None, description="Wall time of the batch it belonged to (s).")
-    schema_version: str = SCHEMA_VERSION
+    schema_version: int = Field(
+        MLIP_RELAX_SCHEMA_VERSION,
+        description="Layout version (2: space group as a number, symbol in its own field).",
+    )
 
 
 class PrerelaxSummary(BaseModel):

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 CSPFLOW_COLLECTIONS = (
-    "candidates", "fingerprints", "dedup_locks", "hull", "models", "campaigns"
+    "candidates", "fingerprints", "dedup_locks", "hull", "models", "campaigns", "cspflow_meta"
 )  # fmt: skip
 
 # (collection, keys, options): one place lists every index cspflow relies on.
@@ -100,10 +100,14 @@ def _ping(client: MongoClient, uri: str) -> None:
 
 
 def get_database(settings: CspflowSettings | None = None) -> Database:
-    """Return the cspflow database with its indexes in place."""
+    """Return the cspflow database with its indexes in place, upgraded to this release's
+    layout (:func:`cspflow.store.migrate.upgrade`, checked once per process)."""
+    from cspflow.store.migrate import upgrade
+
     settings = settings or get_settings()
     db = get_client(settings)[settings.db_name]
     ensure_indexes(db)
+    upgrade(db)
     return db
 
 

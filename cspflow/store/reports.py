@@ -70,22 +70,28 @@ def rerun_summary(db: Database, fw_ids: list[int]) -> dict:
 
 def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
     """Number of a campaign's candidates per status."""
-    counts: dict[str, int] = {}
-    for row in db.candidates.aggregate(
-        [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
-    ):
-        counts[str(row["_id"])] = int(row["n"])
-    return counts
+    from cspflow.store import candidates
+
+    return candidates.status_counts(db, campaign)
 
 
-TOP_SCHEMA_VERSION = 1
+#: 2: ``spacegroup`` is a number at every level (it was the symbol at MLIP level), with
+#: ``spacegroup_symbol`` beside it
+TOP_SCHEMA_VERSION = 2
+
+
+def _symbol(number: int | None) -> str | None:
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    return SpaceGroup.from_int_number(number).symbol if number else None
 
 
 def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
     """The campaign's lowest-energy unique structures at the best fidelity, ranked.
 
     Each row is the stable ``results top --json`` record (see docs/results.md): rank,
-    candidate_id, formula, spacegroup, nsites, level, energy_per_atom (mlip/dft),
+    candidate_id, formula, spacegroup (number) and spacegroup_symbol, nsites, level,
+    energy_per_atom (mlip/dft),
     e_above_hull, source, iteration, and the final structure (pymatgen dict).
     """
     from cspflow.hull import best_level
@@ -93,20 +99,20 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
         raise CspflowError(f"no campaign named {campaign!r}; list them with `cspflow campaign status`")
+    from cspflow.store import candidates
+
     level = best_level(db, doc["chemsys"]) or "mlip"
-    query: dict = {"campaign": campaign, f"energy_per_atom.{level}": {"$type": "number"},
-                   "status": {"$ne": "failed"}, "duplicate_of": {"$in": [None]}}  # fmt: skip
-    if level == "dft":
-        query["relaxed.dft.status"] = "converged"
     rows = []
-    for c in db.candidates.find(query):
+    for c in candidates.usable(db, level, {"campaign": campaign}):
         relaxed = (c.get("relaxed") or {}).get(level) or {}
+        spacegroup = relaxed.get("spacegroup") or c.get("spacegroup")
         rows.append(
             {
                 "candidate_id": c["candidate_id"],
                 "formula": c["formula"],
                 "nsites": c.get("nsites"),
-                "spacegroup": relaxed.get("spacegroup") or c.get("spacegroup"),
+                "spacegroup": spacegroup,
+                "spacegroup_symbol": _symbol(spacegroup),
                 "level": level,
                 "energy_per_atom": {k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")},
                 "e_above_hull": c.get("e_above_hull") if c.get("e_above_hull_level") == level else None,

@@ -53,5 +53,7 @@ def insert_candidate(
         doc["relaxed"] = {
             "mlip": {"structure": mlip_structure.as_dict(), "energy_per_atom": mlip_energy}
         }
-    db["candidates"].insert_one(doc)
+    from cspflow.store import candidates
+
+    candidates.insert_raw(db, doc)
     return cid

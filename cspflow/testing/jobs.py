@@ -84,10 +84,10 @@ def announce_candidates(campaign: str, iteration: int, formula: str) -> dict:
     iteration's ``generated`` candidates, as a real generate job would (ids, never structures).
     """
     from cspflow.schemas.candidate import GenerateSummary
-    from cspflow.store import get_database
+    from cspflow.store import candidates, get_database
 
-    ids = sorted(get_database().candidates.distinct(
-        "candidate_id", {"campaign": campaign, "iteration": iteration, "status": "generated"}))  # fmt: skip
+    ids = candidates.ids_where(get_database(), campaign=campaign, iteration=iteration,
+                               status="generated")  # fmt: skip
     return GenerateSummary(campaign=campaign, iteration=iteration, formula=formula,
                            requested=len(ids), candidate_ids=ids, n_new=len(ids),
                            seed=0).model_dump()  # fmt: skip

@@ -288,7 +288,9 @@ def test_mutation_takes_parents_from_lowest_energy_candidates(db, structures):
     for cid, e in energies.items():
         db.candidates.update_one({"candidate_id": cid}, {"$set": {"energy_per_atom.mlip": e}})
     # a DFT energy outranks the MLIP one: the worst-by-MLIP candidate becomes the best
-    db.candidates.update_one({"candidate_id": ids[-1]}, {"$set": {"energy_per_atom.dft": -9.0}})
+    # (a converged DFT result, as the DFT stage writes it: only those count as DFT energies)
+    db.candidates.update_one({"candidate_id": ids[-1]}, {"$set": {
+        "energy_per_atom.dft": -9.0, "relaxed.dft": {"status": "converged"}}})  # fmt: skip
     parents = load_parents(db, "SrTiO3", pool_size=3)
     assert [p.candidate_id for p in parents] == [ids[-1], ids[0], ids[1]]
     from cspflow.generate.sources import SourceContext as Ctx

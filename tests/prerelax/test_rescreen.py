@@ -60,22 +60,25 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
     # the old model's best of the system was the earlier campaign's bcc (-5.95 eV/atom)
     assert out["best"]["Si"] == {"old_best": old, "new_best": out["best"]["Si"]["new_best"]}
     kept = db.candidates.find_one({"candidate_id": old})
-    assert kept["rescreen"]["by_campaign"] == "rs" and "iteration" not in kept["rescreen"]
-    assert kept["rescreen"]["single_point_energy_per_atom"] > min(
-        db.candidates.find_one({"candidate_id": c})["rescreen"]["single_point_energy_per_atom"]
+    (entry,) = kept["screenings"]  # one round, one entry
+    assert entry["campaign"] == "rs" and entry["joins_iteration"] is None
+    assert kept["campaign"] == "old"  # the owner stays the campaign that generated it
+    assert entry["single_point_energy_per_atom"] > min(
+        db.candidates.find_one({"candidate_id": c})["screenings"][-1]["single_point_energy_per_atom"]
         for c in ids[2:])  # fmt: skip
     assert kept["relaxed"]["mlip"]["model_id"] == "mace-old"  # single point only: not relaxed
     assert out["best"]["Si"]["new_best"] in ids[2:] and out["best_changed"] == ["Si"]
     for cid in ids:
         d = db.candidates.find_one({"candidate_id": cid})
-        assert d["rescreen"]["model_id"] == chgnet_id and d["rescreen"]["previous_model_id"] == "mace-old"
-        assert d["rescreen"]["single_point_energy_per_atom"] < -4
+        (entry,) = d["screenings"]
+        assert entry["model_id"] == chgnet_id and entry["previous_model_id"] == "mace-old"
+        assert entry["single_point_energy_per_atom"] < -4
         relaxed_again = cid in out["relaxed"]
         assert (d["relaxed"]["mlip"]["model_id"] == chgnet_id) is relaxed_again
-        assert (d["rescreen"].get("iteration") == 1) is relaxed_again
-        assert (d.get("rescreen_relaxed_by") == [chgnet_id]) is relaxed_again
+        assert (entry["joins_iteration"] == 1) is relaxed_again
+        assert entry["relaxed"] is relaxed_again
     for cid in skip:
-        assert "rescreen" not in db.candidates.find_one({"candidate_id": cid})
+        assert not db.candidates.find_one({"candidate_id": cid}).get("screenings")
     # iteration 1's selection sees them next to its own (here: no new) candidates
     # (the two diamonds relax into one structure: the higher copy is a duplicate, left out)
     unique = [c for c in out["relaxed"] if db.candidates.find_one({"candidate_id": c}).get("duplicate_of") is None]
@@ -91,7 +94,10 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
     assert not again["relaxed"] and len(again["failed"]) == 1, again
     (bad,) = again["failed"]
     d = db.candidates.find_one({"candidate_id": bad})
-    assert d["rescreen_relaxed_by"] == [chgnet_id] and "iteration" not in d["rescreen"]
+    # append-only: the first round's single point stays, the failed relaxation is added
+    assert len(d["screenings"]) == 2 and not d["screenings"][0]["relaxed"]
+    assert [e["model_id"] for e in d["screenings"] if e["relaxed"]] == [chgnet_id]
+    assert d["screenings"][-1]["joins_iteration"] is None
 
     # a round that promoted nothing re-screens nothing and says why
     from jobflow import run_locally
