@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Flow, Job, Response, job
 
+from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ __all__ = [
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _meta(stage: str, name: str, iteration: int) -> dict[str, Any]:
-    return {"stage": stage, "campaign": name, "iteration": iteration}
 
 
 def _db() -> Database:
@@ -308,13 +305,13 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
         end = decide(name, iteration, hull.output)
     # dynamic=False: jobs these create at run time carry their own stage (routing), not ours
     for j, stage in ((fan, "control"), (gate, "dft"), (hull, "hull"), (end, "control")):
-        j.update_metadata(_meta(stage, name, iteration), dynamic=False)
+        j.update_metadata(stage_metadata(stage, name, iteration), dynamic=False)
     # the hull only needs to run after DFT, not to read its outputs
     hull.config.resolve_references = False
     fan.name, gate.name = f"prerelax {name} it{iteration}", f"dft gate {name} it{iteration}"
     hull.name, end.name = f"hull {name} it{iteration}", f"decide {name} it{iteration}"
     select.name = f"select {name} it{iteration}"
-    select.update_metadata(_meta("select", name, iteration), dynamic=False)
+    select.update_metadata(stage_metadata("select", name, iteration), dynamic=False)
     return Flow([*gens, fan, select, gate, hull, *extra, end], output=end.output,
                 name=f"{name} iteration {iteration}")  # fmt: skip
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Job, job
 
+from cspflow.jobs import stage_metadata
+
 if TYPE_CHECKING:
     from pymongo.database import Database
 
@@ -214,5 +216,5 @@ def make_rescreen(
     """The rescreen job of an iteration (gpu, after its learn job)."""
     j = rescreen_job(learned, campaign, iteration + 1, top, prerelax, chemsys)
     j.name = f"rescreen {campaign} it{iteration}"
-    j.update_metadata({"stage": STAGE, "campaign": campaign, "iteration": iteration})
+    j.update_metadata(stage_metadata(STAGE, campaign, iteration))
     return j

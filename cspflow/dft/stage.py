@@ -27,6 +27,7 @@ from jobflow import Flow, Job, Maker, OnMissing, Response, job
 
 from cspflow.dft.presets import resolve_settings, settings_hash
 from cspflow.errors import CspflowError
+from cspflow.jobs import stage_metadata
 from cspflow.schemas.dft import DftResultDoc, DftSpec
 
 if TYPE_CHECKING:
@@ -51,17 +52,6 @@ STAGE = "dft"
 # custodian polls its job every 10 s by default, a floor on every DFT run; 2 s costs nothing and
 # keeps the monitors' period (polling_time_step x monitor_freq) at custodian's default 300 s.
 CUSTODIAN_KWARGS = {"polling_time_step": 2, "monitor_freq": 150}
-
-
-def _metadata(candidate_id: str | None, campaign: str | None, iteration: int | None) -> dict:
-    meta: dict[str, Any] = {"stage": STAGE}
-    if candidate_id is not None:
-        meta["candidate_id"] = candidate_id
-    if campaign is not None:
-        meta["campaign"] = campaign
-    if iteration is not None:
-        meta["iteration"] = iteration
-    return meta
 
 
 def input_structure(candidate: dict) -> Structure:
@@ -350,7 +340,7 @@ def dft_candidate(
         write_result(db, candidate_id, result)
         return result
 
-    meta = _metadata(candidate_id, campaign, iteration)
+    meta = stage_metadata(STAGE, campaign, iteration, candidate_id=candidate_id)
     engine_job.update_metadata(meta)
     recorder = record_dft(
         engine_job.output,
@@ -380,7 +370,7 @@ def dft_fanout(
     for cid in candidate_ids:
         j = dft_candidate(cid, spec, campaign, iteration)
         j.name = f"dft {cid}"
-        j.update_metadata(_metadata(cid, campaign, iteration))
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration, candidate_id=cid))
         jobs.append(j)
     return Response(replace=Flow(jobs, output=[j.output for j in jobs], name="dft"))
 
@@ -411,5 +401,5 @@ class DftStageMaker(Maker):
         spec = DftSpec.model_validate(self.spec).model_dump()
         j = dft_fanout(candidate_ids, spec, self.campaign, self.iteration)
         j.name = self.name
-        j.update_metadata(_metadata(None, self.campaign, self.iteration))
+        j.update_metadata(stage_metadata(STAGE, self.campaign, self.iteration))
         return j

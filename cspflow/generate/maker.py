@@ -7,6 +7,8 @@ from typing import Any
 
 from jobflow import Job, Maker, job
 
+from cspflow.jobs import stage_metadata
+
 __all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
 
 
@@ -153,5 +155,5 @@ class GenerateMaker(Maker):
             source_options=dict(self.source_options),
         )
         j.name = self.name
-        j.metadata.update({"stage": "generate", "campaign": campaign, "iteration": iteration})
+        j.metadata.update(stage_metadata("generate", campaign, iteration))
         return j

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Job, Maker, job
 
 from cspflow.errors import CspflowError
+from cspflow.jobs import stage_metadata
 from cspflow.learn.dataset import build_training_set, fit_e0s, replay_frames
 from cspflow.learn.evaluate import evaluate, promotion
 from cspflow.learn.train import check_foundation, train_mace
@@ -277,10 +278,5 @@ class LearnMaker(Maker):
             chemsys, settings, campaign, iteration, current, data_campaign, after, baseline
         )
         j.name = self.name
-        meta: dict[str, Any] = {"stage": STAGE, "chemsys": chemsys}
-        if campaign is not None:
-            meta["campaign"] = campaign
-        if iteration is not None:
-            meta["iteration"] = iteration
-        j.update_metadata(meta)
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration, chemsys=chemsys))
         return j

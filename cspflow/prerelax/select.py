@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Job, Maker, job
 
-from cspflow.prerelax.stage import _metadata
+from cspflow.jobs import stage_metadata
 from cspflow.schemas.prerelax import SelectionSummary
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class SelectMaker(Maker):
             campaign, iteration, after=prerelax_outputs or [], candidate_ids=candidate_ids
         )
         select_job.name = self.name
-        select_job.metadata.update(_metadata("select", campaign, iteration))
+        select_job.metadata.update(stage_metadata("select", campaign, iteration))
         return select_job
 
     @job

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Job, Maker, job
 
+from cspflow.jobs import stage_metadata
 from cspflow.prerelax.relax import deduplicate_batch, relax_structures
 from cspflow.schemas.prerelax import (
     CommitteeDoc,
@@ -257,15 +258,6 @@ def prerelax_candidates(
 
 
 
-def _metadata(stage: str, campaign: str | None, iteration: int | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"stage": stage}
-    if campaign is not None:
-        meta["campaign"] = campaign
-    if iteration is not None:
-        meta["iteration"] = iteration
-    return meta
-
-
 @dataclass
 class PrerelaxMaker(Maker):
     """Relax one batch of candidates with an MLIP (a job per batch, routed to gpu workers).
@@ -314,7 +306,7 @@ class PrerelaxMaker(Maker):
         """Return the job for one batch (ids only: structures stay in the database)."""
         batch_job = self.run_batch(list(candidate_ids))
         batch_job.name = self.name
-        batch_job.metadata.update(_metadata("prerelax", campaign, iteration))
+        batch_job.metadata.update(stage_metadata("prerelax", campaign, iteration))
         return batch_job
 
     @job

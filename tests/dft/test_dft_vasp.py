@@ -125,7 +125,7 @@ def test_dft_vasp_mp_preset_inputs_correction_and_result(db, vasp_env, tmp_path,
     # Every job of the stage is routed to the cpu workers through its metadata.
     docs = list(store.query({}, properties=["name", "metadata"]))
     assert docs and all(d["metadata"].get("stage") == "dft" for d in docs), docs
-    from cspflow.stages import category_for
+    from cspflow.jobs import category_for
 
     assert category_for("dft") == "cpu"
 

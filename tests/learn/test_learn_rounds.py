@@ -27,13 +27,13 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
     from typer.testing import CliRunner
 
     from cspflow.cli.main import app
+    from cspflow.jobs import category_for
     from cspflow.learn.evaluate import promotion
     from cspflow.learn.round import LearnMaker, learn
     from cspflow.mlip import committee_disagreement, load_model
     from cspflow.models import current_model_spec, get_model, lineage
     from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.schemas.learn import ModelMetrics, TrainSettings
-    from cspflow.stages import category_for
     from cspflow.store import get_jobstore
     from cspflow.testing import insert_candidate
 

@@ -12,10 +12,10 @@ from ase.spacegroup import crystal
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from cspflow.errors import CspflowError
+from cspflow.jobs import category_for
 from cspflow.prerelax.relax import relax_structures
 from cspflow.prerelax.select import SelectMaker, select_candidates
 from cspflow.prerelax.stage import PrerelaxMaker, prerelax_candidates
-from cspflow.stages import category_for
 
 EXPERIMENT = {"Si": 5.43, "NaCl": 5.64, "SrTiO3": 3.905}  # conventional cubic lattice constants
 

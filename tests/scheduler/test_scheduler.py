@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cspflow.jobs import STAGE_CATEGORY, category_for
 from cspflow.scheduler.workers import worker_command, worker_env
-from cspflow.stages import STAGE_CATEGORY, category_for
 
 REPO = Path(__file__).resolve().parents[2]
 
