@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Job, job
 
 from cspflow.jobs import stage_metadata
+from cspflow.schemas.prerelax import PrerelaxSettings, RescreenSettings
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "make_rescreen"]
 
 STAGE = "rescreen"
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = RescreenSettings()
 
 
 def rescreen_pool(
@@ -101,7 +104,7 @@ def rescreen_candidates(
     model: str,
     *,
     next_iteration: int,
-    top: int = 3,
+    top: int = _DEFAULTS.top,
     prerelax: dict[str, Any] | None = None,
     device: str | None = None,
     chemsys: str | None = None,
@@ -121,7 +124,8 @@ def rescreen_candidates(
     top
         Per formula, how many of the best single points are relaxed again (0: single points only).
     prerelax
-        ``fmax``, ``max_steps``, ``optimizer`` of the campaign's prerelax stage.
+        :class:`~cspflow.schemas.prerelax.PrerelaxSettings` fields of the campaign's prerelax stage
+        (``fmax``, ``max_steps``, ``optimizer`` apply; the rest keep their defaults).
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     chemsys
@@ -154,11 +158,10 @@ def rescreen_candidates(
     relaxed: list[str] = []
     failed: dict[str, str] = {}
     if chosen:
-        p = prerelax or {}
+        p = PrerelaxSettings.model_validate(prerelax or {})
         summary = prerelax_candidates(
             chosen, model=model, loaded=loaded, db=db, start="mlip",
-            fmax=p.get("fmax", 0.05), max_steps=p.get("max_steps", 300),
-            optimizer=p.get("optimizer", "FIRE"),
+            fmax=p.fmax, max_steps=p.max_steps, optimizer=p.optimizer,
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
@@ -193,7 +196,7 @@ def rescreen_job(
     learned: dict[str, Any] | None,
     campaign: str,
     next_iteration: int,
-    top: int = 3,
+    top: int = _DEFAULTS.top,
     prerelax: dict[str, Any] | None = None,
     chemsys: str | None = None,
 ) -> dict[str, Any]:

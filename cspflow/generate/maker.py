@@ -8,8 +8,12 @@ from typing import Any
 from jobflow import Job, Maker, job
 
 from cspflow.jobs import stage_metadata
+from cspflow.schemas.generate import GenerateSettings
 
 __all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
+
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = GenerateSettings()
 
 
 def derive_seed(*parts: Any) -> int:
@@ -29,8 +33,8 @@ def generate_candidates(
     campaign: str | None = None,
     iteration: int | None = None,
     constraints: dict[str, Any] | None = None,
-    time_limit: float = 10.0,
-    parent_pool: int = 20,
+    time_limit: float = _DEFAULTS.time_limit,
+    parent_pool: int = _DEFAULTS.parent_pool,
     source_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` new unique candidates and register them in the campaign database.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Job, Maker, job
 
 from cspflow.jobs import stage_metadata
-from cspflow.schemas.prerelax import SelectionSummary
+from cspflow.schemas.prerelax import SelectionSummary, SelectSettings
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -27,14 +27,17 @@ __all__ = [
     "SelectMaker",
 ]
 
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = SelectSettings()
+
 
 def select_for_dft(
     records: Iterable[dict[str, Any]],
     *,
-    top_k: int = 5,
-    energy_window: float = 0.05,
-    n_uncertain: int = 0,
-    uncertainty: str = "force_std",
+    top_k: int = _DEFAULTS.top_k,
+    energy_window: float = _DEFAULTS.energy_window,
+    n_uncertain: int = _DEFAULTS.uncertain_k,
+    uncertainty: str = _DEFAULTS.uncertainty,
 ) -> SelectionSummary:
     """Choose candidates for DFT: per composition the ``top_k`` lowest within ``energy_window``.
 
@@ -84,10 +87,10 @@ def select_candidates(
     campaign: str | None,
     iteration: int | None,
     *,
-    top_k: int = 5,
-    energy_window: float = 0.05,
-    n_uncertain: int = 0,
-    uncertainty: str = "force_std",
+    top_k: int = _DEFAULTS.top_k,
+    energy_window: float = _DEFAULTS.energy_window,
+    n_uncertain: int = _DEFAULTS.uncertain_k,
+    uncertainty: str = _DEFAULTS.uncertainty,
     candidate_ids: Sequence[str] | None = None,
     db: Database | None = None,
 ) -> SelectionSummary:

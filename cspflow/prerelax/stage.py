@@ -25,6 +25,7 @@ from cspflow.prerelax.relax import deduplicate_batch, relax_structures
 from cspflow.schemas.prerelax import (
     CommitteeDoc,
     MlipRelaxDoc,
+    PrerelaxSettings,
     PrerelaxSummary,
     RelaxFilters,
 )
@@ -39,6 +40,9 @@ __all__ = [
     "prerelax_candidates",
     "PrerelaxMaker",
 ]
+
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = PrerelaxSettings()
 
 # (candidate_id, relaxed structure) -> id of another candidate that is the same structure, or None
 FindDuplicate = Callable[["Database", str, "Structure"], "str | None"]
@@ -75,15 +79,15 @@ def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate 
 def prerelax_candidates(
     candidate_ids: Sequence[str],
     *,
-    model: str = "chgnet",
+    model: str = _DEFAULTS.model,
     committee: Sequence[str] = (),
-    fmax: float = 0.05,
-    max_steps: int = 300,
-    optimizer: str = "FIRE",
+    fmax: float = _DEFAULTS.fmax,
+    max_steps: int = _DEFAULTS.max_steps,
+    optimizer: str = _DEFAULTS.optimizer,
     filters: RelaxFilters | dict | None = None,
-    batched: bool | None = None,
-    max_seconds: float | None = None,
-    dedup: bool = True,
+    batched: bool | None = _DEFAULTS.batched,
+    max_seconds: float | None = _DEFAULTS.max_seconds,
+    dedup: bool = _DEFAULTS.dedup,
     db: Database | None = None,
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
