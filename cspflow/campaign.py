@@ -33,7 +33,6 @@ __all__ = [
     "campaign_flow",
     "prerelax_fanout",
     "dft_gate",
-    "hull_update",
     "decide",
     "register_campaign",
     "campaign_doc",
@@ -76,10 +75,7 @@ def prerelax_fanout(generated: list[dict], name: str, iteration: int) -> Respons
     if not ids:
         return []
     p = spec.prerelax
-    maker = PrerelaxMaker(
-        model=prerelax_model(spec), committee=list(p.committee), fmax=p.fmax,
-        max_steps=p.max_steps, optimizer=p.optimizer,
-    )  # fmt: skip
+    maker = PrerelaxMaker(settings=p.model_copy(update={"model": prerelax_model(spec)}))
     size = p.batch_size
     jobs = [
         maker.make(ids[i : i + size], campaign=name, iteration=iteration)
@@ -144,25 +140,9 @@ def dft_gate(selection: dict, name: str, iteration: int) -> Response | list:
         selected = selected[:remaining]
     if not selected:
         return []
-    dft_spec = spec.dft.model_dump(exclude={"budget"})
-    fanout = DftStageMaker(spec=dft_spec, campaign=name, iteration=iteration).make(selected)
+    fanout = DftStageMaker(settings=spec.dft).make(selected, campaign=name, iteration=iteration)
     fanout.name = f"dft {name} it{iteration}"
     return Response(replace=fanout)
-
-
-@job
-def hull_update(chemsys: str, name: str, iteration: int, after: Any = None) -> dict | None:
-    """Recompute the hull of the campaign's system; return the stored version's summary."""
-    from cspflow.hull import update_hull
-
-    doc = update_hull(_db(), chemsys, campaign=name, iteration=iteration)
-    if doc is None:
-        return None
-    return {
-        "chemsys": chemsys, "version": doc["version"], "level": doc["level"],
-        "stable": doc["stable"], "stable_formulas": doc["stable_formulas"],
-        "added_to_stable": doc["added_to_stable"], "complete": doc["complete"],
-    }  # fmt: skip
 
 
 def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]:
@@ -277,25 +257,23 @@ def _aware(t: datetime.datetime) -> datetime.datetime:
 def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
     """One iteration of the loop as a Flow (generate -> prerelax -> select -> dft -> hull -> decide)."""
     from cspflow.generate.maker import GenerateMaker
+    from cspflow.hull import HullMaker
     from cspflow.prerelax.select import SelectMaker
 
     name = spec.name
     g = spec.generate
-    gen_maker = GenerateMaker(
-        n=g.per_iteration, max_atoms=spec.max_atoms, sources=dict(g.sources)
-    )
+    gen_maker = GenerateMaker(settings=g, max_atoms=spec.max_atoms)
     gens: list[Job] = []
     for formula in spec.formulas():
         j = gen_maker.make(formula, campaign=name, iteration=iteration, seed=g.seed + iteration)
         j.name = f"generate {formula} it{iteration}"
         gens.append(j)
     fan = prerelax_fanout([j.output for j in gens], name, iteration)
-    select = SelectMaker(
-        top_k=spec.select.top_k, energy_window=spec.select.energy_window,
-        n_uncertain=spec.select.uncertain_k,
-    ).make(campaign=name, iteration=iteration, prerelax_outputs=[fan.output])  # fmt: skip
+    select = SelectMaker(settings=spec.select).make(
+        campaign=name, iteration=iteration, prerelax_outputs=[fan.output]
+    )
     gate = dft_gate(select.output, name, iteration)
-    hull = hull_update(spec.system(), name, iteration, after=gate.output)
+    hull = HullMaker().make(spec.system(), name, iteration, after=gate.output)
     extra: list[Job] = []
     if learns_in(spec, iteration):
         learn, rescreen = _learning_jobs(spec, iteration, after=hull.output)
@@ -304,10 +282,8 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
     else:
         end = decide(name, iteration, hull.output)
     # dynamic=False: jobs these create at run time carry their own stage (routing), not ours
-    for j, stage in ((fan, "control"), (gate, "dft"), (hull, "hull"), (end, "control")):
+    for j, stage in ((fan, "control"), (gate, "dft"), (end, "decide")):
         j.update_metadata(stage_metadata(stage, name, iteration), dynamic=False)
-    # the hull only needs to run after DFT, not to read its outputs
-    hull.config.resolve_references = False
     fan.name, gate.name = f"prerelax {name} it{iteration}", f"dft gate {name} it{iteration}"
     hull.name, end.name = f"hull {name} it{iteration}", f"decide {name} it{iteration}"
     select.name = f"select {name} it{iteration}"
@@ -319,19 +295,20 @@ def iteration_flow(spec: CampaignSpec, iteration: int) -> Flow:
 def _learning_jobs(spec: CampaignSpec, iteration: int, after: Any) -> tuple[Job, Job]:
     """learn (retrain on the campaign's DFT data) -> rescreen (when a model was promoted)."""
     from cspflow.learn.round import LearnMaker
-    from cspflow.rescreen import make_rescreen
+    from cspflow.rescreen import RescreenMaker
+    from cspflow.schemas.learn import TrainSettings
+    from cspflow.schemas.prerelax import RescreenSettings
 
     name = spec.name
-    learn = LearnMaker(name=f"learn {name} it{iteration}",
-                       settings=spec.learn.train_settings()).make(
+    learn = LearnMaker(settings=TrainSettings(**spec.learn.train_settings())).make(
         spec.system(), campaign=name, iteration=iteration, after=after,
         baseline=spec.prerelax.model,
     )  # fmt: skip
-    p = spec.prerelax
-    rescreen = make_rescreen(
-        learn.output, name, iteration, spec.learn.rescreen_top,
-        {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer}, spec.system(),
-    )  # fmt: skip
+    learn.name = f"learn {name} it{iteration}"
+    rescreen = RescreenMaker(
+        settings=RescreenSettings(top=spec.learn.rescreen_top, prerelax=spec.prerelax)
+    ).make(learn.output, name, iteration, spec.system())
+    rescreen.name = f"rescreen {name} it{iteration}"
     return learn, rescreen
 
 

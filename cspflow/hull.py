@@ -3,7 +3,8 @@
 One fidelity per hull, never mixed: the hull is built from DFT energies when any converged DFT
 entry of the system exists, else from MLIP energies. Each update is stored as a new version in
 the ``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
-every candidate that has an energy at that level.
+every candidate that has an energy at that level. :class:`HullMaker` makes the hull job of a
+campaign iteration (:func:`hull_update`, stage ``hull``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, Maker, job
+
+from cspflow.jobs import stage_metadata
 
 if TYPE_CHECKING:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -24,6 +29,8 @@ __all__ = [
     "compute_hull",
     "candidate_entries",
     "update_hull",
+    "hull_update",
+    "HullMaker",
     "latest_hull",
     "plot_hull",
     "load_reference_entries",
@@ -216,6 +223,52 @@ def update_hull(
         db.candidates.bulk_write(ops, ordered=False)
     doc.pop("_id", None)
     return doc
+
+
+@job
+def hull_update(
+    chemsys: str, campaign: str | None, iteration: int | None, after: Any = None
+) -> dict | None:
+    """Recompute the hull of the campaign's system; return the stored version's summary."""
+    from cspflow.store import get_database
+
+    doc = update_hull(get_database(), chemsys, campaign=campaign, iteration=iteration)
+    if doc is None:
+        return None
+    return {
+        "chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+        "stable": doc["stable"], "stable_formulas": doc["stable_formulas"],
+        "added_to_stable": doc["added_to_stable"], "complete": doc["complete"],
+    }  # fmt: skip
+
+
+@dataclass
+class HullMaker(Maker):
+    """Make the hull job of a campaign iteration (cpu). The hull has no settings: it uses every
+    usable energy of the system at the best level available.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    """
+
+    name: str = "hull"
+
+    def make(
+        self,
+        chemsys: str,
+        campaign: str | None = None,
+        iteration: int | None = None,
+        after: Any = None,
+    ) -> Job:
+        """Return the job; ``after`` only orders it (the hull runs after DFT, reading nothing of
+        its outputs)."""
+        j = hull_update(chemsys, campaign, iteration, after=after)
+        j.name = self.name
+        j.config.resolve_references = False
+        j.update_metadata(stage_metadata("hull", campaign, iteration), dynamic=False)
+        return j
 
 
 def _same_build(

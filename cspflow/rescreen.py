@@ -16,15 +16,16 @@ differently, so the campaign does not leave them behind:
    model. Every candidate relaxed again (also one that failed or relaxed into another
    candidate) lists the model in ``rescreen_relaxed_by``, which later rounds keep.
 
-The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
+The job (:class:`RescreenMaker`, stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
 formula the old model's best and the new model's best, and whether they differ.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jobflow import Job, job
+from jobflow import Job, Maker, job
 
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.prerelax import PrerelaxSettings, RescreenSettings
@@ -32,7 +33,7 @@ from cspflow.schemas.prerelax import PrerelaxSettings, RescreenSettings
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-__all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "make_rescreen"]
+__all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "RescreenMaker"]
 
 STAGE = "rescreen"
 #: defaults of direct calls: the stage's settings, written once in the schema
@@ -212,12 +213,31 @@ def rescreen_job(
     )  # fmt: skip
 
 
-def make_rescreen(
-    learned: Any, campaign: str, iteration: int, top: int, prerelax: dict[str, Any],
-    chemsys: str | None = None,
-) -> Job:
-    """The rescreen job of an iteration (gpu, after its learn job)."""
-    j = rescreen_job(learned, campaign, iteration + 1, top, prerelax, chemsys)
-    j.name = f"rescreen {campaign} it{iteration}"
-    j.update_metadata(stage_metadata(STAGE, campaign, iteration))
-    return j
+@dataclass
+class RescreenMaker(Maker):
+    """Make the rescreen job of a campaign iteration (gpu, after its learn job).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    settings
+        :class:`~cspflow.schemas.prerelax.RescreenSettings`: how many per formula are relaxed
+        again, and the campaign's prerelax settings (``fmax``, ``max_steps``, ``optimizer``
+        apply).
+    """
+
+    name: str = "rescreen"
+    settings: RescreenSettings = field(default_factory=RescreenSettings)
+
+    def make(
+        self, learned: Any, campaign: str, iteration: int, chemsys: str | None = None
+    ) -> Job:
+        """Return the job; ``learned`` is the learn job's output (re-screen when it promoted a
+        model). The candidates relaxed again join iteration ``iteration + 1``'s selection."""
+        p = self.settings.prerelax
+        prerelax = {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer}
+        j = rescreen_job(learned, campaign, iteration + 1, self.settings.top, prerelax, chemsys)
+        j.name = self.name
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration))
+        return j

@@ -383,23 +383,23 @@ class DftStageMaker(Maker):
     ----------
     name : str
         Job name.
-    spec : dict
-        The campaign's ``dft:`` block (validated as :class:`DftSpec`).
-    campaign : str or None
-        Campaign name (job metadata).
-    iteration : int or None
-        Iteration number (job metadata).
+    settings : DftSpec
+        The stage's settings; a campaign passes its spec's ``dft:`` block (its ``budget`` is
+        the campaign's to apply, not the stage's).
     """
 
     name: str = "dft stage"
-    spec: dict = field(default_factory=lambda: DftSpec.model_validate({}).model_dump())
-    campaign: str | None = None
-    iteration: int | None = None
+    settings: DftSpec = field(default_factory=DftSpec)
 
-    def make(self, candidate_ids: list[str] | Any) -> Job:
+    def make(
+        self,
+        candidate_ids: list[str] | Any,
+        campaign: str | None = None,
+        iteration: int | None = None,
+    ) -> Job:
         """Return the fan-out job (``candidate_ids`` may be an upstream job's output)."""
-        spec = DftSpec.model_validate(self.spec).model_dump()
-        j = dft_fanout(candidate_ids, spec, self.campaign, self.iteration)
+        spec = self.settings.model_dump(include=set(DftSpec.model_fields))
+        j = dft_fanout(candidate_ids, DftSpec.model_validate(spec).model_dump(), campaign, iteration)
         j.name = self.name
-        j.update_metadata(stage_metadata(STAGE, self.campaign, self.iteration))
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration))
         return j

@@ -251,12 +251,13 @@ class LearnMaker(Maker):
     name
         Job name.
     settings
-        :class:`~cspflow.schemas.learn.TrainSettings` fields (min_frames, epochs,
-        foundation_model, committee, ...).
+        The round's :class:`~cspflow.schemas.learn.TrainSettings` (min_frames, epochs,
+        foundation_model, committee, ...); a campaign passes its spec's
+        ``learn.train_settings()``.
     """
 
     name: str = "learn"
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: TrainSettings = field(default_factory=TrainSettings)
 
     def make(
         self,
@@ -273,10 +274,10 @@ class LearnMaker(Maker):
         ``current`` is the model to beat (default: the registry's current model of
         ``chemsys``, else ``baseline``); ``after`` only orders the job after its inputs.
         """
-        settings = TrainSettings(**self.settings).as_dict()  # validates the field names
         j = learn_job(
-            chemsys, settings, campaign, iteration, current, data_campaign, after, baseline
-        )
+            chemsys, self.settings.as_dict(), campaign, iteration, current, data_campaign, after,
+            baseline,
+        )  # fmt: skip
         j.name = self.name
         j.update_metadata(stage_metadata(STAGE, campaign, iteration, chemsys=chemsys))
         return j

@@ -11,6 +11,7 @@ from pymatgen.core import Lattice, Structure
 
 from cspflow.campaign import dft_runs
 from cspflow.dft.stage import DftStageMaker
+from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
 from cspflow.testing import insert_candidate
 
@@ -36,8 +37,8 @@ def test_a_dft_run_counts_for_the_campaign_that_ran_it(db, settings, tmp_path):
         _rescreened_by(db, cid, "A")
     store = get_jobstore(settings)
     for campaign, cid in (("B", own), ("A", taken)):
-        stage = DftStageMaker(spec={"engine": "vasp", "potcar_spec": True}, campaign=campaign)
-        run_locally(stage.make([cid]), store=store, root_dir=tmp_path / campaign)
+        stage = DftStageMaker(settings=DftSpec(engine="vasp", potcar_spec=True))
+        run_locally(stage.make([cid], campaign=campaign), store=store, root_dir=tmp_path / campaign)
     # a result written before results named their campaign
     db.candidates.update_one(
         {"candidate_id": legacy}, {"$set": {"relaxed.dft": {"status": "failed", "engine": "vasp"}}}
