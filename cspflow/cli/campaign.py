@@ -146,7 +146,7 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
     from rich.console import Console
     from rich.table import Table
 
-    from cspflow.campaign import campaign_doc
+    from cspflow.campaign.state import campaign_doc
     from cspflow.hull import latest_hull, plot_hull
     from cspflow.store import get_database
     from cspflow.store.reports import top_structures
@@ -258,7 +258,7 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cspflow.campaign import campaign_doc
+    from cspflow.campaign.state import campaign_doc
     from cspflow.errors import CspflowError
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow, rerun_summary, top_structures
@@ -343,10 +343,10 @@ def extend(
     iterations: Annotated[int, typer.Option(help="Iterations to add.", min=1)] = 1,
 ) -> None:
     """Allow more iterations; a finished campaign gets its next iteration submitted."""
-    from cspflow.campaign import campaign_doc, iteration_flow
+    from cspflow.campaign.loop import iteration_flow
+    from cspflow.campaign.state import campaign_doc, stored_spec
     from cspflow.errors import CspflowError
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
-    from cspflow.schemas.campaign import CampaignSpec
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
 
@@ -354,7 +354,7 @@ def extend(
     doc = campaign_doc(db, name)
     if doc is None:
         raise CspflowError(f"no campaign named {name!r}")
-    spec = CampaignSpec.model_validate(doc["spec"])
+    spec = stored_spec(doc["spec"])
     done = len(doc.get("iterations", []))
     spec.stop.max_iterations = max(spec.stop.max_iterations, done) + iterations
     db.campaigns.update_one({"name": name}, {"$set": {"spec": spec.model_dump(mode="json")}})
@@ -369,8 +369,10 @@ def extend(
         else:
             from cspflow.scheduler.launchpad import flow_to_workflow
 
+            # the last decide job of the campaign, by its metadata (jobflow copies it to the spec)
             last = db.fireworks.find_one(
-                {"fw_id": {"$in": wf["nodes"]}, "name": {"$regex": "^decide "}}, sort=[("fw_id", -1)]
+                {"fw_id": {"$in": wf["nodes"]}, "spec.stage": "decide", "spec.campaign": name},
+                sort=[("fw_id", -1)],
             )
             get_launchpad().append_wf(flow_to_workflow(flow), [last["fw_id"]])
     typer.echo(f"campaign {name}: max_iterations now {spec.stop.max_iterations}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from jobflow import run_locally
 from pymatgen.core import Lattice, Structure
 
-from cspflow.campaign import dft_runs
+from cspflow.campaign.state import dft_runs
 from cspflow.dft.stage import DftStageMaker
 from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
