@@ -4,8 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cspflow-setup-stamp
-APT_PACKAGES := slurm-wlm munge cp2k gpaw-data libxc-dev libopenblas-dev liblapack-dev \
-	libfftw3-dev libopenmpi-dev build-essential pkg-config
+APT_PACKAGES := python3.11 python3.11-venv python3.11-dev slurm-wlm munge cp2k gpaw-data \
+	libxc-dev libopenblas-dev liblapack-dev libfftw3-dev libopenmpi-dev build-essential pkg-config
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages demo test test-fast lint bench clean-venv
@@ -40,9 +40,14 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not slurm and not cp2k and not gpaw" $(PYTEST_ARGS)
 
+# ruff (lint + format), mypy, the import layers (pyproject [tool.importlinter]) and the check
+# that only cspflow/store and cspflow/dedup touch the candidates collection. CI runs it.
 lint: setup
 	$(BIN)/ruff check cspflow tests bench
 	$(BIN)/ruff format --check cspflow tests bench
+	$(BIN)/mypy cspflow
+	$(BIN)/lint-imports
+	$(BIN)/python .ci/check_owners.py
 
 # throughput benchmarks (bench/README.md has the last measured tables); `cspflow bench csp` is separate
 bench: setup

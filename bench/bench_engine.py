@@ -109,6 +109,7 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     """
     from cspflow.prerelax.stage import PrerelaxMaker, prerelax_candidates
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.schemas.prerelax import PrerelaxSettings
     from cspflow.store import get_database
 
     structures = candidates(batch_size * batches, seed=5)
@@ -120,12 +121,12 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     # warm-up (imports, first model load) so neither side pays the process's one-time costs
     prerelax_candidates(ids_in[0][:1], model=model, max_steps=5, db=db_in, dedup=False)
 
-    maker = PrerelaxMaker(model=model, fmax=0.05, max_steps=max_steps)
+    maker = PrerelaxMaker(settings=PrerelaxSettings(model=model, max_steps=max_steps))
     lp = get_launchpad(s_fw)
     log = Path(settings.runs_dir) / "overhead-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     # a warm worker (what a cluster's worker daemon is): it ran one small job already
-    warm = PrerelaxMaker(model=model, max_steps=5, dedup=False).make(ids_fw[0][:1])
+    warm = PrerelaxMaker(settings=PrerelaxSettings(model=model, max_steps=5, dedup=False)).make(ids_fw[0][:1])
     submit_flow(warm, s_fw)
     worker = _worker(settings, "overhead_fw", "gpu", "bench-overhead", log, until_empty=False)
 

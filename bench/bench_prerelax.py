@@ -134,6 +134,7 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
     from cspflow.bench.runner import bench_server
     from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.schemas.prerelax import PrerelaxSettings
     from cspflow.store import get_database
 
     structs = candidates(args.n)
@@ -149,22 +150,23 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
         lp = get_launchpad(s)
         log = Path(settings.runs_dir) / "worker.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        submit_flow(PrerelaxMaker(model=args.model, max_steps=5, dedup=False).make(batch_ids[:1]), s)
+        submit_flow(PrerelaxMaker(settings=PrerelaxSettings(model=args.model, max_steps=5, dedup=False)).make(batch_ids[:1]), s)
         worker = _worker(
             settings, "prerelax_paths", "gpu", "bench-prerelax", log, until_empty=False
         )
         try:
             _wait(lp, 1, timeout=900)  # the worker is warm (imports, a first model load)
-            maker = PrerelaxMaker(model=args.model, fmax=args.fmax, max_steps=args.max_steps,
-                                  dedup=False)  # fmt: skip
+            maker = PrerelaxMaker(settings=PrerelaxSettings(
+                model=args.model, fmax=args.fmax, max_steps=args.max_steps, dedup=False))
             t0 = time.perf_counter()
             submit_flow(maker.make(batch_ids), s)
             _wait(lp, 2, timeout=7200)
             t_batched = time.perf_counter() - t0
             t0 = time.perf_counter()
             for cid in single_ids:
-                submit_flow(PrerelaxMaker(model=args.model, fmax=args.fmax, max_steps=args.max_steps,
-                                          dedup=False, batched=False).make([cid]), s)  # fmt: skip
+                submit_flow(PrerelaxMaker(settings=PrerelaxSettings(
+                    model=args.model, fmax=args.fmax, max_steps=args.max_steps, dedup=False,
+                    batched=False)).make([cid]), s)  # fmt: skip
             _wait(lp, 2 + len(single_ids), timeout=7200)
             t_single = time.perf_counter() - t0
         finally:

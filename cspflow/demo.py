@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from jobflow import Flow, job
 
+from cspflow.jobs import stage_metadata
+
 __all__ = ["build_structure", "analyse_structure", "platform_flow"]
 
 
-@job(metadata={"stage": "generate"})
+@job(metadata=stage_metadata("generate"))
 def build_structure(formula: str, a: float):
     """Build a conventional cubic rocksalt/diamond-type cell (cpu stage)."""
     from pymatgen.core import Lattice, Structure
@@ -26,7 +28,7 @@ def build_structure(formula: str, a: float):
     return structure
 
 
-@job(metadata={"stage": "prerelax"})
+@job(metadata=stage_metadata("prerelax"))
 def analyse_structure(structure) -> dict:
     """Symmetry and density of a structure (gpu stage: where the MLIP pre-relax will run)."""
     from pymatgen.core import Structure

@@ -3,7 +3,8 @@
 One fidelity per hull, never mixed: the hull is built from DFT energies when any converged DFT
 entry of the system exists, else from MLIP energies. Each update is stored as a new version in
 the ``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
-every candidate that has an energy at that level.
+every candidate that has an energy at that level. :class:`HullMaker` makes the hull job of a
+campaign iteration (:func:`hull_update`, stage ``hull``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Job, Maker, job
+
+from cspflow.jobs import stage_metadata
 
 if TYPE_CHECKING:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -24,6 +29,8 @@ __all__ = [
     "compute_hull",
     "candidate_entries",
     "update_hull",
+    "hull_update",
+    "HullMaker",
     "latest_hull",
     "plot_hull",
     "load_reference_entries",
@@ -140,11 +147,11 @@ def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]
 
 
 def best_level(db: Database, chemsys: str) -> str | None:
-    """Return the highest fidelity with at least one usable entry in the system, or None."""
-    for level in LEVELS:
-        if candidate_entries(db, chemsys, level):
-            return level
-    return None
+    """Return the highest fidelity with at least one usable entry in the system, or None
+    (:func:`cspflow.store.reports.best_level`)."""
+    from cspflow.store.reports import best_level as _best_level
+
+    return _best_level(db, chemsys)
 
 
 def update_hull(
@@ -201,6 +208,52 @@ def update_hull(
     candidates.set_hull(db, values, level, version)
     doc.pop("_id", None)
     return doc
+
+
+@job
+def hull_update(
+    chemsys: str, campaign: str | None, iteration: int | None, after: Any = None
+) -> dict | None:
+    """Recompute the hull of the campaign's system; return the stored version's summary."""
+    from cspflow.store import get_database
+
+    doc = update_hull(get_database(), chemsys, campaign=campaign, iteration=iteration)
+    if doc is None:
+        return None
+    return {
+        "chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+        "stable": doc["stable"], "stable_formulas": doc["stable_formulas"],
+        "added_to_stable": doc["added_to_stable"], "complete": doc["complete"],
+    }  # fmt: skip
+
+
+@dataclass
+class HullMaker(Maker):
+    """Make the hull job of a campaign iteration (cpu). The hull has no settings: it uses every
+    usable energy of the system at the best level available.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    """
+
+    name: str = "hull"
+
+    def make(
+        self,
+        chemsys: str,
+        campaign: str | None = None,
+        iteration: int | None = None,
+        after: Any = None,
+    ) -> Job:
+        """Return the job; ``after`` only orders it (the hull runs after DFT, reading nothing of
+        its outputs)."""
+        j = hull_update(chemsys, campaign, iteration, after=after)
+        j.name = self.name
+        j.config.resolve_references = False
+        j.update_metadata(stage_metadata("hull", campaign, iteration), dynamic=False)
+        return j
 
 
 def _same_build(

@@ -19,22 +19,28 @@ differently, so the campaign does not leave them behind:
    candidates, every energy in the pool coming from the same model. The candidate's
    ``campaign`` stays the one that generated it.
 
-The job (stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
+The job (:class:`RescreenMaker`, stage ``rescreen``, gpu) returns ids and counts, and how the ranking changed: for each
 formula the old model's best and the new model's best, and whether they differ.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jobflow import Job, job
+from jobflow import Job, Maker, job
+
+from cspflow.jobs import stage_metadata
+from cspflow.schemas.prerelax import PrerelaxSettings, RescreenSettings
 
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-__all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "make_rescreen"]
+__all__ = ["rescreen_pool", "rescreen_candidates", "rescreen_job", "RescreenMaker"]
 
 STAGE = "rescreen"
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = RescreenSettings()
 
 
 def rescreen_pool(
@@ -95,7 +101,7 @@ def rescreen_candidates(
     model: str,
     *,
     next_iteration: int,
-    top: int = 3,
+    top: int = _DEFAULTS.top,
     prerelax: dict[str, Any] | None = None,
     device: str | None = None,
     chemsys: str | None = None,
@@ -115,7 +121,8 @@ def rescreen_candidates(
     top
         Per formula, how many of the best single points are relaxed again (0: single points only).
     prerelax
-        ``fmax``, ``max_steps``, ``optimizer`` of the campaign's prerelax stage.
+        :class:`~cspflow.schemas.prerelax.PrerelaxSettings` fields of the campaign's prerelax stage
+        (``fmax``, ``max_steps``, ``optimizer`` apply; the rest keep their defaults).
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     chemsys
@@ -151,11 +158,10 @@ def rescreen_candidates(
     relaxed: list[str] = []
     failed: dict[str, str] = {}
     if chosen:
-        p = prerelax or {}
+        p = PrerelaxSettings.model_validate(prerelax or {})
         summary = prerelax_candidates(
             chosen, model=model, loaded=loaded, db=db, start="mlip",
-            fmax=p.get("fmax", 0.05), max_steps=p.get("max_steps", 300),
-            optimizer=p.get("optimizer", "FIRE"),
+            fmax=p.fmax, max_steps=p.max_steps, optimizer=p.optimizer,
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
@@ -188,7 +194,7 @@ def rescreen_job(
     learned: dict[str, Any] | None,
     campaign: str,
     next_iteration: int,
-    top: int = 3,
+    top: int = _DEFAULTS.top,
     prerelax: dict[str, Any] | None = None,
     chemsys: str | None = None,
 ) -> dict[str, Any]:
@@ -204,12 +210,31 @@ def rescreen_job(
     )  # fmt: skip
 
 
-def make_rescreen(
-    learned: Any, campaign: str, iteration: int, top: int, prerelax: dict[str, Any],
-    chemsys: str | None = None,
-) -> Job:
-    """The rescreen job of an iteration (gpu, after its learn job)."""
-    j = rescreen_job(learned, campaign, iteration + 1, top, prerelax, chemsys)
-    j.name = f"rescreen {campaign} it{iteration}"
-    j.update_metadata({"stage": STAGE, "campaign": campaign, "iteration": iteration})
-    return j
+@dataclass
+class RescreenMaker(Maker):
+    """Make the rescreen job of a campaign iteration (gpu, after its learn job).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    settings
+        :class:`~cspflow.schemas.prerelax.RescreenSettings`: how many per formula are relaxed
+        again, and the campaign's prerelax settings (``fmax``, ``max_steps``, ``optimizer``
+        apply).
+    """
+
+    name: str = "rescreen"
+    settings: RescreenSettings = field(default_factory=RescreenSettings)
+
+    def make(
+        self, learned: Any, campaign: str, iteration: int, chemsys: str | None = None
+    ) -> Job:
+        """Return the job; ``learned`` is the learn job's output (re-screen when it promoted a
+        model). The candidates relaxed again join iteration ``iteration + 1``'s selection."""
+        p = self.settings.prerelax
+        prerelax = {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer}
+        j = rescreen_job(learned, campaign, iteration + 1, self.settings.top, prerelax, chemsys)
+        j.name = self.name
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration))
+        return j

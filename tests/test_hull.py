@@ -112,7 +112,7 @@ def test_reference_entries_complete_a_dft_hull(db, tmp_path):
 
 
 def test_unreadable_reference_file_stores_nothing(db, tmp_path):
-    from cspflow.campaign import register_campaign
+    from cspflow.campaign.state import register_campaign
     from cspflow.errors import CspflowError
     from cspflow.schemas.campaign import parse_spec
 

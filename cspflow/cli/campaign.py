@@ -123,7 +123,7 @@ def run(
 def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: float) -> None:
     from rich.console import Console
 
-    from cspflow.campaign import campaign_doc
+    from cspflow.campaign.state import campaign_doc
     from cspflow.hull import latest_hull, plot_hull
     from cspflow.store import get_database
     from cspflow.store.reports import top_structures
@@ -153,7 +153,7 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
     """Iterations, counts per status, fireworks and best structures of a campaign."""
     from rich.console import Console
 
-    from cspflow.campaign import campaign_doc
+    from cspflow.campaign.state import campaign_doc
     from cspflow.errors import CspflowError
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow, rerun_summary, top_structures
@@ -178,7 +178,7 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
 @app.command("pause")
 def pause(name: NameArg) -> None:
     """Stop handing out the campaign's jobs (running ones finish); resume continues."""
-    from cspflow.campaign import set_campaign_state
+    from cspflow.campaign.state import set_campaign_state
     from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
@@ -193,7 +193,7 @@ def pause(name: NameArg) -> None:
 @app.command("resume")
 def resume(name: NameArg) -> None:
     """Hand out a paused campaign's jobs again (workers, or `campaign run`, pick them up)."""
-    from cspflow.campaign import set_campaign_state
+    from cspflow.campaign.state import set_campaign_state
     from cspflow.scheduler.launchpad import get_launchpad
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
@@ -213,10 +213,10 @@ def extend(
     iterations: Annotated[int, typer.Option(help="Iterations to add.", min=1)] = 1,
 ) -> None:
     """Allow more iterations; a finished campaign gets its next iteration submitted."""
-    from cspflow.campaign import campaign_doc, iteration_flow
+    from cspflow.campaign.loop import iteration_flow
+    from cspflow.campaign.state import campaign_doc, stored_spec
     from cspflow.errors import CspflowError
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
-    from cspflow.schemas.campaign import CampaignSpec
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
 
@@ -224,7 +224,7 @@ def extend(
     doc = campaign_doc(db, name)
     if doc is None:
         raise CspflowError(f"no campaign named {name!r}")
-    spec = CampaignSpec.model_validate(doc["spec"])
+    spec = stored_spec(doc["spec"])
     done = len(doc.get("iterations", []))
     spec.stop.max_iterations = max(spec.stop.max_iterations, done) + iterations
     db.campaigns.update_one({"name": name}, {"$set": {"spec": spec.model_dump(mode="json")}})
@@ -239,8 +239,10 @@ def extend(
         else:
             from cspflow.scheduler.launchpad import flow_to_workflow
 
+            # the last decide job of the campaign, by its metadata (jobflow copies it to the spec)
             last = db.fireworks.find_one(
-                {"fw_id": {"$in": wf["nodes"]}, "name": {"$regex": "^decide "}}, sort=[("fw_id", -1)]
+                {"fw_id": {"$in": wf["nodes"]}, "spec.stage": "decide", "spec.campaign": name},
+                sort=[("fw_id", -1)],
             )
             get_launchpad().append_wf(flow_to_workflow(flow), [last["fw_id"]])
     typer.echo(f"campaign {name}: max_iterations now {spec.stop.max_iterations}")

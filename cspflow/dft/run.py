@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cspflow.errors import CspflowError
+from cspflow.jobs import stage_metadata
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -65,7 +66,7 @@ def relax_structures(
             if on_done:
                 on_done(name)
             continue
-        engine_job.update_metadata({"stage": "dft"})
+        engine_job.update_metadata(stage_metadata("dft"))
         runs.mkdir(parents=True, exist_ok=True)
         store = JobStore(MemoryStore())
         responses = run_locally(

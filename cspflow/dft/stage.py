@@ -27,6 +27,7 @@ from jobflow import Flow, Job, Maker, OnMissing, Response, job
 
 from cspflow.dft.presets import resolve_settings, settings_hash
 from cspflow.errors import CspflowError
+from cspflow.jobs import stage_metadata
 from cspflow.schemas.dft import DftResultDoc, DftSpec
 
 if TYPE_CHECKING:
@@ -51,17 +52,6 @@ STAGE = "dft"
 # custodian polls its job every 10 s by default, a floor on every DFT run; 2 s costs nothing and
 # keeps the monitors' period (polling_time_step x monitor_freq) at custodian's default 300 s.
 CUSTODIAN_KWARGS = {"polling_time_step": 2, "monitor_freq": 150}
-
-
-def _metadata(candidate_id: str | None, campaign: str | None, iteration: int | None) -> dict:
-    meta: dict[str, Any] = {"stage": STAGE}
-    if candidate_id is not None:
-        meta["candidate_id"] = candidate_id
-    if campaign is not None:
-        meta["campaign"] = campaign
-    if iteration is not None:
-        meta["iteration"] = iteration
-    return meta
 
 
 def input_structure(candidate: dict) -> Structure:
@@ -341,7 +331,7 @@ def dft_candidate(
         write_result(db, candidate_id, result)
         return result
 
-    meta = _metadata(candidate_id, campaign, iteration)
+    meta = stage_metadata(STAGE, campaign, iteration, candidate_id=candidate_id)
     engine_job.update_metadata(meta)
     recorder = record_dft(
         engine_job.output,
@@ -371,7 +361,7 @@ def dft_fanout(
     for cid in candidate_ids:
         j = dft_candidate(cid, spec, campaign, iteration)
         j.name = f"dft {cid}"
-        j.update_metadata(_metadata(cid, campaign, iteration))
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration, candidate_id=cid))
         jobs.append(j)
     return Response(replace=Flow(jobs, output=[j.output for j in jobs], name="dft"))
 
@@ -384,23 +374,23 @@ class DftStageMaker(Maker):
     ----------
     name : str
         Job name.
-    spec : dict
-        The campaign's ``dft:`` block (validated as :class:`DftSpec`).
-    campaign : str or None
-        Campaign name (job metadata).
-    iteration : int or None
-        Iteration number (job metadata).
+    settings : DftSpec
+        The stage's settings; a campaign passes its spec's ``dft:`` block (its ``budget`` is
+        the campaign's to apply, not the stage's).
     """
 
     name: str = "dft stage"
-    spec: dict = field(default_factory=lambda: DftSpec.model_validate({}).model_dump())
-    campaign: str | None = None
-    iteration: int | None = None
+    settings: DftSpec = field(default_factory=DftSpec)
 
-    def make(self, candidate_ids: list[str] | Any) -> Job:
+    def make(
+        self,
+        candidate_ids: list[str] | Any,
+        campaign: str | None = None,
+        iteration: int | None = None,
+    ) -> Job:
         """Return the fan-out job (``candidate_ids`` may be an upstream job's output)."""
-        spec = DftSpec.model_validate(self.spec).model_dump()
-        j = dft_fanout(candidate_ids, spec, self.campaign, self.iteration)
+        spec = self.settings.model_dump(include=set(DftSpec.model_fields))
+        j = dft_fanout(candidate_ids, DftSpec.model_validate(spec).model_dump(), campaign, iteration)
         j.name = self.name
-        j.update_metadata(_metadata(None, self.campaign, self.iteration))
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration))
         return j

@@ -7,7 +7,14 @@ from typing import Any
 
 from jobflow import Job, Maker, job
 
+from cspflow.jobs import stage_metadata
+from cspflow.schemas.campaign import CampaignSpec
+from cspflow.schemas.generate import GenerateSettings
+
 __all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
+
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = GenerateSettings()
 
 
 def derive_seed(*parts: Any) -> int:
@@ -27,8 +34,8 @@ def generate_candidates(
     campaign: str | None = None,
     iteration: int | None = None,
     constraints: dict[str, Any] | None = None,
-    time_limit: float = 10.0,
-    parent_pool: int = 20,
+    time_limit: float = _DEFAULTS.time_limit,
+    parent_pool: int = _DEFAULTS.parent_pool,
     source_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` new unique candidates and register them in the campaign database.
@@ -98,32 +105,17 @@ class GenerateMaker(Maker):
     ----------
     name
         Job name.
-    n
-        New unique candidates per iteration.
+    settings
+        The stage's :class:`~cspflow.schemas.generate.GenerateSettings` (``per_iteration`` new
+        unique candidates, source weights, constraints, time limit, parent pool, source
+        options); a campaign passes its spec's ``generate`` block.
     max_atoms
-        Largest cell.
-    sources
-        Source name -> weight (``random_symmetric``, ``prototype``, ``mutation``, ``external``).
-    constraints
-        Overrides of :class:`~cspflow.generate.constraints.Constraints`.
-    time_limit
-        Seconds allowed per PyXtal structure.
-    parent_pool
-        Number of lowest-energy stored structures mutation draws parents from.
-    source_options
-        Keyword arguments per source (e.g. ``{"external": {"files": ["gen/"]}}``).
+        Largest cell (a campaign passes its spec's ``max_atoms``).
     """
 
     name: str = "generate"
-    n: int = 200
-    max_atoms: int = 20
-    sources: dict[str, float] = field(
-        default_factory=lambda: {"random_symmetric": 0.6, "prototype": 0.2, "mutation": 0.2}
-    )
-    constraints: dict[str, Any] = field(default_factory=dict)
-    time_limit: float = 10.0
-    parent_pool: int = 20
-    source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: GenerateSettings = field(default_factory=GenerateSettings)
+    max_atoms: int = CampaignSpec.model_fields["max_atoms"].default
 
     def make(
         self,
@@ -139,19 +131,20 @@ class GenerateMaker(Maker):
         """
         if seed is None:
             seed = derive_seed(composition, campaign, iteration)
+        s = self.settings
         j = generate_candidates(
             composition,
-            self.n,
+            s.per_iteration,
             self.max_atoms,
-            sources=dict(self.sources),
+            sources=dict(s.sources),
             seed=seed,
             campaign=campaign,
             iteration=iteration,
-            constraints=dict(self.constraints),
-            time_limit=self.time_limit,
-            parent_pool=self.parent_pool,
-            source_options=dict(self.source_options),
+            constraints=dict(s.constraints),
+            time_limit=s.time_limit,
+            parent_pool=s.parent_pool,
+            source_options=dict(s.source_options),
         )
         j.name = self.name
-        j.metadata.update({"stage": "generate", "campaign": campaign, "iteration": iteration})
+        j.metadata.update(stage_metadata("generate", campaign, iteration))
         return j

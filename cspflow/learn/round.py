@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Job, Maker, job
 
 from cspflow.errors import CspflowError
+from cspflow.jobs import stage_metadata
 from cspflow.learn.dataset import build_training_set, fit_e0s, replay_frames
 from cspflow.learn.evaluate import evaluate, promotion
 from cspflow.learn.train import check_foundation, train_mace
@@ -250,12 +251,13 @@ class LearnMaker(Maker):
     name
         Job name.
     settings
-        :class:`~cspflow.schemas.learn.TrainSettings` fields (min_frames, epochs,
-        foundation_model, committee, ...).
+        The round's :class:`~cspflow.schemas.learn.TrainSettings` (min_frames, epochs,
+        foundation_model, committee, ...); a campaign passes its spec's
+        ``learn.train_settings()``.
     """
 
     name: str = "learn"
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: TrainSettings = field(default_factory=TrainSettings)
 
     def make(
         self,
@@ -272,15 +274,10 @@ class LearnMaker(Maker):
         ``current`` is the model to beat (default: the registry's current model of
         ``chemsys``, else ``baseline``); ``after`` only orders the job after its inputs.
         """
-        settings = TrainSettings(**self.settings).as_dict()  # validates the field names
         j = learn_job(
-            chemsys, settings, campaign, iteration, current, data_campaign, after, baseline
-        )
+            chemsys, self.settings.as_dict(), campaign, iteration, current, data_campaign, after,
+            baseline,
+        )  # fmt: skip
         j.name = self.name
-        meta: dict[str, Any] = {"stage": STAGE, "chemsys": chemsys}
-        if campaign is not None:
-            meta["campaign"] = campaign
-        if iteration is not None:
-            meta["iteration"] = iteration
-        j.update_metadata(meta)
+        j.update_metadata(stage_metadata(STAGE, campaign, iteration, chemsys=chemsys))
         return j

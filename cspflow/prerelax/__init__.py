@@ -30,9 +30,11 @@ _EXPORTS = {
     "relax_structures": "relax",
     "deduplicate_batch": "relax",
     "prerelax_candidates": "stage",
+    "prerelax_job": "stage",
     "PrerelaxMaker": "stage",
     "select_for_dft": "select",
     "select_candidates": "select",
+    "select_job": "select",
     "SelectMaker": "select",
 }
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cspflow.schemas.prerelax import RelaxFilters
+from cspflow.schemas.prerelax import PrerelaxSettings, RelaxFilters
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("FIRE", "BFGS")
+#: the prerelax stage's defaults (fmax, max_steps, optimizer), written once in the schema
+_DEFAULTS = PrerelaxSettings()
 
 
 @dataclass
@@ -136,9 +138,9 @@ def relax_structures(
     structures: Sequence[Structure | Atoms],
     model: LoadedModel,
     *,
-    fmax: float = 0.05,
-    max_steps: int = 300,
-    optimizer: str = "FIRE",
+    fmax: float = _DEFAULTS.fmax,
+    max_steps: int = _DEFAULTS.max_steps,
+    optimizer: str = _DEFAULTS.optimizer,
     filters: RelaxFilters | None = None,
     batched: bool | None = None,
     chunk_size: int | None = None,

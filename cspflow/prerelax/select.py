@@ -4,19 +4,20 @@
   the most uncertain under a committee);
 * :func:`select_candidates`, which applies it to a campaign iteration's candidates and marks
   them ``selected``;
-* the jobflow Maker :class:`SelectMaker` (``metadata={"stage": "select"}``, cpu).
+* the job :func:`select_job` and its Maker :class:`SelectMaker` (``stage_metadata("select")``,
+  cpu).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobflow import Job, Maker, job
 
-from cspflow.prerelax.stage import _metadata
-from cspflow.schemas.prerelax import SelectionSummary
+from cspflow.jobs import stage_metadata
+from cspflow.schemas.prerelax import SelectionSummary, SelectSettings
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -24,17 +25,21 @@ if TYPE_CHECKING:
 __all__ = [
     "select_for_dft",
     "select_candidates",
+    "select_job",
     "SelectMaker",
 ]
+
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = SelectSettings()
 
 
 def select_for_dft(
     records: Iterable[dict[str, Any]],
     *,
-    top_k: int = 5,
-    energy_window: float = 0.05,
-    n_uncertain: int = 0,
-    uncertainty: str = "force_std",
+    top_k: int = _DEFAULTS.top_k,
+    energy_window: float = _DEFAULTS.energy_window,
+    n_uncertain: int = _DEFAULTS.uncertain_k,
+    uncertainty: str = _DEFAULTS.uncertainty,
 ) -> SelectionSummary:
     """Choose candidates for DFT: per composition the ``top_k`` lowest within ``energy_window``.
 
@@ -84,10 +89,10 @@ def select_candidates(
     campaign: str | None,
     iteration: int | None,
     *,
-    top_k: int = 5,
-    energy_window: float = 0.05,
-    n_uncertain: int = 0,
-    uncertainty: str = "force_std",
+    top_k: int = _DEFAULTS.top_k,
+    energy_window: float = _DEFAULTS.energy_window,
+    n_uncertain: int = _DEFAULTS.uncertain_k,
+    uncertainty: str = _DEFAULTS.uncertainty,
     candidate_ids: Sequence[str] | None = None,
     db: Database | None = None,
 ) -> SelectionSummary:
@@ -127,15 +132,43 @@ def select_candidates(
 
 
 
+@job
+def select_job(
+    campaign: str | None,
+    iteration: int | None,
+    after: list[Any] | None = None,
+    candidate_ids: list[str] | None = None,
+    settings: SelectSettings | dict | None = None,
+) -> dict[str, Any]:
+    """Run :func:`select_candidates` (what the job runs; ``after`` only orders the job after its
+    inputs)."""
+    s = SelectSettings.model_validate(settings or {})
+    return select_candidates(
+        campaign,
+        iteration,
+        top_k=s.top_k,
+        energy_window=s.energy_window,
+        n_uncertain=s.uncertain_k,
+        uncertainty=s.uncertainty,
+        candidate_ids=candidate_ids,
+    ).model_dump()
+
+
 @dataclass
 class SelectMaker(Maker):
-    """Pick the candidates of a campaign iteration that go on to DFT (cpu)."""
+    """Pick the candidates of a campaign iteration that go on to DFT (cpu).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    settings
+        The stage's :class:`~cspflow.schemas.prerelax.SelectSettings`; a campaign passes its
+        spec's ``select`` block.
+    """
 
     name: str = "select"
-    top_k: int = 5
-    energy_window: float = 0.05
-    n_uncertain: int = 0
-    uncertainty: str = "force_std"
+    settings: SelectSettings = field(default_factory=SelectSettings)
 
     def make(
         self,
@@ -145,28 +178,10 @@ class SelectMaker(Maker):
         candidate_ids: list[str] | None = None,
     ) -> Job:
         """Return the select job; pass the prerelax jobs' outputs to run after them."""
-        select_job = self.run_select(
-            campaign, iteration, after=prerelax_outputs or [], candidate_ids=candidate_ids
-        )
-        select_job.name = self.name
-        select_job.metadata.update(_metadata("select", campaign, iteration))
-        return select_job
-
-    @job
-    def run_select(
-        self,
-        campaign: str | None,
-        iteration: int | None,
-        after: list[Any] | None = None,
-        candidate_ids: list[str] | None = None,
-    ) -> dict[str, Any]:
-        """Run the selection (``after`` only orders the job after its inputs)."""
-        return select_candidates(
-            campaign,
-            iteration,
-            top_k=self.top_k,
-            energy_window=self.energy_window,
-            n_uncertain=self.n_uncertain,
-            uncertainty=self.uncertainty,
-            candidate_ids=candidate_ids,
-        ).model_dump()
+        j = select_job(
+            campaign, iteration, after=prerelax_outputs or [], candidate_ids=candidate_ids,
+            settings=self.settings,
+        )  # fmt: skip
+        j.name = self.name
+        j.metadata.update(stage_metadata("select", campaign, iteration))
+        return j

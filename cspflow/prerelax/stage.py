@@ -3,8 +3,9 @@
 * :func:`prerelax_candidates` (read a batch of candidate ids, load the model once, relax with
   :func:`cspflow.prerelax.relax.relax_structures`, write ``relaxed.mlip`` / status / energies,
   deduplicate the relaxed structures);
-* the jobflow Maker :class:`PrerelaxMaker` (``metadata={"stage": "prerelax"}``, routed to gpu
-  workers).
+* the job :func:`prerelax_job` and its Maker :class:`PrerelaxMaker` (holds a
+  :class:`~cspflow.schemas.prerelax.PrerelaxSettings`; ``stage_metadata("prerelax")``, routed to
+  gpu workers).
 
 Models come from :mod:`cspflow.mlip`, the only module that imports torch.
 """
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Job, Maker, job
 
+from cspflow.jobs import stage_metadata
 from cspflow.prerelax.relax import deduplicate_batch, relax_structures
 from cspflow.schemas.prerelax import (
     CommitteeDoc,
     MlipRelaxDoc,
+    PrerelaxSettings,
     PrerelaxSummary,
     RelaxFilters,
 )
@@ -36,8 +39,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "prerelax_candidates",
+    "prerelax_job",
     "PrerelaxMaker",
 ]
+
+#: defaults of direct calls: the stage's settings, written once in the schema
+_DEFAULTS = PrerelaxSettings()
 
 # (candidate_id, relaxed structure) -> id of another candidate that is the same structure, or None
 FindDuplicate = Callable[["Database", str, "Structure"], "str | None"]
@@ -74,15 +81,15 @@ def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate 
 def prerelax_candidates(
     candidate_ids: Sequence[str],
     *,
-    model: str = "chgnet",
+    model: str = _DEFAULTS.model,
     committee: Sequence[str] = (),
-    fmax: float = 0.05,
-    max_steps: int = 300,
-    optimizer: str = "FIRE",
+    fmax: float = _DEFAULTS.fmax,
+    max_steps: int = _DEFAULTS.max_steps,
+    optimizer: str = _DEFAULTS.optimizer,
     filters: RelaxFilters | dict | None = None,
-    batched: bool | None = None,
-    max_seconds: float | None = None,
-    dedup: bool = True,
+    batched: bool | None = _DEFAULTS.batched,
+    max_seconds: float | None = _DEFAULTS.max_seconds,
+    dedup: bool = _DEFAULTS.dedup,
     db: Database | None = None,
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
@@ -245,13 +252,13 @@ def prerelax_candidates(
 
 
 
-def _metadata(stage: str, campaign: str | None, iteration: int | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"stage": stage}
-    if campaign is not None:
-        meta["campaign"] = campaign
-    if iteration is not None:
-        meta["iteration"] = iteration
-    return meta
+@job
+def prerelax_job(candidate_ids: list[str], settings: PrerelaxSettings | dict) -> dict[str, Any]:
+    """Relax one batch with :func:`prerelax_candidates` (what the job runs); returns the summary
+    as a dict."""
+    s = PrerelaxSettings.model_validate(settings)
+    kwargs = {name: getattr(s, name) for name in PrerelaxSettings.model_fields}
+    return prerelax_candidates(candidate_ids, **kwargs).model_dump()
 
 
 @dataclass
@@ -262,36 +269,14 @@ class PrerelaxMaker(Maker):
     ----------
     name
         Job name.
-    model
-        Model spec: ``chgnet``, ``mace:PATH`` or ``registry:ID``.
-    committee
-        Further model specs for committee disagreement.
-    fmax
-        Force convergence (eV/A).
-    max_steps
-        Optimizer steps per candidate.
-    optimizer
-        ``FIRE`` or ``BFGS`` (on ``FrechetCellFilter``).
-    filters
-        :class:`~cspflow.schemas.prerelax.RelaxFilters` fields.
-    batched
-        Batched model evaluation (None: when the model supports it).
-    max_seconds
-        Wall-time limit per candidate (s).
-    dedup
-        Deduplicate relaxed structures.
+    settings
+        The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
+        max_steps, optimizer, filters, batched, max_seconds, dedup); a campaign passes its spec's
+        ``prerelax`` block.
     """
 
     name: str = "prerelax"
-    model: str = "chgnet"
-    committee: list[str] = field(default_factory=list)
-    fmax: float = 0.05
-    max_steps: int = 300
-    optimizer: str = "FIRE"
-    filters: dict[str, Any] = field(default_factory=dict)
-    batched: bool | None = None
-    max_seconds: float | None = None
-    dedup: bool = True
+    settings: PrerelaxSettings = field(default_factory=PrerelaxSettings)
 
     def make(
         self,
@@ -300,24 +285,7 @@ class PrerelaxMaker(Maker):
         iteration: int | None = None,
     ) -> Job:
         """Return the job for one batch (ids only: structures stay in the database)."""
-        batch_job = self.run_batch(list(candidate_ids))
+        batch_job = prerelax_job(list(candidate_ids), settings=self.settings)
         batch_job.name = self.name
-        batch_job.metadata.update(_metadata("prerelax", campaign, iteration))
+        batch_job.metadata.update(stage_metadata("prerelax", campaign, iteration))
         return batch_job
-
-    @job
-    def run_batch(self, candidate_ids: list[str]) -> dict[str, Any]:
-        """Run the batch (what the job executes); returns the summary as a dict."""
-        summary = prerelax_candidates(
-            candidate_ids,
-            model=self.model,
-            committee=self.committee,
-            fmax=self.fmax,
-            max_steps=self.max_steps,
-            optimizer=self.optimizer,
-            filters=self.filters,
-            batched=self.batched,
-            max_seconds=self.max_seconds,
-            dedup=self.dedup,
-        )
-        return summary.model_dump()

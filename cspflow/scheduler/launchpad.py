@@ -1,6 +1,6 @@
 """The LaunchPad and routing: jobflow Flows on a FireWorks LaunchPad, routed to gpu / cpu workers.
 
-Routing is decided in one place: :func:`cspflow.stages.category_for` maps a job's
+Routing is decided in one place: :func:`cspflow.jobs.category_for` maps a job's
 ``metadata["stage"]`` to the FireWorks ``_category``, and :class:`CspflowLaunchPad` applies it
 to every firework it writes, including those a running job adds dynamically
 (``Response(addition=...)``, ``replace``, detours).
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from fireworks import LaunchPad
 from pymongo import ReturnDocument
 
-from cspflow.stages import category_for
+from cspflow.jobs import category_for
 
 if TYPE_CHECKING:
     from fireworks import Firework, Workflow

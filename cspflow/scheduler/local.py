@@ -90,7 +90,8 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
 
     Returns the campaign document, whether it was created now, and the workflow's fw ids.
     """
-    from cspflow.campaign import campaign_flow, register_campaign
+    from cspflow.campaign.loop import campaign_flow
+    from cspflow.campaign.state import register_campaign
     from cspflow.store import get_database
     from cspflow.store.reports import campaign_workflow
 

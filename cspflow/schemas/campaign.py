@@ -17,6 +17,9 @@ from pydantic import (
 
 from cspflow.errors import SpecError
 from cspflow.schemas.dft import DftSpec as DftEngineSpec
+from cspflow.schemas.generate import GenerateSettings
+from cspflow.schemas.learn import TrainSettings
+from cspflow.schemas.prerelax import PrerelaxSettings, RescreenSettings, SelectSettings
 
 __all__ = [
     "CampaignSpec",
@@ -44,40 +47,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class GenerateSpec(_Strict):
-    per_iteration: int = Field(40, ge=1, le=100_000, description="New candidates per composition and iteration.")
-    sources: dict[str, float] = Field(
-        default_factory=lambda: {"random_symmetric": 0.6, "prototype": 0.2, "mutation": 0.2},
-        description="Generator name -> weight.",
-    )
+class GenerateSpec(GenerateSettings):
+    """The ``generate:`` block: the generate stage's settings plus the campaign's base seed."""
+
     seed: int = Field(0, ge=0, description="Base random seed; iteration i uses seed + i.")
-    batch_size: int = Field(200, ge=1, description="Candidates per generation job.")
 
-    @field_validator("sources")
+    @model_validator(mode="before")
     @classmethod
-    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        known = {"random_symmetric", "prototype", "mutation", "external"}
-        bad = sorted(set(v) - known)
-        if bad:
-            raise ValueError(f"unknown source(s) {bad}; choose from {sorted(known)}")
-        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-            raise ValueError("weights must be >= 0 and not all zero")
-        return v
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_size" in data:
+            raise ValueError(
+                "batch_size was removed (it never had an effect: each composition is generated "
+                "by one job); delete it"
+            )
+        return data
 
 
-class PrerelaxSpec(_Strict):
-    model: str = Field("chgnet", description="chgnet | mace:PATH | registry:ID")
-    committee: list[str] = Field(default_factory=list, description="Extra models for disagreement.")
-    fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
-    max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")
-    optimizer: Literal["FIRE", "BFGS"] = "FIRE"
+class PrerelaxSpec(PrerelaxSettings):
+    """The ``prerelax:`` block: the prerelax stage's settings plus the batch size."""
+
     batch_size: int = Field(32, ge=1, description="Candidates per pre-relaxation job.")
 
 
-class SelectSpec(_Strict):
-    top_k: int = Field(5, ge=0, description="Lowest-energy unique structures per composition.")
-    energy_window: float = Field(0.05, ge=0, description="eV/atom above the lowest.")
-    uncertain_k: int = Field(0, ge=0, description="Extra most-uncertain candidates (committee).")
+class SelectSpec(SelectSettings):
+    """The ``select:`` block: the select stage's settings."""
 
 
 class DftSpec(DftEngineSpec):
@@ -92,20 +85,27 @@ class LearnSpec(_Strict):
     enabled: bool = False
     model: Literal["mace"] = "mace"
     every: int = Field(1, ge=1, description="Retrain every N iterations.")
-    min_frames: int = Field(20, ge=1, description="Fewest DFT frames worth training on.")
+    min_frames: int = Field(
+        TrainSettings.min_frames, ge=1, description="Fewest DFT frames worth training on."
+    )
     foundation_model: str | None = Field(
-        None, description="MACE model to fine-tune (PATH, mace:PATH, registry:ID or current)."
+        TrainSettings.foundation_model,
+        description="MACE model to fine-tune (PATH, mace:PATH, registry:ID or current).",
     )
     finetune: Literal["naive", "multihead"] = Field(
-        "naive", description="Fine-tuning mode when foundation_model is set."
+        TrainSettings.finetune, description="Fine-tuning mode when foundation_model is set."
     )
     replay_file: str | None = Field(
-        None, description="extxyz replay data for multihead fine-tuning (the foundation's data)."
+        TrainSettings.replay_file,
+        description="extxyz replay data for multihead fine-tuning (the foundation's data).",
     )
-    committee: int = Field(1, ge=1, le=8, description="Models trained with different seeds.")
+    committee: int = Field(
+        TrainSettings.committee, ge=1, le=8, description="Models trained with different seeds."
+    )
     rescreen_top: int = Field(
-        3, ge=0, description="Per formula, stored candidates relaxed again by a promoted model."
-    )
+        RescreenSettings.model_fields["top"].default, ge=0,
+        description="Per formula, stored candidates relaxed again by a promoted model.",
+    )  # fmt: skip
     train: dict[str, Any] = Field(
         default_factory=dict, description="Further TrainSettings (epochs, r_max, seed, ...)."
     )
@@ -114,8 +114,6 @@ class LearnSpec(_Strict):
     @classmethod
     def _train_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         from dataclasses import fields
-
-        from cspflow.schemas.learn import TrainSettings
 
         known = {f.name for f in fields(TrainSettings)}
         unknown = sorted(set(v) - known)

@@ -1,5 +1,8 @@
-"""Documents of the MLIP pre-relaxation and selection stages.
+"""Settings and documents of the MLIP pre-relaxation, selection and re-screening stages.
 
+:class:`PrerelaxSettings`, :class:`SelectSettings` and :class:`RescreenSettings` are the
+stages' scientific settings, each default written once: the campaign spec's ``prerelax:`` and
+``select:`` blocks are these classes (plus campaign-level fields), and the Makers hold them.
 ``relaxed.mlip`` on a candidate document is a :class:`MlipRelaxDoc`; a prerelax job returns a
 :class:`PrerelaxSummary` and a select job a :class:`SelectionSummary` (small: ids and counts,
 never structures).
@@ -9,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "PrerelaxSettings",
+    "SelectSettings",
+    "RescreenSettings",
     "RelaxFilters",
     "CommitteeDoc",
     "MlipRelaxDoc",
@@ -50,6 +56,52 @@ class RelaxFilters(BaseModel):
         4.0, description="Volume may change by at most this factor, up or down, from the start."
     )
     check_every: int = Field(10, description="Steps between geometry checks during relaxation.")
+
+
+class PrerelaxSettings(BaseModel):
+    """Scientific settings of the prerelax stage (one relaxation of a batch of candidates)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    model: str = Field("chgnet", description="chgnet | mace:PATH | registry:ID")
+    committee: list[str] = Field(default_factory=list, description="Extra models for disagreement.")
+    fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
+    max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")
+    optimizer: Literal["FIRE", "BFGS"] = Field(
+        "FIRE", description="FIRE or BFGS (on ASE's FrechetCellFilter)."
+    )
+    filters: RelaxFilters = Field(default_factory=RelaxFilters, description="Safety filters.")
+    batched: bool | None = Field(
+        None, description="Batched model evaluation (None: when the model supports it)."
+    )
+    max_seconds: float | None = Field(None, description="Wall-time limit per candidate (s).")
+    dedup: bool = Field(True, description="Deduplicate the relaxed structures.")
+
+
+class SelectSettings(BaseModel):
+    """Scientific settings of the select stage (which prerelaxed candidates go on to DFT)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    top_k: int = Field(5, ge=0, description="Lowest-energy unique structures per composition.")
+    energy_window: float = Field(0.05, ge=0, description="eV/atom above the lowest.")
+    uncertain_k: int = Field(0, ge=0, description="Extra most-uncertain candidates (committee).")
+    uncertainty: Literal["force_std", "energy_std"] = Field(
+        "force_std", description="Committee disagreement that ranks the uncertain ones."
+    )
+
+
+class RescreenSettings(BaseModel):
+    """Scientific settings of re-screening with a newly promoted model."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    top: int = Field(
+        3, ge=0, description="Per formula, stored candidates relaxed again by a promoted model."
+    )
+    prerelax: PrerelaxSettings = Field(
+        default_factory=PrerelaxSettings, description="How they are relaxed again."
+    )
 
 
 class CommitteeDoc(BaseModel):

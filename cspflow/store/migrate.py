@@ -153,32 +153,74 @@ def _fingerprints(db: Database) -> int:
     return len(ops)
 
 
-def _rewrite(obj: Any, moved: dict[tuple[str, str], tuple[str, str]]) -> int:
-    """Rewrite moved ``@module``/``@callable`` pairs in place; return how many."""
+#: fields of the previous release's bound Makers that are not settings
+_MAKER_KEYS = {"@module", "@class", "@version", "name"}
+#: renamed settings of those Makers (old -> new)
+_RENAMED = {"n_uncertain": "uncertain_k"}
+
+
+def _bound_settings(bound: dict[str, Any]) -> dict[str, Any]:
+    return {_RENAMED.get(k, k): v for k, v in bound.items() if k not in _MAKER_KEYS}
+
+
+def _upgrade_job(job: dict[str, Any], moved: dict[tuple[str, str], tuple[str, str]]) -> bool:
+    """Point one serialized jobflow job at this release's function; True when it changed.
+
+    A job of a Maker method (``PrerelaxMaker.run_batch``) carried the Maker in ``@bound``; its
+    fields become the new function's ``settings`` argument.
+    """
+    function = job.get("function")
+    if not isinstance(function, dict):
+        return False
+    key = (function.get("@module"), function.get("@callable"))
+    if key not in moved:
+        return False
+    bound = function.get("@bound")
+    module, name = moved[key]  # type: ignore[index]
+    if (module, name) == key and not bound:
+        return False  # the same function in the same place
+    job["function"] = {"@module": module, "@callable": name, "@bound": None}
+    if isinstance(bound, dict):
+        settings = _bound_settings(bound)
+        if name == "prerelax_job":
+            job["function_args"] = [*list(job.get("function_args") or [])[:1], settings]
+        else:
+            job["function_kwargs"] = {**(job.get("function_kwargs") or {}), "settings": settings}
+    if (job.get("metadata") or {}).get("stage") == "control" and name == "decide":
+        job["metadata"]["stage"] = "decide"
+    return True
+
+
+def _upgrade_spec(obj: Any, moved: dict[tuple[str, str], tuple[str, str]]) -> int:
+    """Upgrade every serialized job inside a firework spec; return how many changed."""
     n = 0
     if isinstance(obj, dict):
-        key = (obj.get("@module"), obj.get("@callable"))
-        if key in moved:
-            obj["@module"], obj["@callable"] = moved[key]  # type: ignore[index]
+        if "function" in obj and _upgrade_job(obj, moved):
             n += 1
         for value in obj.values():
-            n += _rewrite(value, moved)
+            n += _upgrade_spec(value, moved)
     elif isinstance(obj, list):
         for value in obj:
-            n += _rewrite(value, moved)
+            n += _upgrade_spec(value, moved)
     return n
 
 
 def _fireworks(db: Database) -> int:
-    try:  # TEMPORARY until the jobs module lands
-        from cspflow.jobs import MOVED_JOB_PATHS
-    except ImportError:
-        return 0
+    from cspflow.jobs import MOVED_JOB_PATHS
 
     changed = 0
     for fw in db["fireworks"].find({}, {"spec": 1}):
         spec = fw.get("spec") or {}
-        if _rewrite(spec, MOVED_JOB_PATHS):
+        if _upgrade_spec(spec, MOVED_JOB_PATHS):
+            if spec.get("stage") == "control" and _is_decide(spec):
+                spec["stage"] = "decide"  # `campaign extend` finds the decide job by stage
             db["fireworks"].update_one({"_id": fw["_id"]}, {"$set": {"spec": spec}})
             changed += 1
     return changed
+
+
+def _is_decide(spec: dict[str, Any]) -> bool:
+    return any(
+        ((t.get("job") or {}).get("function") or {}).get("@callable") == "decide"
+        for t in spec.get("_tasks") or []
+    )

@@ -80,6 +80,22 @@ def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
 TOP_SCHEMA_VERSION = 2
 
 
+def best_level(db: Database, chemsys: str) -> str | None:
+    """The highest fidelity (``dft``, then ``mlip``) with a usable entry in the system (its
+    subsystems included): a candidate's usable energy or a reference entry; None without."""
+    from cspflow.store import candidates
+
+    system = set(chemsys.split("-"))
+    for level in ("dft", "mlip"):
+        if any(set(d.get("composition", {})) <= system
+               for d in candidates.usable(db, level, projection={"composition": 1})):  # fmt: skip
+            return level
+        refs = db.hull_references.find({"chemsys_level": level}, {"composition": 1})
+        if any(set(r["composition"]) <= system for r in refs):
+            return level
+    return None
+
+
 def _symbol(number: int | None) -> str | None:
     from pymatgen.symmetry.groups import SpaceGroup
 
@@ -94,8 +110,6 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
     energy_per_atom (mlip/dft),
     e_above_hull, source, iteration, and the final structure (pymatgen dict).
     """
-    from cspflow.hull import best_level
-
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
         raise CspflowError(f"no campaign named {campaign!r}; list them with `cspflow campaign status`")

@@ -12,6 +12,8 @@ import time
 
 from jobflow import Flow, Response, job
 
+from cspflow.jobs import stage_metadata
+
 __all__ = ["record", "spawn_stage", "independent_flow", "work", "work_flow", "EFFECTS",
            "announce_candidates"]
 
@@ -30,7 +32,7 @@ def record(tag: str) -> dict:
     }
 
 
-@job(metadata={"stage": "control"})
+@job(metadata=stage_metadata("control"))
 def spawn_stage(stage: str, tag: str) -> Response:
     """A cpu-stage job that adds a new job of ``stage`` at run time (Response(addition=...))."""
     child = record(tag)
@@ -76,7 +78,7 @@ def work_flow(n: int, seconds: float = 0.0, stage: str = "dft", name: str = "wor
     return Flow(jobs, name=name)
 
 
-@job(metadata={"stage": "generate"})
+@job(metadata=stage_metadata("generate"))
 def announce_candidates(campaign: str, iteration: int, formula: str) -> dict:
     """Stand-in for a generate job over candidates a test stored itself.
 

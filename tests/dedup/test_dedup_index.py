@@ -250,9 +250,15 @@ def test_generate_job_registers_unique_candidates_and_is_idempotent(db, settings
     from jobflow import run_locally
 
     from cspflow.generate.maker import GenerateMaker
+    from cspflow.schemas.generate import GenerateSettings
     from cspflow.store import get_jobstore
 
-    maker = GenerateMaker(n=6, max_atoms=10, sources={"random_symmetric": 0.7, "prototype": 0.3})
+    maker = GenerateMaker(
+        settings=GenerateSettings(
+            per_iteration=6, sources={"random_symmetric": 0.7, "prototype": 0.3}
+        ),
+        max_atoms=10,
+    )
     job = maker.make("SrTiO3", campaign="demo", iteration=0)
     assert job.metadata["stage"] == "generate" and job.metadata["iteration"] == 0
     store = get_jobstore(settings)

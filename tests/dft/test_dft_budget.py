@@ -10,6 +10,7 @@ from jobflow import run_locally
 from pymatgen.core import Lattice, Structure
 
 from cspflow.dft.stage import DftStageMaker
+from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
 from cspflow.store.candidates import dft_runs
 from cspflow.testing import insert_candidate
@@ -40,8 +41,8 @@ def test_a_dft_run_counts_for_the_campaign_that_ran_it(db, settings, tmp_path):
         _rescreened_by(db, cid, "A")
     store = get_jobstore(settings)
     for campaign, cid in (("B", own), ("A", taken)):
-        stage = DftStageMaker(spec={"engine": "vasp", "potcar_spec": True}, campaign=campaign)
-        run_locally(stage.make([cid]), store=store, root_dir=tmp_path / campaign)
+        stage = DftStageMaker(settings=DftSpec(engine="vasp", potcar_spec=True))
+        run_locally(stage.make([cid], campaign=campaign), store=store, root_dir=tmp_path / campaign)
     # a result an earlier release wrote, before results named their campaign: A had
     # re-screened the candidate into its iteration 1 (that release's `rescreen` record)
     db.candidates.update_one({"candidate_id": legacy}, {"$set": {

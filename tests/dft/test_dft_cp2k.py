@@ -8,6 +8,7 @@ from pymatgen.core import Lattice, Structure
 
 from cspflow.dft.stage import DftStageMaker
 from cspflow.errors import CspflowError
+from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
 from cspflow.testing import insert_candidate
 
@@ -29,9 +30,9 @@ def _add(db, structure: Structure) -> str:
 
 
 def _run(settings, ids, spec, root):
-    stage = DftStageMaker(spec={"engine": "cp2k", **spec}, campaign="test", iteration=1)
+    stage = DftStageMaker(settings=DftSpec(engine="cp2k", **spec))
     return run_locally(
-        stage.make(ids), store=get_jobstore(settings), create_folders=True, root_dir=root
+        stage.make(ids, campaign="test", iteration=1), store=get_jobstore(settings), create_folders=True, root_dir=root
     )
 
 

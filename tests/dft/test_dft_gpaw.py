@@ -9,6 +9,7 @@ from jobflow import run_locally
 from pymatgen.core import Lattice, Structure
 
 from cspflow.dft.stage import DftStageMaker
+from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
 from cspflow.testing import insert_candidate
 
@@ -37,9 +38,9 @@ def test_dft_gpaw_si_and_nacl_cell_relaxations(db, settings, tmp_path):
     # Si starts at experiment (PBE expands it by about 1 %), NaCl 1.6 % compressed.
     start = {"Si": _primitive("Si", 5.431), "NaCl": _primitive("NaCl", 5.55)}
     ids = {formula: _add(db, s) for formula, s in start.items()}
-    stage = DftStageMaker(spec={"engine": "gpaw", "preset": "fast"}, campaign="test")
+    stage = DftStageMaker(settings=DftSpec(engine="gpaw", preset="fast"))
     run_locally(
-        stage.make(list(ids.values())),
+        stage.make(list(ids.values()), campaign="test"),
         store=get_jobstore(settings),
         create_folders=True,
         root_dir=tmp_path,
@@ -70,7 +71,7 @@ def test_dft_gpaw_missing_setups_marks_candidate_failed(db, settings, tmp_path, 
     monkeypatch.setenv("CSPFLOW_GPAW_SETUP_PATH", str(tmp_path / "no-setups"))
     get_settings.cache_clear()
     cid = _add(db, _primitive("Si", 5.43))
-    stage = DftStageMaker(spec={"engine": "gpaw"})
+    stage = DftStageMaker(settings=DftSpec(engine="gpaw"))
     run_locally(stage.make([cid]), store=get_jobstore(get_settings()), root_dir=tmp_path)
     cand = db["candidates"].find_one({"candidate_id": cid})
     assert cand["status"] == "failed"

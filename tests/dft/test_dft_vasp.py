@@ -17,6 +17,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp import Incar, Kpoints
 
 from cspflow.dft.stage import DftStageMaker
+from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
 from cspflow.testing import insert_candidate
 
@@ -50,8 +51,8 @@ def _calls(counter: Path) -> int:
 
 
 def _run(settings, ids, spec, root):
-    stage = DftStageMaker(spec={"engine": "vasp", "potcar_spec": True, **spec}, campaign="test")
-    flow_job = stage.make(ids)
+    stage = DftStageMaker(settings=DftSpec(engine="vasp", potcar_spec=True, **spec))
+    flow_job = stage.make(ids, campaign="test")
     store = get_jobstore(settings)
     responses = run_locally(flow_job, store=store, create_folders=True, root_dir=root)
     return responses, store
@@ -125,7 +126,7 @@ def test_dft_vasp_mp_preset_inputs_correction_and_result(db, vasp_env, tmp_path,
     # Every job of the stage is routed to the cpu workers through its metadata.
     docs = list(store.query({}, properties=["name", "metadata"]))
     assert docs and all(d["metadata"].get("stage") == "dft" for d in docs), docs
-    from cspflow.stages import category_for
+    from cspflow.jobs import category_for
 
     assert category_for("dft") == "cpu"
 
@@ -202,7 +203,7 @@ def test_dft_vasp_without_command_is_one_clear_line(db, settings, tmp_path):
 
 def test_dft_engine_none_keeps_the_mlip_energy(db, settings, tmp_path):
     cid = _add(db, _cu())
-    stage = DftStageMaker(spec={"engine": "none"})
+    stage = DftStageMaker(settings=DftSpec(engine="none"))
     run_locally(stage.make([cid]), store=get_jobstore(settings), root_dir=tmp_path)
     cand = db["candidates"].find_one({"candidate_id": cid})
     assert cand["status"] == "selected" and "dft" not in cand.get("relaxed", {})

@@ -68,6 +68,7 @@ def _compute(db_server, tmp: Path) -> dict:
     from jobflow import run_locally
 
     from cspflow.dft.stage import DftStageMaker
+    from cspflow.schemas.dft import DftSpec
     from cspflow.store import get_database, get_jobstore
 
     name = f"learn_data_{uuid.uuid4().hex[:8]}"
@@ -94,8 +95,8 @@ def _compute(db_server, tmp: Path) -> dict:
             (static, {"relax": "static"}),
             (relax, {"relax": "positions", "fmax": 0.25, "steps": 12}),
         ):
-            stage = DftStageMaker(spec={**GPAW_SPEC, **extra}, campaign="learn-test")
-            run_locally(stage.make(ids), store=store, create_folders=True, root_dir=tmp / "runs")
+            stage = DftStageMaker(settings=DftSpec(**{**GPAW_SPEC, **extra}))
+            run_locally(stage.make(ids, campaign="learn-test"), store=store, create_folders=True, root_dir=tmp / "runs")
         candidates = list(db.candidates.find({}, {"_id": 0}))
         uuids = [c["relaxed"]["dft"]["task_uuid"] for c in candidates if c.get("relaxed")]
         outputs = list(db.outputs.find({"uuid": {"$in": uuids}}, {"_id": 0}))

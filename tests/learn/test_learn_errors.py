@@ -49,7 +49,7 @@ def test_too_little_data_is_one_line_and_current_model_stays(si_db, settings, tm
         learn(si_db, "Si", settings=TrainSettings(min_frames=500), store=store, work_dir=tmp_path)
     assert "\n" not in str(exc.value)
     # in a campaign the learn job does not fail: it says why and the current model stays
-    j = LearnMaker(settings={"min_frames": 500}).make("Si", campaign="c", iteration=0)
+    j = LearnMaker(settings=TrainSettings(min_frames=500)).make("Si", campaign="c", iteration=0)
     summary = run_locally(j, store=store, create_folders=True, root_dir=tmp_path)[j.uuid][1].output
     assert summary["trained"] is False
     n = int(re.match(r"too little data: (\d+) frames", summary["reason"]).group(1))

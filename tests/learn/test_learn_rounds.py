@@ -27,20 +27,21 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
     from typer.testing import CliRunner
 
     from cspflow.cli.main import app
+    from cspflow.jobs import category_for
     from cspflow.learn.evaluate import promotion
     from cspflow.learn.round import LearnMaker, learn
     from cspflow.mlip import committee_disagreement, load_model
     from cspflow.models import current_model_spec, get_model, lineage
     from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.schemas.learn import ModelMetrics, TrainSettings
-    from cspflow.stages import category_for
+    from cspflow.schemas.prerelax import PrerelaxSettings
     from cspflow.store import get_jobstore
     from cspflow.testing import insert_candidate
 
     store = get_jobstore(settings)
     add_si(db, iterations=(0,))
     # round 1: the learn job as a campaign runs it (gpu category), CHGNet is the model to beat
-    j = LearnMaker(settings=TRAIN).make("Si", campaign="learn-test", iteration=0, baseline="chgnet")
+    j = LearnMaker(settings=TrainSettings(**TRAIN)).make("Si", campaign="learn-test", iteration=0, baseline="chgnet")
     assert category_for(j.metadata["stage"]) == "gpu"
     out = run_locally(j, store=store, create_folders=True, root_dir=tmp_path / "r1")
     s1 = out[j.uuid][1].output
@@ -124,7 +125,7 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
     for spec in (f"mace:{path}", f"registry:{m2}"):
         cid = insert_candidate(db, AseAtomsAdaptor.get_structure(start), status="generated",
                                campaign="learn-test", iteration=2)  # fmt: skip
-        job = PrerelaxMaker(model=spec, fmax=0.05, max_steps=200, dedup=False).make(
+        job = PrerelaxMaker(settings=PrerelaxSettings(model=spec, fmax=0.05, max_steps=200, dedup=False)).make(
             [cid], campaign="learn-test", iteration=2)  # fmt: skip
         run_locally(job, store=store, create_folders=True, root_dir=tmp_path / "prerelax")
         relaxed[spec] = db.candidates.find_one({"candidate_id": cid})

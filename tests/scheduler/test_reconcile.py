@@ -34,7 +34,7 @@ def env_for(settings, tmp_path: Path) -> dict[str, str]:
 
 def register(db, name: str) -> None:
     """A campaign record, so that `campaign status NAME` can report on the submitted flow."""
-    from cspflow.campaign import register_campaign
+    from cspflow.campaign.state import register_campaign
     from cspflow.schemas.campaign import CampaignSpec
 
     register_campaign(

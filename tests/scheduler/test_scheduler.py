@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cspflow.jobs import STAGE_CATEGORY, category_for
 from cspflow.scheduler.workers import worker_command, worker_env
-from cspflow.stages import STAGE_CATEGORY, category_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,6 +179,7 @@ def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, d
 
     from cspflow.prerelax.stage import PrerelaxMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
+    from cspflow.schemas.prerelax import PrerelaxSettings
     from cspflow.testing import insert_candidate
 
     if torch.cuda.is_available():
@@ -186,7 +187,7 @@ def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, d
     si = Structure([[0, 2.7, 2.7], [2.7, 0, 2.7], [2.7, 2.7, 0]], ["Si", "Si"],
                    [[0, 0, 0], [0.25, 0.25, 0.25]])  # diamond, a = 5.40 A  # fmt: skip
     cid = insert_candidate(db, si, status="generated")
-    submit_flow(PrerelaxMaker(model="chgnet", max_steps=50, dedup=False).make([cid]), settings)
+    submit_flow(PrerelaxMaker(settings=PrerelaxSettings(model="chgnet", max_steps=50, dedup=False)).make([cid]), settings)
     lp = get_launchpad(settings)
 
     forced = subprocess.run(worker_cmd("gpu"), env=dict(env_for(settings), CSPFLOW_DEVICE="cuda"),

@@ -36,7 +36,8 @@ def insert_candidates(db, name: str, n: int) -> None:
 def test_5000_candidate_fanout_documents_stay_small(settings, db):
     from jobflow import Flow
 
-    from cspflow.campaign import prerelax_fanout, register_campaign
+    from cspflow.campaign.loop import prerelax_fanout
+    from cspflow.campaign.state import register_campaign
     from cspflow.prerelax.select import SelectMaker
     from cspflow.scheduler.launchpad import get_launchpad, submit_flow
     from cspflow.scheduler.workers import run_worker

@@ -9,7 +9,7 @@ import pytest
 from cspflow.errors import SpecError
 from cspflow.schemas.campaign import load_spec, parse_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_all_problems_listed_with_paths():
