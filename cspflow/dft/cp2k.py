@@ -142,16 +142,36 @@ def restricted_spin_guard() -> Iterator[None]:
         calculation.Cp2kOutput = original  # type: ignore[misc]
 
 
+def _find_entry(entries: dict[str, Any] | None, cls: type, name: str) -> str | None:
+    """Key (data hash) of the first entry whose name or an alias is ``name``, or None.
+
+    Entries are read into pymatgen's ``cls`` (``GaussianTypeOrbitalBasisSet`` or
+    ``GthPotential``) and matched with its ``softmatch`` against an object carrying only the
+    name, which is how ``DftSet.get_basis_and_potential`` matches a requested name.
+    """
+    wanted = cls(name=name)
+    for key, entry in (entries or {}).items():
+        if wanted.softmatch(cls.from_dict(entry)):
+            return key
+    return None
+
+
 def find_basis_and_potential(
     elements: list[str], data_dir: Path, basis: str, potential: str
 ) -> dict[str, dict[str, Any]]:
     """Return atomate2's ``basis_and_potential`` entries (data hashes) for ``elements``.
+
+    pymatgen's ``DftSet.get_basis_and_potential`` is not called directly: when nothing matches
+    a requested name it only warns and writes the name into the input, and it skips entries
+    without an electron count; this check has to name every element that lacks the basis set
+    or potential.
 
     Raises
     ------
     CspflowError
         Naming every element for which the basis set or potential is not in the CP2K data.
     """
+    from pymatgen.io.cp2k.inputs import GaussianTypeOrbitalBasisSet, GthPotential
     from ruamel.yaml import YAML
 
     out: dict[str, dict[str, Any]] = {}
@@ -161,14 +181,8 @@ def find_basis_and_potential(
         found_basis = found_pot = None
         if path.is_file():
             data = YAML(typ="safe").load(path.read_text())
-            for key, entry in (data.get("basis_sets") or {}).items():
-                if basis == entry.get("name") or basis in (entry.get("alias_names") or []):
-                    found_basis = key
-                    break
-            for key, entry in (data.get("potentials") or {}).items():
-                if potential == entry.get("name") or potential in (entry.get("alias_names") or []):
-                    found_pot = key
-                    break
+            found_basis = _find_entry(data.get("basis_sets"), GaussianTypeOrbitalBasisSet, basis)
+            found_pot = _find_entry(data.get("potentials"), GthPotential, potential)
         if found_basis is None or found_pot is None:
             missing.append(el)
         else:

@@ -38,7 +38,8 @@ def relax_structures(
     from maggma.stores import MemoryStore
 
     from cspflow.dft.presets import resolve_settings, settings_hash
-    from cspflow.dft.stage import build_engine_job, result_from_task_doc
+    from cspflow.dft.stage import build_engine_job
+    from cspflow.dft.taskdoc import result_from_task_doc
     from cspflow.schemas.dft import DftSpec
     from cspflow.settings import get_settings
 

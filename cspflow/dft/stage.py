@@ -9,7 +9,8 @@ Layers, top down:
   (no code runs), marks the candidate failed with a one-line reason (missing program, unknown
   element, ...), or replaces itself with the engine's atomate2 job followed by
   :func:`record_dft`.
-- :func:`record_dft` turns the engine's task document into a :class:`DftResultDoc` and writes it
+- :func:`record_dft` turns the engine's task document into a :class:`DftResultDoc` (through
+  :func:`cspflow.dft.taskdoc.result_from_task_doc`) and writes it
   to ``candidates.relaxed.dft``; ``energy_per_atom.dft`` is set for converged runs only. It runs
   even when the engine job failed (``on_missing_references=none``), so a failed candidate is
   marked failed and the other candidates go on.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Flow, Job, Maker, OnMissing, Response, job
 
 from cspflow.dft.presets import resolve_settings, settings_hash
+from cspflow.dft.taskdoc import result_from_task_doc
 from cspflow.errors import CspflowError
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.dft import DftResultDoc, DftSpec
@@ -42,7 +44,6 @@ __all__ = [
     "dft_candidate",
     "record_dft",
     "input_structure",
-    "result_from_task_doc",
     "build_engine_job",
     "write_result",
     "final_energy_per_atom",
@@ -63,83 +64,6 @@ def input_structure(candidate: dict) -> Structure:
     if not data:
         raise CspflowError(f"candidate {candidate.get('candidate_id')} has no structure")
     return Structure.from_dict(data)
-
-
-def _as_dict(doc: Any) -> dict:
-    from monty.json import jsanitize
-
-    if doc is None:
-        return {}
-    return jsanitize(doc, strict=True, allow_bson=True, enum_values=True)
-
-
-def _wall_time(doc: dict) -> float | None:
-    """Best-effort engine wall time from an atomate2/emmet task document."""
-    output = doc.get("output") or {}
-    if output.get("elapsed_time") is not None:  # ASE
-        return float(output["elapsed_time"])
-    stats = doc.get("run_stats") or {}
-    for key in ("overall", "standard"):
-        entry = stats.get(key) or {}
-        for name in ("elapsed_time", "total_time"):
-            if entry.get(name):
-                return float(entry[name])
-    for entry in stats.values():
-        if isinstance(entry, dict):
-            for name in ("elapsed_time", "total_time"):
-                if entry.get(name):
-                    return float(entry[name])
-    return None
-
-
-def result_from_task_doc(doc: Any, relax: str | None = None) -> dict[str, Any]:
-    """Extract status, reason, final structure and energies from an engine task document.
-
-    Works for emmet's VASP ``TaskDoc``, atomate2's CP2K ``TaskDocument`` and atomate2's ASE
-    ``AseStructureTaskDoc`` (objects or their dicts). ``None`` (the engine job raised) gives a
-    failed result.
-    """
-    data = _as_dict(doc)
-    if not data:
-        return {
-            "status": "failed",
-            "reason": "the DFT job raised before producing a task document (custodian gave up "
-            "or the program crashed); see the job's run directory",
-        }
-    output = data.get("output") or {}
-    structure = output.get("structure") or data.get("structure")
-    energy = output.get("energy")
-    nsites = len(structure["sites"]) if structure else None
-    epa = output.get("energy_per_atom")
-    if epa is None and energy is not None and nsites:
-        epa = float(energy) / nsites
-    state = str(data.get("state") or "").lower()
-    reasons = []
-    if state and state not in ("successful", "success"):
-        reasons.append(f"task state {state}")
-    if data.get("is_force_converged") is False and relax != "static":
-        reasons.append("forces not converged within the step limit")
-    if energy is None:
-        reasons.append("no final energy")
-    status = "converged" if not reasons else ("failed" if energy is None else "unconverged")
-    spacegroup = None
-    if structure:
-        from pymatgen.core import Structure
-
-        try:
-            spacegroup = int(Structure.from_dict(structure).get_space_group_info(symprec=0.1)[1])
-        except Exception:  # spglib can fail on a broken cell; the number is informative only
-            spacegroup = None
-    return {
-        "spacegroup": spacegroup,
-        "status": status,
-        "reason": "; ".join(reasons) or None,
-        "structure": structure,
-        "energy": None if energy is None else float(energy),
-        "energy_per_atom": None if epa is None else float(epa),
-        "nsites": nsites,
-        "wall_time_s": _wall_time(data),
-    }
 
 
 def write_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:

@@ -1,9 +1,11 @@
 """VASP through atomate2's relax makers + custodian (the Materials Project route).
 
-The default preset uses atomate2's ``MPGGARelaxMaker`` input set (pymatgen's ``MPRelaxSet``) so
-energies combine with Materials Project data and the MP2020 corrections; the ``fuse2`` preset
-reproduces FUSE2's protocol on the same base. User INCAR/KPOINTS overrides are applied last.
-VASP runs through atomate2's ``run_vasp`` with custodian's default handlers.
+:class:`VaspDftMaker` is atomate2's ``MPGGARelaxMaker``: the default preset uses its input set
+(pymatgen's ``MPRelaxSet`` with Gamma-centred, metal-aware k-points) so energies combine with
+Materials Project data and the MP2020 corrections; the ``fuse2`` preset reproduces FUSE2's
+protocol on the same base. A preset's INCAR/KPOINTS overrides become the input set's
+``user_incar_settings``/``user_kpoints_settings``. VASP runs through atomate2's ``run_vasp`` with
+custodian's default handlers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atomate2.vasp.jobs.base import BaseVaspMaker, vasp_job
+from atomate2.vasp.jobs.mp import MPGGARelaxMaker
 
 from cspflow.errors import CspflowError
 
@@ -53,13 +56,19 @@ def _potcar_enmax(input_set: VaspInputSet) -> dict[str, float]:
         return {}
 
 
-def build_input_set(structure: Structure, settings: dict[str, Any]) -> VaspInputSet:
-    """Return the pymatgen input-set generator (MPRelaxSet) for a resolved VASP preset.
+def build_input_set(
+    structure: Structure, settings: dict[str, Any], base: VaspInputSet | None = None
+) -> VaspInputSet:
+    """Return the input-set generator for a resolved VASP preset.
 
-    The structure is only used to resolve structure-dependent settings (FUSE2's ENCUT).
+    ``base`` (default: atomate2's ``MPGGARelaxMaker`` input set, pymatgen's ``MPRelaxSet`` with
+    ``force_gamma``, ``auto_metal_kpoints`` and without ``inherit_incar``) gets the preset's
+    INCAR and KPOINTS settings as ``user_incar_settings``/``user_kpoints_settings``; a
+    ``KSPACING`` in the INCAR turns ``auto_metal_kpoints`` off (VASP then makes the grid). The
+    structure is only used to resolve structure-dependent settings (FUSE2's ENCUT).
     """
-    from pymatgen.io.vasp.sets import MPRelaxSet
-
+    if base is None:
+        base = MPGGARelaxMaker().input_set_generator
     incar: dict[str, Any] = dict(settings.get("incar", {}))
     relax = settings.get("relax", "cell")
     if relax == "positions":
@@ -71,20 +80,16 @@ def build_input_set(structure: Structure, settings: dict[str, Any]) -> VaspInput
     if settings.get("fmax") is not None and relax != "static":
         incar["EDIFFG"] = -abs(float(settings["fmax"]))
     kpoints = dict(settings.get("kpoints", {})) or None
-    kwargs: dict[str, Any] = {"force_gamma": True, "inherit_incar": False}
-    if "KSPACING" not in incar:
-        kwargs["auto_metal_kpoints"] = True
+    kwargs: dict[str, Any] = {}
+    if "KSPACING" in incar:
+        kwargs["auto_metal_kpoints"] = False
     scale = settings.get("encut_scale")
     if scale and "ENCUT" not in settings.get("incar", {}):
         elements = [el.symbol for el in structure.composition.elements]
-        probe = MPRelaxSet(structure, user_incar_settings=incar, **kwargs)
+        probe = replace(base, structure=structure, user_incar_settings=incar, **kwargs)
         enmax = {**_potcar_enmax(probe), **settings.get("enmax", {})}
         incar["ENCUT"] = fuse2_encut(elements, enmax, scale)
-    return MPRelaxSet(
-        user_incar_settings=incar,
-        user_kpoints_settings=kpoints,  # type: ignore[arg-type]
-        **kwargs,
-    )
+    return replace(base, user_incar_settings=incar, user_kpoints_settings=kpoints, **kwargs)
 
 
 def check_vasp(vasp_cmd: str | None, elements: list[str], potcar_spec: bool) -> None:
@@ -98,9 +103,7 @@ def check_vasp(vasp_cmd: str | None, elements: list[str], potcar_spec: bool) -> 
     exe = parts[-1] if parts else ""
     if shutil.which(exe) is None and not Path(exe).is_file():
         raise CspflowError(f"VASP executable {exe!r} not found (vasp_cmd={vasp_cmd!r})")
-    from pymatgen.io.vasp.sets import MPRelaxSet
-
-    known = MPRelaxSet.CONFIG["POTCAR"]
+    known = MPGGARelaxMaker().input_set_generator.CONFIG["POTCAR"]
     missing = [el for el in elements if el not in known]
     if missing:
         raise CspflowError(
@@ -118,8 +121,8 @@ def check_vasp(vasp_cmd: str | None, elements: list[str], potcar_spec: bool) -> 
 
 
 @dataclass
-class VaspDftMaker(BaseVaspMaker):
-    """Relax with VASP: MPRelaxSet-based inputs from a cspflow preset, custodian handlers on.
+class VaspDftMaker(MPGGARelaxMaker):
+    """atomate2's ``MPGGARelaxMaker`` with a cspflow preset applied to its input set at run time.
 
     Parameters
     ----------
@@ -140,6 +143,6 @@ class VaspDftMaker(BaseVaspMaker):
     @vasp_job
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
         """Write the inputs, run VASP through custodian and parse the TaskDoc."""
-        generator = build_input_set(structure, self.settings)
-        inner = replace(self, input_set_generator=generator)  # type: ignore[arg-type]
+        generator = build_input_set(structure, self.settings, self.input_set_generator)
+        inner = replace(self, input_set_generator=generator)
         return BaseVaspMaker.make.original(inner, structure, prev_dir=prev_dir)  # type: ignore[attr-defined]

@@ -3,8 +3,9 @@
 Frames are ASE ``Atoms`` with ``REF_*`` keys built from the converged DFT relaxations of a
 chemical system (its subsystems included): the final frame of each relaxation and a sample of
 its ionic steps, read from the engine's task document (emmet VASP TaskDoc or atomate2 ASE task
-doc) in the JobStore. The held-out split is fixed by a hash of the candidate id, so every frame
-of one relaxation is on the same side and a candidate never changes side between rounds.
+doc) in the JobStore by :mod:`cspflow.dft.taskdoc`. The held-out split is fixed by a hash of the
+candidate id, so every frame of one relaxation is on the same side and a candidate never changes
+side between rounds.
 Also here: extxyz output for ``mace_run_train``, the per-element E0 fit and the replay frames of
 multi-head fine-tuning.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cspflow.dft import taskdoc
 from cspflow.errors import CspflowError
 from cspflow.models import get_model
 from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
@@ -39,11 +41,6 @@ __all__ = [
     "replay_frames",
 ]
 
-# ASE stress (eV/A^3, tension positive) from the kbar 3x3 tensors of emmet/atomate2 task docs
-# (atomate2's ASE docs and VASP both store -10/GPa times ASE's stress).
-_KBAR_TO_ASE = -0.1
-
-
 @dataclass
 class TrainingSet:
     """Labelled frames (ASE Atoms with ``REF_*`` keys) split into train and test."""
@@ -63,21 +60,6 @@ def subsystems(chemsys: str) -> list[str]:
         for k in range(1, len(elements) + 1)
         for combo in itertools.combinations(elements, k)
     ]
-
-
-def _ase_stress(kbar: Any) -> np.ndarray | None:
-    """Voigt stress in eV/A^3 (ASE convention) from a kbar 3x3 tensor, or None."""
-    from ase.stress import full_3x3_to_voigt_6_stress
-    from ase.units import GPa
-
-    if kbar is None:
-        return None
-    arr = np.asarray(kbar, dtype=float)
-    if arr.shape == (3, 3):
-        return full_3x3_to_voigt_6_stress(arr) * _KBAR_TO_ASE * GPa
-    if arr.shape == (6,):
-        return arr * _KBAR_TO_ASE * GPa
-    return None
 
 
 def _frame(
@@ -104,36 +86,6 @@ def _frame(
     if stress is not None:
         atoms.info["REF_stress"] = np.asarray(stress, dtype=float)
     return atoms
-
-
-def _ionic_steps(output: dict, data: dict) -> list[dict]:
-    """(structure, energy, forces, stress) dicts of every ionic step in a task document."""
-    steps: list[dict] = []
-    raw = output.get("ionic_steps")
-    if isinstance(raw, list) and raw:  # atomate2 ASE task doc
-        for s in raw:
-            steps.append(
-                {
-                    "structure": s.get("mol_or_struct") or s.get("structure"),
-                    "energy": s.get("energy"),
-                    "forces": s.get("forces"),
-                    "stress": _ase_stress(s.get("stress")),
-                }
-            )
-        return steps
-    calcs = data.get("calcs_reversed") or []
-    if calcs:  # emmet VASP TaskDoc: ionic steps of the last calculation
-        for s in ((calcs[0].get("output") or {}).get("ionic_steps")) or []:
-            energy = s.get("e_0_energy", s.get("e_fr_energy"))
-            steps.append(
-                {
-                    "structure": s.get("structure"),
-                    "energy": energy,
-                    "forces": s.get("forces"),
-                    "stress": _ase_stress(s.get("stress")),
-                }
-            )
-    return steps
 
 
 def _sample(n: int, k: int) -> list[int]:
@@ -208,24 +160,24 @@ def collect_frames(
         if output is None:
             skip("no task document (forces unknown)")
             continue
-        data_out = output.get("output") or {}
+        last = taskdoc.final_frame(output)
         key = f"{cid}/{dft.get('settings_hash', '')}"
-        structure = dft.get("structure") or data_out.get("structure")
-        if structure is None or dft.get("energy") is None or data_out.get("forces") is None:
+        structure = dft.get("structure") or last["structure"]
+        if structure is None or dft.get("energy") is None or last["forces"] is None:
             skip("no final structure, energy or forces")
             continue
         candidate_frames = [
             _frame(
                 structure,
                 dft["energy"],
-                data_out["forces"],
-                _ase_stress(data_out.get("stress")),
+                last["forces"],
+                last["stress"],
                 f"{key}/final",
                 cid,
                 "final",
             )
         ]
-        steps = _ionic_steps(data_out, output)
+        steps = taskdoc.ionic_steps(output)
         for i in _sample(len(steps) - 1, ionic_steps):  # the last step is the final frame
             s = steps[i]
             if s["structure"] is None or s["energy"] is None or s["forces"] is None:

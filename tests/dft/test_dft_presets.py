@@ -1,4 +1,4 @@
-"""Pure parts of the DFT stage: presets, the content hash, result extraction, energy choice."""
+"""Pure parts of the DFT stage: presets, the content hash, energy choice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from cspflow.dft.presets import resolve_settings, settings_hash
-from cspflow.dft.stage import final_energy_per_atom, result_from_task_doc
+from cspflow.dft.stage import final_energy_per_atom
 from cspflow.dft.vasp import fuse2_encut
 from cspflow.errors import CspflowError
 from cspflow.schemas.dft import DftResultDoc, DftSpec
@@ -43,19 +43,6 @@ def test_dft_fuse2_encut():
     assert fuse2_encut(["Na", "Cl"], {"Na": 259.561, "Cl": 262.472}) == 342
     with pytest.raises(CspflowError, match="ENMAX of Cl"):
         fuse2_encut(["Na", "Cl"], {"Na": 259.561})
-
-
-def test_dft_result_from_task_doc_statuses():
-    st = _si().as_dict()
-    ok = {"state": "successful", "output": {"structure": st, "energy": -10.0}}
-    r = result_from_task_doc(ok)
-    assert r["status"] == "converged" and r["energy_per_atom"] == -5.0 and r["nsites"] == 2
-    notconv = {**ok, "is_force_converged": False}
-    assert result_from_task_doc(notconv, "cell")["status"] == "unconverged"
-    assert result_from_task_doc(notconv, "static")["status"] == "converged"
-    failed = {"state": "failed", "output": {"structure": st, "energy": None}}
-    assert result_from_task_doc(failed)["status"] == "failed"
-    assert result_from_task_doc(None)["status"] == "failed"
 
 
 def test_dft_final_energy_uses_only_converged_dft_or_mlip_for_engine_none():

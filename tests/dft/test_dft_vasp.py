@@ -210,3 +210,25 @@ def test_dft_engine_none_keeps_the_mlip_energy(db, settings, tmp_path):
     from cspflow.dft.stage import final_energy_per_atom
 
     assert final_energy_per_atom(cand, "none") == -3.0
+
+
+def test_dft_vasp_task_doc_gives_final_frame_and_ionic_steps(db, vasp_env, tmp_path):
+    """The learn stage's labelled frames come out of the stored VASP TaskDoc (dft.taskdoc)."""
+    import numpy as np
+
+    from cspflow.dft.taskdoc import final_frame, ionic_steps
+
+    settings, _ = vasp_env
+    cid = _add(db, _cu(shift=0.03))
+    _run(settings, [cid], {}, tmp_path)
+    dft = db["candidates"].find_one({"candidate_id": cid})["relaxed"]["dft"]
+    store = get_jobstore(settings)
+    store.connect()
+    task = store.query_one({"uuid": dft["task_uuid"]}, load=True)["output"]
+    last = final_frame(task)
+    assert last["energy"] == pytest.approx(dft["energy"]) and last["structure"]
+    assert np.shape(last["forces"]) == (4, 3) and last["stress"].shape == (6,)
+    steps = ionic_steps(task)
+    assert len(steps) > 1 and steps[-1]["energy"] == pytest.approx(dft["energy"])
+    assert all(s["structure"] and np.shape(s["forces"]) == (4, 3) for s in steps)
+    assert all(s["stress"].shape == (6,) for s in steps)

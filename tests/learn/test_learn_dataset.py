@@ -1,5 +1,5 @@
-"""Pure pieces of the learn stage's data (cspflow.learn.dataset): split, E0s, stress units,
-subsystems, replay data."""
+"""Pure pieces of the learn stage's data (cspflow.learn.dataset): split, E0s, subsystems,
+replay data."""
 
 from __future__ import annotations
 
@@ -41,18 +41,6 @@ def test_e0s_are_least_squares_per_element():
     ]
     fitted = fit_e0s(frames)
     assert fitted == pytest.approx(e0)
-
-
-def test_stress_from_task_docs_is_ase_convention():
-    from ase.units import GPa
-    from atomate2.ase.schemas import convert_stress_from_voigt_to_symm
-
-    from cspflow.learn.dataset import _ase_stress
-
-    voigt = np.array([0.01, -0.02, 0.03, 0.001, -0.002, 0.003])  # eV/A^3, as ASE reports
-    kbar = convert_stress_from_voigt_to_symm(voigt)  # what atomate2 stores
-    assert _ase_stress(kbar) == pytest.approx(voigt)
-    assert _ase_stress([[-10 / GPa * 0.01, 0, 0], [0, 0, 0], [0, 0, 0]])[0] == pytest.approx(0.01)
 
 
 def test_subsystems():
