@@ -126,7 +126,9 @@ def overhead(settings, batch_size: int, batches: int, model: str, max_steps: int
     log = Path(settings.runs_dir) / "overhead-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     # a warm worker (what a cluster's worker daemon is): it ran one small job already
-    warm = PrerelaxMaker(settings=PrerelaxSettings(model=model, max_steps=5, dedup=False)).make(ids_fw[0][:1])
+    warm = PrerelaxMaker(settings=PrerelaxSettings(model=model, max_steps=5, dedup=False)).make(
+        ids_fw[0][:1]
+    )
     submit_flow(warm, s_fw)
     worker = _worker(settings, "overhead_fw", "gpu", "bench-overhead", log, until_empty=False)
 
@@ -227,7 +229,9 @@ def main() -> int:
             print("| path | wall s per batch |")
             print("|---|---|")
             print(f"| in process (the job's compute) | {', '.join(map(str, o['in_process_s']))} |")
-            print(f"| FireWorks + database, warm worker | {', '.join(map(str, o['fireworks_s']))} |")
+            print(
+                f"| FireWorks + database, warm worker | {', '.join(map(str, o['fireworks_s']))} |"
+            )
             print(f"| of which the launch itself (time_start..time_end) | "
                   f"{', '.join(map(str, o['launch_s']))} |")  # fmt: skip
             print(f"optimizer steps per batch: in process {o['steps_in_process']}, "

@@ -150,14 +150,22 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
         lp = get_launchpad(s)
         log = Path(settings.runs_dir) / "worker.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        submit_flow(PrerelaxMaker(settings=PrerelaxSettings(model=args.model, max_steps=5, dedup=False)).make(batch_ids[:1]), s)
+        submit_flow(
+            PrerelaxMaker(
+                settings=PrerelaxSettings(model=args.model, max_steps=5, dedup=False)
+            ).make(batch_ids[:1]),
+            s,
+        )
         worker = _worker(
             settings, "prerelax_paths", "gpu", "bench-prerelax", log, until_empty=False
         )
         try:
             _wait(lp, 1, timeout=900)  # the worker is warm (imports, a first model load)
-            maker = PrerelaxMaker(settings=PrerelaxSettings(
-                model=args.model, fmax=args.fmax, max_steps=args.max_steps, dedup=False))
+            maker = PrerelaxMaker(
+                settings=PrerelaxSettings(
+                    model=args.model, fmax=args.fmax, max_steps=args.max_steps, dedup=False
+                )
+            )
             t0 = time.perf_counter()
             submit_flow(maker.make(batch_ids), s)
             _wait(lp, 2, timeout=7200)
@@ -174,7 +182,9 @@ def fireworks_paths(args: argparse.Namespace) -> dict:
             worker.wait(timeout=30)
 
         def stats(ids: list[str]) -> dict:
-            docs = list(db.candidates.find({"candidate_id": {"$in": ids}}, {"relaxed.mlip": 1, "status": 1}))
+            docs = list(
+                db.candidates.find({"candidate_id": {"$in": ids}}, {"relaxed.mlip": 1, "status": 1})
+            )
             return {"steps": sum(d["relaxed"]["mlip"]["steps"] for d in docs),
                     "ok": sum(d["status"] == "prerelaxed" for d in docs)}  # fmt: skip
 

@@ -73,7 +73,9 @@ def ping(uri: str, timeout_ms: int = 2000) -> bool:
     """Return True when a MongoDB-wire server answers ``ping`` at ``uri``."""
     import pymongo
 
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    client = pymongo.MongoClient(
+        uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+    )
     try:
         client.admin.command("ping")
         return True
@@ -209,12 +211,16 @@ def start_server(
             return ServerInfo(pid=proc.pid, uri=uri, data_dir=data_dir)
         time.sleep(0.1)
     proc.terminate()
-    raise CspflowError(f"the embedded database did not answer within {timeout:.0f} s (log: {log_file})")
+    raise CspflowError(
+        f"the embedded database did not answer within {timeout:.0f} s (log: {log_file})"
+    )
 
 
 def _last_error_line(log_file: Path) -> str:
     try:
-        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()
+        ]
     except OSError:
         return "server exited"
     for line in reversed(lines):
@@ -256,6 +262,8 @@ def resolve_uri(settings: CspflowSettings | None = None, start: bool = True) -> 
     info = server_status(settings)
     if info is None:
         if not start:
-            raise CspflowError("the embedded database is not running; start it with `cspflow db start`")
+            raise CspflowError(
+                "the embedded database is not running; start it with `cspflow db start`"
+            )
         info = start_server(settings)
     return info.uri

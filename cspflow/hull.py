@@ -68,7 +68,9 @@ def _chemsys(elements: Iterable[str]) -> str:
     return "-".join(sorted(set(elements)))
 
 
-def compute_hull(entries: list[HullEntry], chemsys: str | None = None, level: str = "dft") -> HullResult:
+def compute_hull(
+    entries: list[HullEntry], chemsys: str | None = None, level: str = "dft"
+) -> HullResult:
     """Compute the hull of ``entries`` (pure function, no database).
 
     When an element of the system has no entry, a convex hull cannot be built; the result then
@@ -96,7 +98,9 @@ def compute_hull(entries: list[HullEntry], chemsys: str | None = None, level: st
             {min((x for x in entries if x.formula == f), key=lambda x: x.energy_per_atom).entry_id
              for f in best}
         )  # fmt: skip
-        return HullResult(chemsys, level, ehull, stable, {}, complete=False, missing_elements=missing)
+        return HullResult(
+            chemsys, level, ehull, stable, {}, complete=False, missing_elements=missing
+        )
 
     pd_entries = []
     for e in entries:
@@ -140,8 +144,13 @@ def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]
     for ref in db.hull_references.find({"chemsys_level": level}):
         if set(ref["composition"]) <= system:
             entries.append(
-                HullEntry(ref["entry_id"], ref["formula"], ref["composition"],
-                          float(ref["energy_per_atom"]), source="reference")  # fmt: skip
+                HullEntry(
+                    ref["entry_id"],
+                    ref["formula"],
+                    ref["composition"],
+                    float(ref["energy_per_atom"]),
+                    source="reference",
+                )  # fmt: skip
             )
     return entries
 
@@ -194,17 +203,24 @@ def update_hull(
         "added_to_stable": sorted(set(result.stable) - prev_stable),
         "removed_from_stable": sorted(prev_stable - set(result.stable)),
         "entries": [
-            {"entry_id": e.entry_id, "formula": e.formula, "composition": e.composition,
-             "energy_per_atom": e.energy_per_atom, "source": e.source,
-             "e_above_hull": result.e_above_hull[e.entry_id],
-             "formation_energy_per_atom": result.formation_energy_per_atom.get(e.entry_id)}
+            {
+                "entry_id": e.entry_id,
+                "formula": e.formula,
+                "composition": e.composition,
+                "energy_per_atom": e.energy_per_atom,
+                "source": e.source,
+                "e_above_hull": result.e_above_hull[e.entry_id],
+                "formation_energy_per_atom": result.formation_energy_per_atom.get(e.entry_id),
+            }
             for e in entries
         ],  # fmt: skip
     }
     db.hull.insert_one(doc)
     from cspflow.store import candidates
 
-    values = {e.entry_id: result.e_above_hull[e.entry_id] for e in entries if e.source == "candidate"}
+    values = {
+        e.entry_id: result.e_above_hull[e.entry_id] for e in entries if e.source == "candidate"
+    }
     candidates.set_hull(db, values, level, version)
     doc.pop("_id", None)
     return doc
@@ -263,7 +279,9 @@ def _same_build(
     if campaign is None or (hull.get("campaign"), hull.get("iteration")) != (campaign, iteration):
         return False
     stored = sorted((e["entry_id"], e["energy_per_atom"]) for e in hull["entries"])
-    return hull["level"] == level and stored == sorted((e.entry_id, e.energy_per_atom) for e in entries)
+    return hull["level"] == level and stored == sorted(
+        (e.entry_id, e.energy_per_atom) for e in entries
+    )
 
 
 def latest_hull(db: Database, chemsys: str) -> dict | None:

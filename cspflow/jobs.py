@@ -73,7 +73,8 @@ MOVED_JOB_PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("cspflow.prerelax", "PrerelaxMaker.run_batch"): ("cspflow.prerelax.stage", "prerelax_job"),
     ("cspflow.prerelax", "SelectMaker.run_select"): ("cspflow.prerelax.select", "select_job"),
     ("cspflow.generate.maker", "generate_candidates"): (
-        "cspflow.generate.maker", "generate_candidates",
+        "cspflow.generate.maker",
+        "generate_candidates",
     ),
     ("cspflow.learn", "learn_job"): ("cspflow.learn.round", "learn_job"),
     ("cspflow.rescreen", "rescreen_job"): ("cspflow.rescreen", "rescreen_job"),

@@ -153,7 +153,9 @@ def rescreen_candidates(
         if e is not None:
             new.setdefault(formula, []).append((cid, e))
     chosen = [
-        cid for formula in sorted(new) for cid, _ in sorted(new[formula], key=lambda r: (r[1], r[0]))[:top]
+        cid
+        for formula in sorted(new)
+        for cid, _ in sorted(new[formula], key=lambda r: (r[1], r[0]))[:top]
     ]
     relaxed: list[str] = []
     failed: dict[str, str] = {}
@@ -227,9 +229,7 @@ class RescreenMaker(Maker):
     name: str = "rescreen"
     settings: RescreenSettings = field(default_factory=RescreenSettings)
 
-    def make(
-        self, learned: Any, campaign: str, iteration: int, chemsys: str | None = None
-    ) -> Job:
+    def make(self, learned: Any, campaign: str, iteration: int, chemsys: str | None = None) -> Job:
         """Return the job; ``learned`` is the learn job's output (re-screen when it promoted a
         model). The candidates relaxed again join iteration ``iteration + 1``'s selection."""
         p = self.settings.prerelax

@@ -56,7 +56,9 @@ class CspflowSettings(BaseSettings):
         description="MongoDB URI (user/password, authSource and TLS options allowed). "
         "When unset, cspflow uses its embedded SecantusDB server.",
     )
-    db_name: str = Field("cspflow", description="Database holding FireWorks, jobflow and cspflow data.")
+    db_name: str = Field(
+        "cspflow", description="Database holding FireWorks, jobflow and cspflow data."
+    )
     db_server_selection_timeout_ms: int = Field(
         5000, description="How long a client waits for the database before giving up (ms)."
     )
@@ -103,7 +105,9 @@ class CspflowSettings(BaseSettings):
     gpaw_setup_path: Path | None = Field(
         None, description="GPAW PAW setups (default: Debian's /usr/share/gpaw-setups)."
     )
-    work_dir: Path | None = Field(None, description="Where local jobs run (default: data_dir/runs).")
+    work_dir: Path | None = Field(
+        None, description="Where local jobs run (default: data_dir/runs)."
+    )
 
     @classmethod
     def settings_customise_sources(

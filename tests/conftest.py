@@ -66,7 +66,9 @@ def db(settings):
 def _load_local_cluster():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("cspflow_local_cluster", REPO / "slurm" / "local_cluster.py")
+    spec = importlib.util.spec_from_file_location(
+        "cspflow_local_cluster", REPO / "slurm" / "local_cluster.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -99,7 +99,10 @@ def test_reference_entries_complete_a_dft_hull(db, tmp_path):
     from pymatgen.entries.computed_entries import ComputedEntry
 
     refs = tmp_path / "refs.json"
-    dumpfn([ComputedEntry("Na2", -2.6, entry_id="na-bcc"), ComputedEntry("Cl4", -7.2, entry_id="cl2")], refs)
+    dumpfn(
+        [ComputedEntry("Na2", -2.6, entry_id="na-bcc"), ComputedEntry("Cl4", -7.2, entry_id="cl2")],
+        refs,
+    )
     from cspflow.hull import load_reference_entries
 
     assert load_reference_entries(refs, db) == 2

@@ -84,7 +84,9 @@ def test_authenticated_database_end_to_end_without_leaking_the_password(auth_uri
     db = pymongo.MongoClient(auth_uri).secure
     leaks = [(name, doc.get("_id")) for name in db.list_collection_names()
              for doc in db[name].find() if PASSWORD in json.dumps(doc, default=str)]  # fmt: skip
-    print(f"\ncollections scanned: {len(db.list_collection_names())}, documents with the password: {len(leaks)}")
+    print(
+        f"\ncollections scanned: {len(db.list_collection_names())}, documents with the password: {len(leaks)}"
+    )
     assert leaks == []
     logs = " ".join(p.read_text(errors="replace") for p in (tmp_path / "d").rglob("*") if p.is_file()
                     and p.suffix in (".log", ".json", ".error", ".out", ""))  # fmt: skip

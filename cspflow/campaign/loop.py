@@ -108,8 +108,13 @@ def dft_gate(
 
 @job
 def decide(
-    name: str, iteration: int, hull: dict | None = None, learned: dict | None = None,
-    rescreened: dict | None = None, spec: CampaignSpec | None = None, model: str | None = None,
+    name: str,
+    iteration: int,
+    hull: dict | None = None,
+    learned: dict | None = None,
+    rescreened: dict | None = None,
+    spec: CampaignSpec | None = None,
+    model: str | None = None,
 ) -> Response | dict:
     """Record the iteration and continue (Response(addition=next iteration)) or stop.
 

@@ -49,7 +49,8 @@ def csp(
         typer.Option(help="Candidates per iteration (default: budget in <= 20s).", min=1),
     ] = None,
     until_found: Annotated[
-        bool, typer.Option("--until-found", help="Stop an entry once the reference is in the top-k.")
+        bool,
+        typer.Option("--until-found", help="Stop an entry once the reference is in the top-k."),
     ] = False,
     workers: Annotated[
         int, typer.Option(help="Campaigns run at once (each with its own cpu+gpu worker).", min=1)

@@ -110,7 +110,11 @@ def run(
                 console.print(render.lost_run_line(lost), highlight=False)
 
     t0 = time.monotonic()
-    live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+    live = (
+        Live(console=console, refresh_per_second=2, transient=False)
+        if console.is_terminal
+        else None
+    )
     try:
         run_campaign_locally(spec, settings, nodes, created=created, timeout=timeout,
                              on_start=on_start, on_poll=on_poll, on_reconcile=on_reconcile)  # fmt: skip
@@ -258,7 +262,9 @@ def _need_wf(db, name: str, campaign_workflow) -> dict:
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Where the hull plot and top.json go.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="Where the hull plot and top.json go.")] = Path(
+        "demo-out"
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Run the quickstart campaign (workflows/quickstart.yaml) on the embedded database."""

@@ -22,11 +22,13 @@ app.add_typer(results.app, name="results", help="Query a campaign's hull and bes
 app.add_typer(bench.app, name="bench", help="Benchmarks: CSP success rate and throughput.")
 app.add_typer(dft.app, name="dft", help="Run the DFT stage ad hoc on structure files.")
 app.add_typer(model.app, name="model", help="The MLIP model registry.")
-app.command("generate", help="Generate unique candidate structures for a composition.")(generate.generate)
-app.command("relax", help="Relax structure files with an MLIP.")(relax.relax)
-app.command("demo", help="Run the quickstart campaign on the embedded database (what `make demo` runs).")(
-    campaign.demo
+app.command("generate", help="Generate unique candidate structures for a composition.")(
+    generate.generate
 )
+app.command("relax", help="Relax structure files with an MLIP.")(relax.relax)
+app.command(
+    "demo", help="Run the quickstart campaign on the embedded database (what `make demo` runs)."
+)(campaign.demo)
 
 _DEBUG = False
 
@@ -82,12 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except Exception as exc:  # click usage errors and the unexpected
         # typer >= 0.20 raises its vendored click's exceptions (typer._click), not click's
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+        if callable(getattr(exc, "show", None)) and isinstance(
+            getattr(exc, "exit_code", None), int
+        ):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if debug:
             raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        typer.echo(
+            f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True
+        )
         sys.exit(1)
 
 

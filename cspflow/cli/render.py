@@ -94,7 +94,16 @@ def top_table(rows: list[dict], title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("rank", "id", "formula", "spacegroup", "atoms", "level", "E/atom (eV)", "E_hull (meV/atom)"):
+    for col in (
+        "rank",
+        "id",
+        "formula",
+        "spacegroup",
+        "atoms",
+        "level",
+        "E/atom (eV)",
+        "E_hull (meV/atom)",
+    ):
         t.add_column(col)
     for r in rows:
         e = r["energy_per_atom"][r["level"]]
@@ -265,7 +274,9 @@ def reruns_line(reruns: dict) -> str:
     """One cell: how many fireworks ran more than once, and the lost runs with their reasons."""
     if not reruns["fireworks_rerun"]:
         return "none"
-    lost = "; ".join(f"fw {r['fw_id']} {r['name']}: {r['reason']} ({r['detail']})" for r in reruns["lost"])
+    lost = "; ".join(
+        f"fw {r['fw_id']} {r['name']}: {r['reason']} ({r['detail']})" for r in reruns["lost"]
+    )
     return (f"{reruns['fireworks_rerun']} firework(s) rerun, {reruns['lost_runs']} lost run(s)"
             + (f": {lost}" if lost else ""))  # fmt: skip
 

@@ -42,7 +42,9 @@ def hull(
     chemsys = _campaign(db, name)["chemsys"]
     doc = latest_hull(db, chemsys)
     if doc is None:
-        raise CspflowError(f"no hull yet for {chemsys}: campaign {name!r} has no relaxed structures")
+        raise CspflowError(
+            f"no hull yet for {chemsys}: campaign {name!r} has no relaxed structures"
+        )
     if plot is not None:
         plot_hull(doc, plot)
     entries = sorted(doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))

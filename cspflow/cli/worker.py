@@ -22,7 +22,9 @@ def start(
     singleshot: Annotated[
         bool, typer.Option("--singleshot", help="Run at most one firework (what a Slurm job does).")
     ] = False,
-    nlaunches: Annotated[int, typer.Option(help="Stop after this many launches (0: no limit).")] = 0,
+    nlaunches: Annotated[
+        int, typer.Option(help="Stop after this many launches (0: no limit).")
+    ] = 0,
     sleep: Annotated[int, typer.Option(help="Seconds between polls when nothing is ready.")] = 5,
     launch_dir: Annotated[Path | None, typer.Option(help="Where launch directories go.")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default host-category).")] = None,
@@ -62,11 +64,15 @@ def start(
 def reconcile(
     expiration: Annotated[
         float | None,
-        typer.Option(help="Heartbeat expiration in seconds (default: setting "
-                     "lost_run_expiration_s, else FireWorks' RUN_EXPIRATION_SECS)."),  # fmt: skip
+        typer.Option(
+            help="Heartbeat expiration in seconds (default: setting "
+            "lost_run_expiration_s, else FireWorks' RUN_EXPIRATION_SECS)."
+        ),  # fmt: skip
     ] = None,
     slurm: Annotated[bool, typer.Option("--slurm/--no-slurm", help="Compare with squeue.")] = True,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report lost runs, change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report lost runs, change nothing.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Find lost runs (worker process gone, Slurm job ended, no heartbeat) and rerun them.
@@ -135,7 +141,9 @@ def check(json_out: JsonOpt = False) -> None:
         launch = lp.launches.find_one({"fw_id": fw_id}, {"fworker": 1})
         rows.append(render.check_row(fw_id, fw, launch, output))
     if json_out:
-        print_json(render.check_json(state, elapsed, launches, rows, redact_uri(uri), settings.db_name))
+        print_json(
+            render.check_json(state, elapsed, launches, rows, redact_uri(uri), settings.db_name)
+        )
     else:
         for part in render.check_report(rows, state, elapsed):
             console.print(part)

@@ -103,6 +103,10 @@ def _abandoned(lock: dict[str, Any]) -> bool:
 
     host, _, rest = str(lock.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]
-    if host == socket.gethostname() and pid == str(os.getpid()) and lock.get("pidns") == pid_namespace():
+    if (
+        host == socket.gethostname()
+        and pid == str(os.getpid())
+        and lock.get("pidns") == pid_namespace()
+    ):
         return lock["owner"] not in _HELD
     return process_gone(host, pid, lock.get("pidns"))

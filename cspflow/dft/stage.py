@@ -314,7 +314,9 @@ class DftStageMaker(Maker):
     ) -> Job:
         """Return the fan-out job (``candidate_ids`` may be an upstream job's output)."""
         spec = self.settings.model_dump(include=set(DftSpec.model_fields))
-        j = dft_fanout(candidate_ids, DftSpec.model_validate(spec).model_dump(), campaign, iteration)
+        j = dft_fanout(
+            candidate_ids, DftSpec.model_validate(spec).model_dump(), campaign, iteration
+        )
         j.name = self.name
         j.update_metadata(stage_metadata(STAGE, campaign, iteration))
         return j

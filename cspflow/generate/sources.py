@@ -228,8 +228,11 @@ class RandomSymmetric:
         gen = Generated(
             structure=Structure.from_dict(data),
             source=self.name,
-            params={"spacegroup": sg, "formula_units": fu,
-                    "conventional_atoms": sum(conventional)},  # fmt: skip
+            params={
+                "spacegroup": sg,
+                "formula_units": fu,
+                "conventional_atoms": sum(conventional),
+            },  # fmt: skip
             seed=seed,
         )
         return _validated(gen, target, context)

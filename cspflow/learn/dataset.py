@@ -41,6 +41,7 @@ __all__ = [
     "replay_frames",
 ]
 
+
 @dataclass
 class TrainingSet:
     """Labelled frames (ASE Atoms with ``REF_*`` keys) split into train and test."""

@@ -84,7 +84,6 @@ def select_for_dft(
     return out
 
 
-
 def select_candidates(
     campaign: str | None,
     iteration: int | None,
@@ -129,7 +128,6 @@ def select_candidates(
     )
     candidates.mark_selected(db, summary.selected)
     return summary
-
 
 
 @job

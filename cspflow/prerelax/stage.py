@@ -251,7 +251,6 @@ def prerelax_candidates(
     return summary
 
 
-
 @job
 def prerelax_job(candidate_ids: list[str], settings: PrerelaxSettings | dict) -> dict[str, Any]:
     """Relax one batch with :func:`prerelax_candidates` (what the job runs); returns the summary

@@ -171,7 +171,9 @@ def route_firework(fw: Firework) -> None:
         fw.spec["_category"] = category_for(stage)
 
 
-def get_launchpad(settings: CspflowSettings | None = None, *, init: bool = True) -> CspflowLaunchPad:
+def get_launchpad(
+    settings: CspflowSettings | None = None, *, init: bool = True
+) -> CspflowLaunchPad:
     """Return the LaunchPad on the configured (or embedded) database.
 
     With ``init`` the FireWorks collections are initialised when empty (never reset).

@@ -167,7 +167,9 @@ def take_run_lock(db: Any, name: str) -> None:
                 f"campaign {name!r} is already being run by process {runner['pid']} on this "
                 "machine; watch it with `cspflow campaign status`"
             )
-    db.campaigns.update_one({"name": name}, {"$set": {"runner": {"host": host, "pid": os.getpid()}}})
+    db.campaigns.update_one(
+        {"name": name}, {"$set": {"runner": {"host": host, "pid": os.getpid()}}}
+    )
 
 
 def run_campaign_locally(

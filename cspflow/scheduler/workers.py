@@ -74,7 +74,9 @@ def make_fworker(category: str, name: str | None = None) -> FWorker:
     if category not in ("gpu", "cpu"):
         from cspflow.errors import CspflowError
 
-        raise CspflowError(f"unknown worker category {category!r}; use --category gpu or --category cpu")
+        raise CspflowError(
+            f"unknown worker category {category!r}; use --category gpu or --category cpu"
+        )
     return FWorker(name=name or f"{socket.gethostname()}-{category}", category=category)
 
 
@@ -119,7 +121,11 @@ def run_worker(
     import sys
 
     # job logs go to stderr so that stdout stays clean for --json output
-    with riding_out(retry), _jobflow_store_env(settings, retry), contextlib.redirect_stdout(sys.stderr):
+    with (
+        riding_out(retry),
+        _jobflow_store_env(settings, retry),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         rapidfire(
             lp,
             fworker=fworker,

@@ -141,7 +141,9 @@ class CampaignSpec(_Strict):
 
     schema_version: int = SCHEMA_VERSION
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    compositions: list[Formula] = Field(default_factory=list, description="Reduced formulas to search.")
+    compositions: list[Formula] = Field(
+        default_factory=list, description="Reduced formulas to search."
+    )
     chemsys: list[str] | None = Field(None, description="Elements of the system (hull).")
     composition_grid: int | None = Field(
         None, ge=1, le=12, description="With chemsys: all formulas with at most this many atoms."

@@ -93,6 +93,7 @@ class DftResultDoc(BaseModel):
     def _structure_as_dict(cls, value: Any) -> Any:
         # jobflow's store decodes the stored dict back into a pymatgen Structure
         return value.as_dict() if hasattr(value, "as_dict") else value
+
     energy: float | None = Field(None, description="Final total energy (eV).")
     energy_per_atom: float | None = Field(None, description="Final energy per atom (eV/atom).")
     nsites: int | None = Field(None, description="Atoms in the final structure.")

@@ -185,7 +185,9 @@ def mark_duplicate(db: Database, candidate_id: str, of: str) -> None:
 def mark_selected(db: Database, ids: Sequence[str]) -> None:
     """Record that ``ids`` were chosen for DFT."""
     if ids:
-        _coll(db).update_many({"candidate_id": {"$in": list(ids)}}, {"$set": {"status": "selected"}})
+        _coll(db).update_many(
+            {"candidate_id": {"$in": list(ids)}}, {"$set": {"status": "selected"}}
+        )
 
 
 def set_dft_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
@@ -336,9 +338,7 @@ def relaxed_in_order(db: Database, campaign: str) -> list[dict[str, Any]]:
 
 def count_relaxed(db: Database, campaign: str) -> int:
     """Candidates of the campaign MLIP-relaxed so far."""
-    return int(
-        _coll(db).count_documents({"campaign": campaign, "relaxed.mlip": {"$ne": None}})
-    )
+    return int(_coll(db).count_documents({"campaign": campaign, "relaxed.mlip": {"$ne": None}}))
 
 
 def status_counts(db: Database, campaign: str, iteration: int | None = None) -> dict[str, int]:

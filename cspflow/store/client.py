@@ -40,8 +40,11 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
     ("candidates", [("candidate_id", 1)], {"unique": True, "name": "candidate_id"}),
     ("fingerprints", [("bucket", 1)], {"name": "bucket"}),
     ("fingerprints", [("candidate_id", 1)], {"name": "candidate_id"}),
-    ("fingerprints", [("formula", 1), ("level", 1), ("energy_per_atom", 1)],
-     {"name": "relaxed_energy"}),  # fmt: skip
+    (
+        "fingerprints",
+        [("formula", 1), ("level", 1), ("energy_per_atom", 1)],
+        {"name": "relaxed_energy"},
+    ),  # fmt: skip
     ("hull", [("chemsys", 1), ("version", -1)], {"unique": True, "name": "chemsys_version"}),
     ("models", [("model_id", 1)], {"unique": True, "name": "model_id"}),
     ("models", [("chemsys", 1), ("created_at", -1)], {"name": "chemsys_created"}),

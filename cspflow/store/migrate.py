@@ -58,9 +58,7 @@ def upgrade(db: Database, *, force: bool = False) -> dict[str, int]:
             "fingerprints": _fingerprints(db),
             "fireworks": _fireworks(db),
         }
-        db[META].update_one(
-            {"_id": "layout"}, {"$set": {"version": LAYOUT_VERSION}}, upsert=True
-        )
+        db[META].update_one({"_id": "layout"}, {"$set": {"version": LAYOUT_VERSION}}, upsert=True)
     _DONE.add(key)
     return changed
 

@@ -317,7 +317,9 @@ class RetryingCollection:
             tries += 1
             todo = batch
             if tries > 1 and None not in ids:
-                stored = {d["_id"] for d in self._collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+                stored = {
+                    d["_id"] for d in self._collection.find({"_id": {"$in": ids}}, {"_id": 1})
+                }
                 todo = [doc for doc in batch if doc["_id"] not in stored]
                 if not todo:
                     return InsertManyResult(ids, True) if many else InsertOneResult(ids[0], True)

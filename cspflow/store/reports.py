@@ -62,8 +62,14 @@ def rerun_summary(db: Database, fw_ids: list[int]) -> dict:
         "fireworks_rerun": len(rerun),
         "archived_launches": len(archived),
         "lost_runs": len(lost),
-        "rerun": [{"fw_id": fw["fw_id"], "name": fw.get("name", ""),
-                   "runs": 1 + len(fw["archived_launches"])} for fw in rerun],  # fmt: skip
+        "rerun": [
+            {
+                "fw_id": fw["fw_id"],
+                "name": fw.get("name", ""),
+                "runs": 1 + len(fw["archived_launches"]),
+            }
+            for fw in rerun
+        ],  # fmt: skip
         "lost": lost,
     }
 
@@ -112,7 +118,9 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
     """
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
-        raise CspflowError(f"no campaign named {campaign!r}; list them with `cspflow campaign status`")
+        raise CspflowError(
+            f"no campaign named {campaign!r}; list them with `cspflow campaign status`"
+        )
     from cspflow.store import candidates
 
     level = best_level(db, doc["chemsys"]) or "mlip"
@@ -128,8 +136,12 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
                 "spacegroup": spacegroup,
                 "spacegroup_symbol": _symbol(spacegroup),
                 "level": level,
-                "energy_per_atom": {k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")},
-                "e_above_hull": c.get("e_above_hull") if c.get("e_above_hull_level") == level else None,
+                "energy_per_atom": {
+                    k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")
+                },
+                "e_above_hull": c.get("e_above_hull")
+                if c.get("e_above_hull_level") == level
+                else None,
                 "source": c.get("source"),
                 "iteration": c.get("iteration"),
                 "structure": relaxed.get("structure") or c.get("structure"),

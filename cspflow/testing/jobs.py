@@ -14,8 +14,15 @@ from jobflow import Flow, Response, job
 
 from cspflow.jobs import stage_metadata
 
-__all__ = ["record", "spawn_stage", "independent_flow", "work", "work_flow", "EFFECTS",
-           "announce_candidates"]
+__all__ = [
+    "record",
+    "spawn_stage",
+    "independent_flow",
+    "work",
+    "work_flow",
+    "EFFECTS",
+    "announce_candidates",
+]
 
 EFFECTS = "test_effects"
 

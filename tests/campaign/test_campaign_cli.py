@@ -46,7 +46,9 @@ def test_pause_resume_without_running_anything(settings, db, tmp_path):
     assert db.fireworks.count_documents({"state": "PAUSED"}) >= 1
     refused = cli("campaign", "run", str(spec))
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "error: campaign p is paused; `cspflow campaign resume p` first"
+    assert (
+        refused.stderr.strip() == "error: campaign p is paused; `cspflow campaign resume p` first"
+    )
     assert cli("campaign", "resume", "p").returncode == 0
     assert db.fireworks.count_documents({"state": "PAUSED"}) == 0
     assert db.campaigns.find_one({"name": "p"})["state"] == "running"

@@ -72,8 +72,10 @@ def test_two_iterations_killed_and_resumed(settings, db, tmp_path):
 
     resumed = cspflow("campaign", "run", str(spec), "--out", str(tmp_path / "out"), env=env)
     assert "resuming campaign si-e2e" in resumed.stderr
-    print(f"\nkilled after {killed_at:.0f} s with {len(before)} DFT result(s) stored; "
-          f"resumed run finished at {time.monotonic() - t0:.0f} s")
+    print(
+        f"\nkilled after {killed_at:.0f} s with {len(before)} DFT result(s) stored; "
+        f"resumed run finished at {time.monotonic() - t0:.0f} s"
+    )
 
     # nothing finished was redone: stored DFT results are untouched by the resumed run
     for cid, dft in before.items():
@@ -110,11 +112,14 @@ def test_two_iterations_killed_and_resumed(settings, db, tmp_path):
     assert status["workflow_state"] == "COMPLETED" and status["state"] == "completed"
 
     # the same campaign run without interruption, in a database of its own, ends with the same hull
-    other = dict(env, CSPFLOW_DB_NAME=f"{settings.db_name}_ref", CSPFLOW_WORK_DIR=str(tmp_path / "ref"))
+    other = dict(
+        env, CSPFLOW_DB_NAME=f"{settings.db_name}_ref", CSPFLOW_WORK_DIR=str(tmp_path / "ref")
+    )
     cspflow("campaign", "run", str(spec), env=other)
     ref_db = db.client[f"{settings.db_name}_ref"]
     ref_hull = ref_db.hull.find_one({"chemsys": "Si"}, sort=[("version", -1)])
     try:
+
         def energies(h):
             return sorted(round(e["energy_per_atom"], 3) for e in h["entries"])
 

@@ -33,7 +33,11 @@ def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
     assert first["hull"]["level"] == "mlip"  # no DFT: the MLIP hull
     assert db.candidates.count_documents({"relaxed.dft": {"$exists": True}}) == 0
     best = out["top"]["structures"][0]
-    assert best["level"] == "mlip" and best["e_above_hull"] == 0.0 and best["spacegroup"] in (227, "Fd-3m")
+    assert (
+        best["level"] == "mlip"
+        and best["e_above_hull"] == 0.0
+        and best["spacegroup"] in (227, "Fd-3m")
+    )
 
     run_cli("campaign", "extend", "si-mlip", "--iterations", "1", env=env, timeout=900)
     out2 = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env, timeout=900).stdout)

@@ -32,7 +32,10 @@ def _add(db, structure: Structure) -> str:
 def _run(settings, ids, spec, root):
     stage = DftStageMaker(settings=DftSpec(engine="cp2k", **spec))
     return run_locally(
-        stage.make(ids, campaign="test", iteration=1), store=get_jobstore(settings), create_folders=True, root_dir=root
+        stage.make(ids, campaign="test", iteration=1),
+        store=get_jobstore(settings),
+        create_folders=True,
+        root_dir=root,
     )
 
 

@@ -96,7 +96,12 @@ def _compute(db_server, tmp: Path) -> dict:
             (relax, {"relax": "positions", "fmax": 0.25, "steps": 12}),
         ):
             stage = DftStageMaker(settings=DftSpec(**{**GPAW_SPEC, **extra}))
-            run_locally(stage.make(ids, campaign="learn-test"), store=store, create_folders=True, root_dir=tmp / "runs")
+            run_locally(
+                stage.make(ids, campaign="learn-test"),
+                store=store,
+                create_folders=True,
+                root_dir=tmp / "runs",
+            )
         candidates = list(db.candidates.find({}, {"_id": 0}))
         uuids = [c["relaxed"]["dft"]["task_uuid"] for c in candidates if c.get("relaxed")]
         outputs = list(db.outputs.find({"uuid": {"$in": uuids}}, {"_id": 0}))

@@ -48,7 +48,9 @@ def test_ionic_steps_far_above_the_final_frame_are_left_out(si_db, settings):
                              {"$inc": {"output.output.ionic_steps.0.energy": 3.0 * natoms}})  # fmt: skip
     again, skipped_again = collect_frames(si_db, "Si", store=store, ionic_steps=-1)
     reason = "more than 1 eV/atom above the final frame"
-    print(f"\n{len(frames)} frames, then {len(again)} with one step lifted: skipped {skipped_again}")
+    print(
+        f"\n{len(frames)} frames, then {len(again)} with one step lifted: skipped {skipped_again}"
+    )
     assert len(again) == len(frames) - 1
     assert skipped_again.get(reason, 0) == skipped.get(reason, 0) + 1
     assert not any(a.info["candidate_id"] == relaxed["candidate_id"]

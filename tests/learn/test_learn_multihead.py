@@ -48,9 +48,10 @@ def test_multihead_finetuning_keeps_a_replay_head(tmp_path):
     tuned = train_mace(new, tmp_path / "mh", e0s=fit_e0s(new), settings=s, foundation=base,
                        replay=old)  # fmt: skip
     log = (tmp_path / "mh" / "mace_run_train.log").read_text()
-    assert "multiheads finetuning mode" in log and "--pt_train_file" in (
-        tmp_path / "mh" / "mace_run_train.cmd"
-    ).read_text()
+    assert (
+        "multiheads finetuning mode" in log
+        and "--pt_train_file" in (tmp_path / "mh" / "mace_run_train.cmd").read_text()
+    )
     model = load_model(f"mace:{tuned}", device="cpu")
     heads = model.calculator.available_heads
     assert len(heads) == 2 and "Default" in heads and model.calculator.head == "Default"

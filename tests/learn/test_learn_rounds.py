@@ -41,7 +41,9 @@ def test_two_learning_rounds_registry_lineage_and_reuse(db, settings, add_si, tm
     store = get_jobstore(settings)
     add_si(db, iterations=(0,))
     # round 1: the learn job as a campaign runs it (gpu category), CHGNet is the model to beat
-    j = LearnMaker(settings=TrainSettings(**TRAIN)).make("Si", campaign="learn-test", iteration=0, baseline="chgnet")
+    j = LearnMaker(settings=TrainSettings(**TRAIN)).make(
+        "Si", campaign="learn-test", iteration=0, baseline="chgnet"
+    )
     assert category_for(j.metadata["stage"]) == "gpu"
     out = run_locally(j, store=store, create_folders=True, root_dir=tmp_path / "r1")
     s1 = out[j.uuid][1].output

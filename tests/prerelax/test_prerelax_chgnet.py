@@ -241,7 +241,9 @@ def test_unknown_ids_and_uncovered_elements_are_user_errors(db, chgnet):
 
 
 def test_jobs_carry_stage_metadata_and_route_to_gpu():
-    job = PrerelaxMaker(settings=PrerelaxSettings(max_steps=50)).make(["a", "b"], campaign="c1", iteration=2)
+    job = PrerelaxMaker(settings=PrerelaxSettings(max_steps=50)).make(
+        ["a", "b"], campaign="c1", iteration=2
+    )
     assert job.metadata == {"stage": "prerelax", "campaign": "c1", "iteration": 2}
     assert category_for(job.metadata["stage"]) == "gpu"
     assert job.function_args == (["a", "b"],)  # ids only, never structures in the job doc
@@ -262,7 +264,9 @@ def test_prerelax_and_select_jobs_run_with_jobflow_on_cpu(db, settings):
     docs = [candidate_doc(s, campaign="jf", iteration=1) for s in structs]
     db["candidates"].insert_many([dict(d) for d in docs])
     ids = [d["candidate_id"] for d in docs]
-    relax_job = PrerelaxMaker(settings=PrerelaxSettings(max_steps=150)).make(ids, campaign="jf", iteration=1)
+    relax_job = PrerelaxMaker(settings=PrerelaxSettings(max_steps=150)).make(
+        ids, campaign="jf", iteration=1
+    )
     select_job = SelectMaker(settings=SelectSettings(top_k=1, energy_window=0.5)).make(
         "jf", 1, prerelax_outputs=[relax_job.output]
     )

@@ -25,7 +25,12 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
     from cspflow.testing import insert_candidate
 
     # the old model ranked simple cubic first and diamond last (a wrong potential)
-    rows = [("sc", 2.55, -5.9), ("bcc", 3.08, -5.8), ("diamond", 5.50, -5.2), ("diamond", 5.38, -5.1)]
+    rows = [
+        ("sc", 2.55, -5.9),
+        ("bcc", 3.08, -5.8),
+        ("diamond", 5.50, -5.2),
+        ("diamond", 5.38, -5.1),
+    ]
     ids = []
     for kind, a, e in rows:
         s = _si(kind, a)
@@ -45,7 +50,9 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
                            mlip_structure=_si("bcc", 3.2), campaign="old")  # fmt: skip
     db.candidates.update_one({"candidate_id": old}, {"$set": {"duplicate_of": None,
                                                               "relaxed.mlip.model_id": "mace-old"}})  # fmt: skip
-    db.candidates.update_one({"candidate_id": skip[0]}, {"$set": {"relaxed.dft": {"status": "converged"}}})
+    db.candidates.update_one(
+        {"candidate_id": skip[0]}, {"$set": {"relaxed.dft": {"status": "converged"}}}
+    )
     db.candidates.update_one({"candidate_id": skip[1]}, {"$set": {"duplicate_of": ids[0]}})
     for cid in skip[2:]:
         db.candidates.update_one({"candidate_id": cid}, {"$set": {"duplicate_of": None}})
@@ -81,7 +88,11 @@ def test_rescreen_relaxes_the_new_best_and_feeds_the_next_selection(db):
         assert not db.candidates.find_one({"candidate_id": cid}).get("screenings")
     # iteration 1's selection sees them next to its own (here: no new) candidates
     # (the two diamonds relax into one structure: the higher copy is a duplicate, left out)
-    unique = [c for c in out["relaxed"] if db.candidates.find_one({"candidate_id": c}).get("duplicate_of") is None]
+    unique = [
+        c
+        for c in out["relaxed"]
+        if db.candidates.find_one({"candidate_id": c}).get("duplicate_of") is None
+    ]
     assert len(unique) == 1
     picked = select_candidates("rs", 1, top_k=5, energy_window=1.0, db=db)
     assert picked.selected == unique

@@ -27,8 +27,12 @@ def env_for(settings):
 def launchpad_yaml(settings, path: Path) -> Path:
     path.write_text(
         yaml.safe_dump(
-            {"host": settings.db_uri.get_secret_value(), "uri_mode": True,
-             "name": settings.db_name, "strm_lvl": "ERROR"}  # fmt: skip
+            {
+                "host": settings.db_uri.get_secret_value(),
+                "uri_mode": True,
+                "name": settings.db_name,
+                "strm_lvl": "ERROR",
+            }  # fmt: skip
         )
     )
     return path
@@ -59,7 +63,9 @@ def test_gpu_and_cpu_workers_take_only_their_jobs(settings, tmp_path):
     cpu = subprocess.run(worker_cmd("cpu"), env=env, capture_output=True, text=True, timeout=300)
     assert "cpu worker: 1 launch(es)" in cpu.stdout, cpu.stderr
     assert lp.get_fw_by_id(fws["analyse_structure"].fw_id).state == "READY"
-    cpu_again = subprocess.run(worker_cmd("cpu"), env=env, capture_output=True, text=True, timeout=300)
+    cpu_again = subprocess.run(
+        worker_cmd("cpu"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert "0 launch(es)" in cpu_again.stdout  # the gpu job is never taken by a cpu worker
     gpu = subprocess.run(worker_cmd("gpu"), env=env, capture_output=True, text=True, timeout=300)
     assert "gpu worker: 1 launch(es)" in gpu.stdout, gpu.stderr
@@ -187,7 +193,12 @@ def test_gpu_job_runs_on_a_cpu_only_gpu_worker_unless_cuda_is_forced(settings, d
     si = Structure([[0, 2.7, 2.7], [2.7, 0, 2.7], [2.7, 2.7, 0]], ["Si", "Si"],
                    [[0, 0, 0], [0.25, 0.25, 0.25]])  # diamond, a = 5.40 A  # fmt: skip
     cid = insert_candidate(db, si, status="generated")
-    submit_flow(PrerelaxMaker(settings=PrerelaxSettings(model="chgnet", max_steps=50, dedup=False)).make([cid]), settings)
+    submit_flow(
+        PrerelaxMaker(settings=PrerelaxSettings(model="chgnet", max_steps=50, dedup=False)).make(
+            [cid]
+        ),
+        settings,
+    )
     lp = get_launchpad(settings)
 
     forced = subprocess.run(worker_cmd("gpu"), env=dict(env_for(settings), CSPFLOW_DEVICE="cuda"),
@@ -213,7 +224,10 @@ def test_unknown_worker_category_is_one_line(settings):
     proc = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "worker", "start", "-c", "tpu"],
                           env=env_for(settings), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown worker category 'tpu'; use --category gpu or --category cpu"
+    assert (
+        proc.stderr.strip()
+        == "error: unknown worker category 'tpu'; use --category gpu or --category cpu"
+    )
 
 
 @pytest.mark.slow

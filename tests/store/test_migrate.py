@@ -32,7 +32,7 @@ def _restore(db) -> dict:
 
 def _old_paths(db) -> list[str]:
     text = json.dumps([fw["spec"] for fw in db.fireworks.find()], default=str)
-    return [m for m in ("cspflow.prerelax\"", "cspflow.campaign\"") if m in text]
+    return [m for m in ('cspflow.prerelax"', 'cspflow.campaign"') if m in text]
 
 
 def test_upgrade_brings_old_documents_to_this_layout(db):

@@ -115,7 +115,9 @@ def stuck_report(uri: str) -> str:
     """Where a flow that did not finish stands: firework states, workflow lock, open launches."""
     db = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000).outage
     fws = sorted((f["fw_id"], f["state"]) for f in db.fireworks.find({}, {"fw_id": 1, "state": 1}))
-    wfs = [(w.get("state"), w.get("locked")) for w in db.workflows.find({}, {"state": 1, "locked": 1})]
+    wfs = [
+        (w.get("state"), w.get("locked")) for w in db.workflows.find({}, {"state": 1, "locked": 1})
+    ]
     open_launches = [(ln["launch_id"], ln["fw_id"], ln["state"], ln.get("time_start"))
                      for ln in db.launches.find({"state": {"$ne": "COMPLETED"}})]  # fmt: skip
     return f"fireworks {fws}; workflows (state, locked) {wfs}; open launches {open_launches}"
@@ -286,7 +288,9 @@ def test_campaign_runner_and_workers_survive_kill9_of_the_database(own_db):
           f"{c['fizzled']} fizzled, {c['launches']} launches, {c['reruns']} reruns, "
           f"{c['executions']} executions, {c['duplicates']} duplicates, "
           f"{lost_between(before, after)} documents lost; {retry_lines} worker retry log lines")  # fmt: skip
-    assert "error" not in result, f"{result.get('error')}\n{stuck_report(server.uri)}\n{log[-4000:]}"
+    assert "error" not in result, (
+        f"{result.get('error')}\n{stuck_report(server.uri)}\n{log[-4000:]}"
+    )
     assert result["out"]["state"] == "COMPLETED"
     assert lost_between(before, after) == 0
     assert before["completed"] <= after["completed"]
@@ -436,7 +440,9 @@ def test_real_campaign_resumes_after_kill9_of_the_database(own_db, tmp_path):
           f"fireworks completed, {db.launches.count_documents({})} launches, {reruns} reruns, "
           f"{duplicates} duplicate candidates, "
           f"{lost} documents lost")  # fmt: skip
-    assert runner.returncode == 0, f"{out[-3000:]}\n{stuck_report(server.uri)}\n{fizzled_errors(server.uri)}"
+    assert runner.returncode == 0, (
+        f"{out[-3000:]}\n{stuck_report(server.uri)}\n{fizzled_errors(server.uri)}"
+    )
     assert camp["state"] == "completed" and [it["iteration"] for it in camp["iterations"]] == [0, 1]
     assert lost == 0 and duplicates == 0
     assert all(f["state"] == "COMPLETED" for f in fws)
