@@ -97,6 +97,10 @@ def test_two_iterations_killed_and_resumed(settings, db, tmp_path):
     (stable_id,) = hull["stable"]
     diamond = db.candidates.find_one({"candidate_id": stable_id})
     assert diamond["e_above_hull"] == 0.0
+    from cspflow.schemas.candidate import CandidateDoc
+
+    for doc in db.candidates.find({}, {"_id": 0}):  # DFT results included: every field declared
+        CandidateDoc.model_validate(doc)
     from pymatgen.core import Structure
 
     relaxed = Structure.from_dict(diamond["relaxed"]["dft"]["structure"])

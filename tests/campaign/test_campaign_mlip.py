@@ -36,8 +36,14 @@ def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
     assert (
         best["level"] == "mlip"
         and best["e_above_hull"] == 0.0
-        and best["spacegroup"] in (227, "Fd-3m")
+        and best["spacegroup"] == 227
+        and best["spacegroup_symbol"] == "Fd-3m"
     )
+    # every stored candidate fits the one declared document (no undeclared field, one type each)
+    from cspflow.schemas.candidate import CandidateDoc
+
+    for doc in db.candidates.find({}, {"_id": 0}):
+        CandidateDoc.model_validate(doc)
 
     run_cli("campaign", "extend", "si-mlip", "--iterations", "1", env=env, timeout=900)
     out2 = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env, timeout=900).stdout)
