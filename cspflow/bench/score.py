@@ -34,7 +34,8 @@ __all__ = [
     "summarize",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: ``top[].spacegroup`` is the number (it was the MLIP symbol), ``spacegroup_symbol`` beside it
+SCHEMA_VERSION = 2
 
 
 class BenchRunDoc(BaseModel):
@@ -150,7 +151,7 @@ def evaluate_run(
         delta = round((unique[rank - 1]["energy_per_atom"] - best) * 1000, 1)
     top = [
         {"rank": k, "candidate_id": u["candidate_id"], "spacegroup": u.get("spacegroup"),
-         "nsites": u.get("nsites"), "energy_per_atom": u["energy_per_atom"],
+         "spacegroup_symbol": u.get("spacegroup_symbol"), "nsites": u.get("nsites"), "energy_per_atom": u["energy_per_atom"],
          "matches_reference": rank == k}
         for k, u in enumerate(unique[:top_k], 1)
     ]  # fmt: skip
@@ -184,6 +185,7 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
                 "energy_per_atom": None if failed else (d.get("energy_per_atom") or {}).get("mlip"),
                 "duplicate_of": d.get("duplicate_of"),
                 "spacegroup": mlip.get("spacegroup"),
+                "spacegroup_symbol": mlip.get("spacegroup_symbol"),
                 "nsites": d.get("nsites"),
             }
         )

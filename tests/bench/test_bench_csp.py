@@ -77,7 +77,8 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
     assert run["relaxations"] == 8 and run["iterations"] * run["per_iteration"] == 8
     assert run["found"] is True and run["rank"] == 1  # CHGNet puts rocksalt lowest
     assert 1 <= run["first_found"] <= 8
-    assert run["top"][0]["matches_reference"] and run["top"][0]["spacegroup"] == "Fm-3m"
+    assert run["top"][0]["matches_reference"] and run["top"][0]["spacegroup"] == 225
+    assert run["top"][0]["spacegroup_symbol"] == "Fm-3m"
     assert run["wall_s"] > 0 and run["error"] is None
     s = report["summary"]
     assert s["success_rate"] == 1.0 and s["median_relaxations_to_success"] == run["first_found"]
