@@ -18,8 +18,7 @@ cspflow.campaign`` stays cheap; jobs are serialised under :mod:`cspflow.campaign
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cspflow._lazy import lazy_exports
 
 _EXPORTS = {
     "iteration_flow": "loop",
@@ -40,7 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cspflow.campaign.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cspflow.campaign' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

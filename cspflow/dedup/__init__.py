@@ -16,8 +16,7 @@ Names are imported lazily so ``import cspflow.dedup`` stays cheap. The function
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cspflow._lazy import lazy_exports
 
 _EXPORTS = {
     "FP_TOLERANCE": "fingerprint",
@@ -53,7 +52,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cspflow.dedup.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cspflow.dedup' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -17,8 +17,7 @@ Names are imported lazily so ``import cspflow.generate`` stays cheap.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cspflow._lazy import lazy_exports
 
 _EXPORTS = {
     "parse_target": "composition",
@@ -35,7 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cspflow.generate.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cspflow.generate' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

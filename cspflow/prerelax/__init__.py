@@ -21,8 +21,7 @@ submodule (e.g. ``cspflow.prerelax.stage``).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cspflow._lazy import lazy_exports
 
 _EXPORTS = {
     "RelaxOutcome": "relax",
@@ -41,7 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cspflow.prerelax.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cspflow.prerelax' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,8 +14,7 @@ importable from here; names are imported lazily so ``import cspflow.store.outage
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cspflow._lazy import lazy_exports
 
 _EXPORTS = {
     "get_client": "client",
@@ -27,7 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cspflow.store.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cspflow.store' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
