@@ -109,8 +109,9 @@ def test_two_iterations_killed_and_resumed(settings, db, tmp_path):
     assert (tmp_path / "out" / "hull.png").stat().st_size > 5000
 
     top = json.loads(cspflow("results", "top", "si-e2e", "--json", env=env).stdout)
-    assert top["schema_version"] == 1
+    assert top["schema_version"] == 2  # spacegroup a number at every level
     assert top["structures"][0]["candidate_id"] == stable_id
+    assert top["structures"][0]["spacegroup"] == 227
     assert top["structures"][0]["level"] == "dft" and top["structures"][0]["e_above_hull"] == 0.0
     status = json.loads(cspflow("campaign", "status", "si-e2e", "--json", env=env).stdout)
     assert status["workflow_state"] == "COMPLETED" and status["state"] == "completed"
