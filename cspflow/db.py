@@ -73,7 +73,7 @@ def ping(uri: str, timeout_ms: int = 2000) -> bool:
     """Return True when a MongoDB-wire server answers ``ping`` at ``uri``."""
     import pymongo
 
-    client = pymongo.MongoClient(
+    client: pymongo.MongoClient = pymongo.MongoClient(
         uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
     )
     try:

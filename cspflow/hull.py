@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jobflow import Job, Maker, job
 
@@ -112,7 +112,8 @@ def compute_hull(
     for pe in pd_entries:
         ehull[pe.name] = float(max(0.0, pd.get_e_above_hull(pe, allow_negative=True) or 0.0))
         eform[pe.name] = float(pd.get_form_energy_per_atom(pe))
-    stable = sorted(pe.name for pe in pd.stable_entries)
+    # pymatgen types stable_entries as Entry; they are the PDEntries given above
+    stable = sorted(cast("PDEntry", pe).name for pe in pd.stable_entries)
     return HullResult(chemsys, level, ehull, stable, eform, complete=True, phase_diagram=pd)
 
 
@@ -325,6 +326,7 @@ def plot_hull(hull_doc: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from pymatgen.analysis.phase_diagram import PDEntry, PDPlotter, PhaseDiagram
     from pymatgen.core import Composition
 
@@ -339,7 +341,8 @@ def plot_hull(hull_doc: dict, path: str | Path) -> Path:
         )  # fmt: skip
         plotter = PDPlotter(pd, backend="matplotlib", show_unstable=0.2)
         ax = plotter.get_plot(label_unstable=False)
-        fig = ax.get_figure() if hasattr(ax, "get_figure") else plt.gcf()
+        fig = ax.get_figure() if ax is not None and hasattr(ax, "get_figure") else plt.gcf()
+        assert isinstance(fig, Figure)  # PDPlotter draws on a pyplot figure, not a subfigure
         fig.suptitle(f"{hull_doc['chemsys']} hull v{hull_doc['version']} ({hull_doc['level']})")
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)

@@ -308,17 +308,18 @@ def load_model(
 
         with _quiet_stdout():
             model = CHGNet.load(model_name=CHGNET_VERSION, use_device=dev, verbose=False)
-            calc = CHGNetCalculator(model=model, use_device=dev, on_isolated_atoms="ignore")
+            chgnet_calc = CHGNetCalculator(model=model, use_device=dev, on_isolated_atoms="ignore")
         return LoadedModel(
             parsed,
             f"chgnet-{CHGNET_VERSION}",
             dev,
-            calc,
+            chgnet_calc,
             elements=None,
             chunk_size=16 if dev == "cpu" else 128,
             _backend=model,
         )
 
+    assert parsed.value is not None  # parse_model_spec gives mace and registry specs a value
     if parsed.kind == "registry":
         path = fetch_registry_model(parsed.value, db=db)
         model_id = parsed.value

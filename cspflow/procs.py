@@ -45,6 +45,7 @@ def process_gone(host: str | None, pid: int | str | None, pidns: str | None) -> 
     """
     if host != socket.gethostname() or not str(pid or "").isdigit() or pidns != pid_namespace():
         return False
+    assert pid is not None  # a digit string or a positive int here
     return not _pid_alive(int(pid))
 
 

@@ -62,7 +62,7 @@ def prerelax_fanout(
     p = spec.prerelax
     maker = PrerelaxMaker(settings=p.model_copy(update={"model": model or prerelax_model(spec)}))
     size = p.batch_size
-    jobs = [
+    jobs: list[Flow | Job] = [
         maker.make(ids[i : i + size], campaign=name, iteration=iteration)
         for i in range(0, len(ids), size)
     ]

@@ -127,7 +127,7 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
 
     from cspflow.errors import CspflowError
 
-    doc = {
+    doc: dict[str, Any] = {
         "name": spec.name,
         "spec": spec.model_dump(mode="json"),
         "chemsys": spec.system(),

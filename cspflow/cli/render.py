@@ -9,8 +9,14 @@ module needs another one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cspflow.bench.score import BenchReportDoc
 
 __all__ = [
     "hull_table",
@@ -405,7 +411,7 @@ def bench_run_line(run) -> str:
     return f"{run.formula} repeat {run.repeat}: {what}; {run.relaxations} relaxations in {run.wall_s:.0f} s"
 
 
-def bench_table(report):
+def bench_table(report: BenchReportDoc) -> Table:
     """Per entry of a benchmark report: found, ranks, relaxations, reference energy gap, time."""
     from rich.table import Table
 
@@ -420,7 +426,7 @@ def bench_table(report):
     for r in report.runs:
         by_entry.setdefault(r.formula, []).append(r)
 
-    def join(values) -> str:
+    def join(values: Iterable[object]) -> str:
         return ", ".join("-" if v is None else str(v) for v in values)
 
     for formula, runs in by_entry.items():

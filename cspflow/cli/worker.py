@@ -42,6 +42,7 @@ def start(
         from cspflow.mlip import resolve_device
 
         typer.echo(f"gpu worker: MLIP jobs run on {resolve_device()}", err=True)
+    n: int | str  # a count, or "infinite" (FireWorks' rapidfire)
     if singleshot:
         n, max_loops = 1, 1
     elif until_empty:
@@ -50,7 +51,7 @@ def start(
         n, max_loops = (nlaunches or "infinite"), -1
     count = run_worker(
         category,
-        nlaunches=n,  # type: ignore[arg-type]
+        nlaunches=n,
         max_loops=max_loops,
         sleep_time=sleep,
         launch_dir=launch_dir,

@@ -117,7 +117,8 @@ def symmetry(structure: Structure, symprec: float = SYMPREC) -> tuple[int, int]:
     numbers = [site.specie.Z for site in structure]
     cell = (structure.lattice.matrix, structure.frac_coords, numbers)
     try:
-        data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+        # spglib's Cell type names sequences; it takes numpy arrays (its documented input)
+        data = spglib.get_symmetry_dataset(cell, symprec=symprec)  # type: ignore[arg-type]
     except Exception:
         data = None
     if data is None:

@@ -38,6 +38,7 @@ from cspflow.errors import CspflowError
 if TYPE_CHECKING:
     from jobflow import Response
     from pymatgen.core import Structure
+    from pymatgen.io.cp2k.inputs import AtomicMetadata
 
 __all__ = [
     "Cp2kDftMaker",
@@ -142,7 +143,7 @@ def restricted_spin_guard() -> Iterator[None]:
         calculation.Cp2kOutput = original  # type: ignore[misc]
 
 
-def _find_entry(entries: dict[str, Any] | None, cls: type, name: str) -> str | None:
+def _find_entry(entries: dict[str, Any] | None, cls: type[AtomicMetadata], name: str) -> str | None:
     """Key (data hash) of the first entry whose name or an alias is ``name``, or None.
 
     Entries are read into pymatgen's ``cls`` (``GaussianTypeOrbitalBasisSet`` or

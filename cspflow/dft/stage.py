@@ -86,6 +86,7 @@ def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | No
     from cspflow.dedup.index import register_relaxed
     from cspflow.store import candidates
 
+    assert result.structure is not None  # write_result passes results with a structure
     structure = Structure.from_dict(result.structure)
     other = register_relaxed(db, candidate_id, structure, "dft", result.energy_per_atom)
     if other is None:

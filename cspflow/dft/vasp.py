@@ -89,7 +89,8 @@ def build_input_set(
         probe = replace(base, structure=structure, user_incar_settings=incar, **kwargs)
         enmax = {**_potcar_enmax(probe), **settings.get("enmax", {})}
         incar["ENCUT"] = fuse2_encut(elements, enmax, scale)
-    return replace(base, user_incar_settings=incar, user_kpoints_settings=kpoints, **kwargs)
+    # pymatgen annotates user_kpoints_settings as dict; None is its documented default ({})
+    return replace(base, user_incar_settings=incar, user_kpoints_settings=kpoints, **kwargs)  # type: ignore[arg-type]
 
 
 def check_vasp(vasp_cmd: str | None, elements: list[str], potcar_spec: bool) -> None:
@@ -103,7 +104,7 @@ def check_vasp(vasp_cmd: str | None, elements: list[str], potcar_spec: bool) -> 
     exe = parts[-1] if parts else ""
     if shutil.which(exe) is None and not Path(exe).is_file():
         raise CspflowError(f"VASP executable {exe!r} not found (vasp_cmd={vasp_cmd!r})")
-    known = MPGGARelaxMaker().input_set_generator.CONFIG["POTCAR"]
+    known = MPGGARelaxMaker().input_set_generator.config_dict["POTCAR"]  # MPRelaxSet.CONFIG
     missing = [el for el in elements if el not in known]
     if missing:
         raise CspflowError(
@@ -144,5 +145,7 @@ class VaspDftMaker(MPGGARelaxMaker):
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
         """Write the inputs, run VASP through custodian and parse the TaskDoc."""
         generator = build_input_set(structure, self.settings, self.input_set_generator)
-        inner = replace(self, input_set_generator=generator)
+        # atomate2 types input_set_generator as its VaspInputGenerator, yet its own default
+        # here is pymatgen's MPRelaxSet (a VaspInputSet), which is what this replaces
+        inner = replace(self, input_set_generator=generator)  # type: ignore[arg-type]
         return BaseVaspMaker.make.original(inner, structure, prev_dir=prev_dir)  # type: ignore[attr-defined]

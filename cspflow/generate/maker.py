@@ -92,6 +92,7 @@ def generate_candidates(
         iteration=iteration,
     )
     summary = result.summary
+    assert summary is not None  # generate_batch always sets it
     summary.requested = n
     summary.candidate_ids = done + summary.candidate_ids
     return summary.model_dump()

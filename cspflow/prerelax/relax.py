@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def check_geometry(atoms: Atoms | Structure, filters: RelaxFilters | None = None
     from ase.neighborlist import neighbor_list
 
     filters = filters or RelaxFilters()
-    atoms = _to_atoms(atoms) if not hasattr(atoms, "get_positions") else atoms
+    atoms = _to_atoms(atoms) if not hasattr(atoms, "get_positions") else cast("Atoms", atoms)
     if len(atoms) == 0:
         return "empty structure"
     i, j, d = neighbor_list("ijd", atoms, filters.isolated_distance, self_interaction=False)
@@ -217,7 +217,8 @@ def relax_structures(
         if reason is not None:
             finish(None, k, RelaxOutcome(_to_structure(atoms), None, 0, False, None, reason))
             continue
-        opt = opt_cls(FrechetCellFilter(atoms), logfile=None)
+        # ASE types an optimizer's atoms as Atoms; a cell filter is its documented input too
+        opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
         active.append(_Run(k, atoms, opt, atoms.get_volume()))
 
     start = time.monotonic()

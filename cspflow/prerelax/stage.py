@@ -32,10 +32,12 @@ from cspflow.schemas.prerelax import (
 )
 
 if TYPE_CHECKING:
+    from ase import Atoms
     from pymatgen.core import Structure
     from pymongo.database import Database
 
     from cspflow.mlip import LoadedModel
+    from cspflow.prerelax.relax import RelaxOutcome
 
 __all__ = [
     "prerelax_candidates",
@@ -64,6 +66,12 @@ def _start_structure(doc: dict[str, Any], start: str) -> dict[str, Any]:
     elif start != "initial":
         raise ValueError(f"start must be 'initial' or 'mlip', not {start!r}")
     return doc["structure"]
+
+
+def _relaxed(outcome: RelaxOutcome) -> tuple[Structure, float]:
+    """Structure and energy per atom of an ok outcome (relax_structures sets both)."""
+    assert outcome.structure is not None and outcome.energy_per_atom is not None
+    return outcome.structure, outcome.energy_per_atom
 
 
 def _default_find_duplicate(energies: dict[str, float | None]) -> FindDuplicate | None:
@@ -198,7 +206,7 @@ def prerelax_candidates(
     if len(members) > 1 and good:
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        atoms = [AseAtomsAdaptor.get_atoms(o.structure) for _, o in good]
+        atoms: list[Atoms] = [AseAtomsAdaptor.get_atoms(_relaxed(o)[0]) for _, o in good]
         for (cid, _), dis in zip(good, committee_disagreement(members, atoms), strict=True):
             spread[cid] = CommitteeDoc(**dis, model_ids=[m.model_id for m in members])
 
@@ -225,16 +233,16 @@ def prerelax_candidates(
             summary.failed[cid] = out.failure_reason or "failed"
 
     if dedup and good:
-        ordered = sorted(good, key=lambda g: g[1].energy_per_atom)
+        ordered = sorted(good, key=lambda g: _relaxed(g[1])[1])
         finder = find_duplicate or _default_find_duplicate(
             {cid: o.energy_per_atom for cid, o in good}
         )
         if finder is None:
-            dups = deduplicate_batch([(cid, o.structure) for cid, o in ordered])
+            dups = deduplicate_batch([(cid, _relaxed(o)[0]) for cid, o in ordered])
         else:
             dups = {}
             for cid, o in ordered:
-                other = finder(db, cid, o.structure)
+                other = finder(db, cid, _relaxed(o)[0])
                 if other is not None and other != cid:
                     dups[cid] = dups.get(other, other)  # point at the batch's representative
         for cid, other in dups.items():

@@ -203,7 +203,8 @@ def flow_to_workflow(flow: Flow | Job, store: JobStore | None = None) -> Workflo
     """Convert a jobflow Flow to a FireWorks Workflow with every firework routed by stage."""
     from jobflow.managers.fireworks import flow_to_workflow as _flow_to_workflow
 
-    wf = _flow_to_workflow(flow, store=store)
+    # jobflow annotates store as JobStore but defaults it to None (its settings' store)
+    wf = _flow_to_workflow(flow, store=store)  # type: ignore[arg-type]
     for fw in wf.fws:
         route_firework(fw)
     return wf

@@ -103,6 +103,7 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
         submit_flow(campaign_flow(spec, int(doc.get("iteration", 0))), settings,
                     metadata={"campaign": spec.name})  # fmt: skip
         wf = campaign_workflow(db, spec.name)
+    assert wf is not None  # submitted just above
     return doc, created, list(wf["nodes"])
 
 

@@ -83,7 +83,7 @@ def make_fworker(category: str, name: str | None = None) -> FWorker:
 def run_worker(
     category: str,
     settings: CspflowSettings | None = None,
-    nlaunches: int = 0,
+    nlaunches: int | str = 0,
     sleep_time: int = 5,
     max_loops: int = -1,
     launch_dir: str | os.PathLike | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -195,7 +195,7 @@ class TrainSettings:
     seed: int = 1
     committee: int = 1
     foundation_model: str | None = None
-    finetune: str = "naive"
+    finetune: Literal["naive", "multihead"] = "naive"
     replay_file: str | None = None
     device: str | None = None
     threads: int = 1

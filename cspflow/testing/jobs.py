@@ -10,7 +10,7 @@ import os
 import socket
 import time
 
-from jobflow import Flow, Response, job
+from jobflow import Flow, Job, Response, job
 
 from cspflow.jobs import stage_metadata
 
@@ -49,7 +49,7 @@ def spawn_stage(stage: str, tag: str) -> Response:
 
 def independent_flow(n: int, stage: str = "dft", name: str = "many") -> Flow:
     """``n`` independent ``record`` jobs of one stage."""
-    jobs = []
+    jobs: list[Flow | Job] = []
     for i in range(n):
         j = record(f"{name}-{i}")
         j.metadata["stage"] = stage
@@ -77,7 +77,7 @@ def work(tag: str, seconds: float = 0.0) -> dict:
 
 def work_flow(n: int, seconds: float = 0.0, stage: str = "dft", name: str = "work") -> Flow:
     """``n`` independent ``work`` jobs of one stage, tagged ``{name}-{i}``."""
-    jobs = []
+    jobs: list[Flow | Job] = []
     for i in range(n):
         j = work(f"{name}-{i}", seconds)
         j.metadata["stage"] = stage

@@ -24,6 +24,7 @@ def qlaunch_configs(settings: CspflowSettings, tmp_path: Path) -> dict:
 
     Returns ``{"launchpad": path, "cpu": (fworker, qadapter), "gpu": (fworker, qadapter)}``.
     """
+    assert settings.db_uri is not None  # the Slurm tests run against a configured server
     lp = tmp_path / "my_launchpad.yaml"
     lp.write_text(yaml.safe_dump({"host": settings.db_uri.get_secret_value(), "uri_mode": True,
                                   "name": settings.db_name, "strm_lvl": "ERROR"}))  # fmt: skip
@@ -43,6 +44,7 @@ def qlaunch_configs(settings: CspflowSettings, tmp_path: Path) -> dict:
 
 def qlaunch_env(settings: CspflowSettings, work_dir: Path) -> dict[str, str]:
     """The environment qlaunch (and through sbatch, the job) runs with."""
+    assert settings.db_uri is not None  # the Slurm tests run against a configured server
     env = dict(os.environ)
     env.update(
         PATH=f"{BIN}:{env.get('PATH', '')}",
