@@ -174,7 +174,7 @@ def _upgrade_job(job: dict[str, Any], moved: dict[tuple[str, str], tuple[str, st
     if key not in moved:
         return False
     bound = function.get("@bound")
-    module, name = moved[key]  # type: ignore[index]
+    module, name = moved[key]
     if (module, name) == key and not bound:
         return False  # the same function in the same place
     job["function"] = {"@module": module, "@callable": name, "@bound": None}
