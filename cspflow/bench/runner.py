@@ -33,6 +33,11 @@ __all__ = ["bench_server", "run_entry", "run_benchmark"]
 _PREFIX = "cspflow-bench-csp-"
 
 
+class _Interrupted(Exception):
+    """Raised in an entry's poll when the benchmark was interrupted (Ctrl-C in the main thread):
+    the campaign loop then stops its workers and returns while the server is still up."""
+
+
 def _report_path(path: str | Path) -> str:
     """``path`` relative to the current directory when under it, else absolute.
 
@@ -106,8 +111,14 @@ def run_entry(
     top_k: int,
     match: MatchSpec,
     on_progress: Callable[[int], None] | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> BenchRunDoc:
-    """Run one campaign on its own fresh database of the benchmark server and score it."""
+    """Run one campaign on its own fresh database of the benchmark server and score it.
+
+    ``interrupted`` is asked at every poll (entries run in threads, which Ctrl-C does not
+    reach): when it says so, the campaign's workers are stopped and :class:`_Interrupted` is
+    raised.
+    """
     from cspflow.scheduler.local import run_campaign_locally, submit_campaign
     from cspflow.store import get_database
 
@@ -121,6 +132,8 @@ def run_entry(
     state = {"relaxed": 0, "stopped": False}
 
     def poll(nodes: Any, elapsed: float) -> None:
+        if interrupted is not None and interrupted():
+            raise _Interrupted(name)
         n = count_relaxed(db, name)
         if on_progress:
             on_progress(n)
@@ -163,7 +176,12 @@ def _run_parallel(
     match: MatchSpec,
     on_run_end: Callable[[BenchRunDoc], None] | None,
 ) -> list[BenchRunDoc]:
-    """``options.workers`` campaigns at once (threads waiting on worker processes)."""
+    """``options.workers`` campaigns at once (threads waiting on worker processes).
+
+    Ctrl-C reaches only the main thread: it tells every running entry to stop (its workers are
+    terminated at the next poll, while the benchmark's server is still up), drops the entries
+    not started, waits for the running ones to finish stopping, then goes on as an interrupt.
+    """
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -172,17 +190,26 @@ def _run_parallel(
     threads = max(1, (os.cpu_count() or 1) // (2 * options.workers))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     lock = threading.Lock()
+    stop = threading.Event()
 
     def one(task: tuple[int, int, PreparedEntry]) -> BenchRunDoc:
         repeat, index, entry = task
-        run = run_entry(entry, repeat, index, settings, options, top_k, match)
+        run = run_entry(entry, repeat, index, settings, options, top_k, match,
+                        interrupted=stop.is_set)  # fmt: skip
         if on_run_end:
             with lock:
                 on_run_end(run)
         return run
 
-    with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        return list(pool.map(one, tasks))  # in task order, whichever finished first
+    pool = ThreadPoolExecutor(max_workers=options.workers)
+    try:
+        futures = [pool.submit(one, task) for task in tasks]
+        return [f.result() for f in futures]  # in task order, whichever finished first
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_benchmark(

@@ -183,3 +183,63 @@ def test_evaluate_run_rank_and_first_found():
     assert plan_iterations(20) == (1, 20) and plan_iterations(200) == (10, 20)
     n, per = plan_iterations(25)
     assert n * per <= 25 and n * per >= 25 - n
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live direct children of ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(stat.parent.name), cmd))
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_stops_every_campaign_and_cleans_up(settings, db, tmp_path):
+    import signal
+    import time
+
+    from cspflow.procs import _pid_alive
+
+    _nacl_cif(tmp_path)
+    set_file = _write_set(tmp_path, "- composition: NaCl\n  reference: NaCl.cif\n"
+                          "- composition: NaCl\n  reference: NaCl.cif\n  max_atoms: 4\n")  # fmt: skip
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    dirs_before = set(tmp.glob("cspflow-bench-csp-*"))
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "cspflow.cli.main", "bench", "csp", str(set_file), "--sources",
+         "random_symmetric", "--budget", "400", "--per-iteration", "8", "--workers", "2"],
+        env=_cli_env(settings, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        workers: list[tuple[int, str]] = []
+        while time.monotonic() < deadline and bench.poll() is None:
+            workers = [c for c in _children(bench.pid) if "worker start" in c[1]]
+            if len(workers) >= 4:  # both entries' campaigns run a cpu and a gpu worker
+                break
+            time.sleep(0.5)
+        assert len(workers) >= 4, (workers, bench.poll())
+        (data_dir,) = set(tmp.glob("cspflow-bench-csp-*")) - dirs_before
+        server_pid = int((data_dir / "secantusd.pid").read_text())
+        time.sleep(2)  # both campaigns are polling
+        t0 = time.monotonic()
+        bench.send_signal(signal.SIGINT)
+        _, err = bench.communicate(timeout=120)
+        stopped_s = time.monotonic() - t0
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    print(f"\ninterrupted with {len(workers)} workers running: stopped in {stopped_s:.1f} s")
+    assert bench.returncode == 130, err[-2000:]  # interrupted, as with one worker
+    assert stopped_s < 60
+    # every worker of both campaigns, the benchmark's server and its data dir are gone
+    assert not [pid for pid, _ in workers if _pid_alive(pid)]
+    assert not _pid_alive(server_pid)
+    assert not data_dir.exists()
