@@ -21,6 +21,7 @@ from cspflow.bench.score import (
     BenchRunDoc,
     count_relaxed,
     evaluate_run,
+    library_match,
     relaxed_candidates,
     scores_budget_left,
     summarize,
@@ -112,6 +113,7 @@ def run_entry(
     match: MatchSpec,
     on_progress: Callable[[int], None] | None = None,
     interrupted: Callable[[], bool] | None = None,
+    in_library: str | None = None,
 ) -> BenchRunDoc:
     """Run one campaign on its own fresh database of the benchmark server and score it.
 
@@ -159,6 +161,7 @@ def run_entry(
         repeat=repeat,
         seed=seed,
         max_atoms=entry.max_atoms,
+        reference_in_library=in_library,
         iterations=spec.stop.max_iterations,
         per_iteration=spec.generate.per_iteration,
         wall_s=round(wall, 1),
@@ -175,6 +178,7 @@ def _run_parallel(
     top_k: int,
     match: MatchSpec,
     on_run_end: Callable[[BenchRunDoc], None] | None,
+    lookups: dict[int, str | None],
 ) -> list[BenchRunDoc]:
     """``options.workers`` campaigns at once (threads waiting on worker processes).
 
@@ -195,7 +199,7 @@ def _run_parallel(
     def one(task: tuple[int, int, PreparedEntry]) -> BenchRunDoc:
         repeat, index, entry = task
         run = run_entry(entry, repeat, index, settings, options, top_k, match,
-                        interrupted=stop.is_set)  # fmt: skip
+                        interrupted=stop.is_set, in_library=lookups[index])  # fmt: skip
         if on_run_end:
             with lock:
                 on_run_end(run)
@@ -239,6 +243,9 @@ def run_benchmark(
     t0 = time.monotonic()
     tasks = [(repeat, index, entry) for repeat in range(options.repeats)
              for index, entry in enumerate(entries)]  # fmt: skip
+    # a run with the prototype source may find the reference by lookup: label it (score.py)
+    lookups = {index: library_match(entry, bset.match) if "prototype" in options.sources else None
+               for index, entry in enumerate(entries)}  # fmt: skip
     with bench_server() as (settings, info):
         report.server = {"pid": info.pid, "uri": info.uri, "data_dir": str(info.data_dir)}
         if options.workers == 1:
@@ -246,13 +253,13 @@ def run_benchmark(
                 if on_run_start:
                     on_run_start(entry, repeat)
                 run = run_entry(entry, repeat, index, settings, options, top_k, bset.match,
-                                on_progress)  # fmt: skip
+                                on_progress, in_library=lookups[index])  # fmt: skip
                 report.runs.append(run)
                 if on_run_end:
                     on_run_end(run)
         else:
             report.runs.extend(_run_parallel(tasks, settings, options, top_k, bset.match,
-                                             on_run_end))  # fmt: skip
+                                             on_run_end, lookups))  # fmt: skip
     report.total_s = round(time.monotonic() - t0, 1)
     report.summary = summarize(report.runs, options.repeats)
     return report

@@ -49,6 +49,12 @@ class BenchRunDoc(BaseModel):
     repeat: int = Field(description="Repeat index (0-based).")
     seed: int = Field(description="Generation seed of the campaign.")
     max_atoms: int = Field(description="Largest cell searched.")
+    reference_in_library: str | None = Field(
+        None,
+        description="Name of the prototype-library structure type that is the reference, when "
+        "the run used the prototype source: the run could look the answer up, and the summary "
+        "counts it apart from the searches.",
+    )
     iterations: int = Field(description="Iterations run.")
     per_iteration: int = Field(description="Candidates generated per iteration.")
     relaxations: int = Field(0, description="Candidates relaxed (including failed ones).")
@@ -204,8 +210,35 @@ def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:
     return scores["relaxations"] < spec.stop.max_iterations * spec.generate.per_iteration
 
 
+def library_match(entry: Any, match: MatchSpec) -> str | None:
+    """The prototype library's structure type that is ``entry``'s reference, or None.
+
+    Built the way the ``prototype`` source builds candidates (every element assignment of every
+    built-in prototype, at the entry's ``max_atoms``) and compared with the set's matcher.
+    """
+    from cspflow.generate.composition import parse_target
+    from cspflow.generate.sources import Prototype, SourceContext
+
+    sm = _matcher(match)
+    target = parse_target(entry.formula, entry.max_atoms)
+    for gen in Prototype().attempts(target, 0, SourceContext()):
+        if gen is not None and sm.fit(entry.reference, gen.structure):
+            return str(gen.params["prototype"])
+    return None
+
+
+def _rates(runs: list[BenchRunDoc]) -> dict[str, Any]:
+    found = [r for r in runs if r.found]
+    return {"runs": len(runs), "runs_found": len(found),
+            "success_rate": round(len(found) / len(runs), 3) if runs else None}  # fmt: skip
+
+
 def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
-    """Success rate, median relaxations to success and the spread over repeats."""
+    """Success rate, median relaxations to success and the spread over repeats.
+
+    ``search_only`` and ``lookup`` split the runs by whether the prototype library held the
+    reference's structure type (:func:`library_match`): only the first measure a search.
+    """
     found = [r for r in runs if r.found]
     to_success = [r.first_found for r in found if r.first_found is not None]
     per_entry: dict[str, dict[str, Any]] = {}
@@ -228,4 +261,6 @@ def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
         "errors": sum(1 for r in runs if r.error),
         "repeats": repeats,
         "per_entry": per_entry,
+        "search_only": _rates([r for r in runs if r.reference_in_library is None]),
+        "lookup": _rates([r for r in runs if r.reference_in_library is not None]),
     }

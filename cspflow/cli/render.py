@@ -434,6 +434,8 @@ def bench_table(report: BenchReportDoc) -> Table:
         flag = ("yes" if found else "no") if len(runs) == 1 else f"{found}/{len(runs)}"
         if any(r.error for r in runs):
             flag += " (error)"
+        if any(r.reference_in_library for r in runs):  # found by lookup, not by search
+            flag += f" (lookup: {runs[0].reference_in_library})"
         t.add_row(formula, flag, join(r.rank for r in runs), join(r.first_found for r in runs),
                   join(r.relaxations for r in runs), join(r.unique for r in runs),
                   join(r.reference_delta_mev for r in runs), join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
@@ -444,11 +446,17 @@ def bench_summary_line(report) -> str:
     """The success rate line under the benchmark table."""
     s = report.summary
     med = s.get("median_relaxations_to_success")
+    lookup = s.get("lookup") or {}
+    split = ""
+    if lookup.get("runs"):
+        search = s["search_only"]
+        split = (f"; search only {search['runs_found']}/{search['runs']}, by lookup in the "
+                 f"prototype library {lookup['runs_found']}/{lookup['runs']}")  # fmt: skip
     return (
         f"success rate {s['runs_found']}/{s['runs']} = {100 * (s['success_rate'] or 0):.0f}%  "
         f"(entries found in every repeat {s['entries_found_every_repeat']}/{s['entries']}); "
         f"median relaxations to success {'-' if med is None else med}; "
-        f"total {report.total_s:.0f} s"
+        f"total {report.total_s:.0f} s{split}"
     )
 
 

@@ -88,6 +88,11 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
     assert report["total_s"] >= run["wall_s"]
     # the table on stdout, progress on stderr
     assert "NaCl" in proc.stdout and "success rate 1/1 = 100%" in proc.stdout
+    # the prototype source holds rocksalt: this run is a lookup, counted apart from searches
+    assert run["reference_in_library"] == "rocksalt"
+    assert s["lookup"] == {"runs": 1, "runs_found": 1, "success_rate": 1.0}
+    assert s["search_only"] == {"runs": 0, "runs_found": 0, "success_rate": None}
+    assert "search only 0/0" in proc.stdout  # the summary line says so too
     assert "NaCl repeat 0: found, rank 1" in proc.stderr
 
     # the benchmark's own server and data dir are gone; the user's database is untouched
@@ -243,3 +248,24 @@ def test_ctrl_c_with_two_workers_stops_every_campaign_and_cleans_up(settings, db
     assert not [pid for pid, _ in workers if _pid_alive(pid)]
     assert not _pid_alive(server_pid)
     assert not data_dir.exists()
+
+
+def test_library_match_names_the_prototype_a_reference_is():
+    """A prototype run on a library structure is labelled; a structure outside it is not."""
+    from pymatgen.core import Lattice, Structure
+
+    from cspflow.bench.score import library_match
+    from cspflow.bench.sets import MatchSpec, PreparedEntry
+
+    def entry(structure, formula="NaCl"):
+        return PreparedEntry(formula=formula, reference_path=Path("x.cif"),
+                             reference=structure, max_atoms=8)  # fmt: skip
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    cscl = Structure(Lattice.cubic(3.4), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    odd = Structure(Lattice.from_parameters(3.9, 4.6, 5.3, 71, 83, 101), ["Na", "Cl"],
+                    [[0, 0, 0], [0.31, 0.12, 0.45]])  # fmt: skip
+    assert library_match(entry(rocksalt), MatchSpec()) == "rocksalt"
+    assert library_match(entry(cscl, "CsCl"), MatchSpec()) == "cscl"
+    assert library_match(entry(odd), MatchSpec()) is None
