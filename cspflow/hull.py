@@ -1,7 +1,10 @@
 """Convex hull of a chemical system from stored candidates (pymatgen PhaseDiagram).
 
 One fidelity per hull, never mixed: the hull is built from DFT energies when any converged DFT
-entry of the system exists, else from MLIP energies. Each update is stored as a new version in
+entry of the system exists, else from MLIP energies. A DFT hull with an energy-correction scheme
+(``correction="mp2020"``, VASP with the MP preset) uses the corrected energies stored with each
+result and reference (:mod:`cspflow.dft.corrections`) and lists the entries the scheme refused
+as ``excluded``, never mixing them in. Each update is stored as a new version in
 the ``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
 every candidate that has an energy at that level. :class:`HullMaker` makes the hull job of a
 campaign iteration (:func:`hull_update`, stage ``hull``).
@@ -28,12 +31,15 @@ __all__ = [
     "HullResult",
     "compute_hull",
     "candidate_entries",
+    "corrected_entries",
     "update_hull",
     "hull_update",
     "HullMaker",
     "latest_hull",
     "plot_hull",
     "load_reference_entries",
+    "read_reference_entries",
+    "store_references",
 ]
 
 LEVELS = ("dft", "mlip")
@@ -48,6 +54,7 @@ class HullEntry:
     composition: dict[str, float]
     energy_per_atom: float
     source: str = "candidate"  # candidate | reference
+    uncorrected_energy_per_atom: float | None = None  # set when energy_per_atom is corrected
 
 
 @dataclass
@@ -156,6 +163,57 @@ def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]
     return entries
 
 
+def _corrected(
+    doc: dict, corr: dict | None, scheme: str, source: str
+) -> tuple[HullEntry | None, dict | None]:
+    """(entry at its corrected energy, None) or (None, why it is left out)."""
+    if corr and corr.get("scheme") == scheme and corr.get("status") == "applied":
+        entry = HullEntry(
+            doc["entry_id"], doc["formula"], doc["composition"],
+            float(corr["corrected_energy_per_atom"]), source=source,
+            uncorrected_energy_per_atom=float(corr["uncorrected_energy_per_atom"]),
+        )  # fmt: skip
+        return entry, None
+    if corr and corr.get("scheme") == scheme:
+        reason = corr.get("reason") or f"refused by {scheme}"
+    elif source == "reference":
+        reason = f"reference stored without the {scheme} scheme (import it with the campaign)"
+    else:
+        reason = f"DFT result recorded without the {scheme} scheme"
+    return None, {"entry_id": doc["entry_id"], "formula": doc["formula"], "source": source,
+                  "reason": reason}  # fmt: skip
+
+
+def corrected_entries(
+    db: Database, chemsys: str, scheme: str
+) -> tuple[list[HullEntry], list[dict]]:
+    """Return (hull entries, excluded) of a DFT hull with the energy-correction ``scheme``.
+
+    Every usable DFT candidate and every reference of the system enters at the corrected energy
+    its ``correction`` record holds; one the scheme refused, or stored without the scheme, is
+    left out and listed with the reason (``entry_id``, ``formula``, ``source``, ``reason``).
+    """
+    from cspflow.store import candidates
+
+    system = set(chemsys.split("-"))
+    entries: list[HullEntry] = []
+    excluded: list[dict] = []
+    fields = {"candidate_id": 1, "composition": 1, "formula": 1, "relaxed.dft.correction": 1}
+    for doc in candidates.usable(db, "dft", projection=fields):
+        if _in_system(doc, system):
+            corr = ((doc.get("relaxed") or {}).get("dft") or {}).get("correction")
+            entry, why = _corrected({**doc, "entry_id": doc["candidate_id"]}, corr, scheme,
+                                    "candidate")  # fmt: skip
+            entries.extend([entry] if entry else [])
+            excluded.extend([why] if why else [])
+    for ref in db.hull_references.find({"chemsys_level": "dft"}):
+        if set(ref["composition"]) <= system:
+            entry, why = _corrected(ref, ref.get("correction"), scheme, "reference")
+            entries.extend([entry] if entry else [])
+            excluded.extend([why] if why else [])
+    return entries, excluded
+
+
 def best_level(db: Database, chemsys: str) -> str | None:
     """Return the highest fidelity with at least one usable entry in the system, or None
     (:func:`cspflow.store.reports.best_level`)."""
@@ -170,8 +228,13 @@ def update_hull(
     campaign: str | None = None,
     iteration: int | None = None,
     level: str | None = None,
+    correction: str | None = None,
 ) -> dict | None:
     """Recompute the hull of ``chemsys``, store it as a new version and write ``e_above_hull``.
+
+    ``correction`` (an energy-correction scheme such as ``"mp2020"``) applies to DFT hulls:
+    entries enter at their corrected energies and those the scheme refused are listed in the
+    stored ``excluded`` (:func:`corrected_entries`); an MLIP hull is never corrected.
 
     Idempotent per campaign iteration: when the newest version was made by the same campaign
     and iteration from the same entries (a hull job rerun after its worker died between storing
@@ -182,9 +245,16 @@ def update_hull(
     level = level or best_level(db, chemsys)
     if level is None:
         return None
-    entries = candidate_entries(db, chemsys, level)
+    scheme = correction if level == "dft" else None
+    excluded: list[dict] = []
+    if scheme:
+        entries, excluded = corrected_entries(db, chemsys, scheme)
+        if not entries:
+            return None
+    else:
+        entries = candidate_entries(db, chemsys, level)
     previous = latest_hull(db, chemsys)
-    if previous is not None and _same_build(previous, entries, level, campaign, iteration):
+    if previous is not None and _same_build(previous, entries, level, campaign, iteration, scheme):
         return previous
     result = compute_hull(entries, chemsys, level)
     version = (previous["version"] + 1) if previous else 1
@@ -194,6 +264,8 @@ def update_hull(
         "chemsys": chemsys,
         "version": version,
         "level": level,
+        "correction": scheme,
+        "excluded": excluded,
         "complete": result.complete,
         "missing_elements": result.missing_elements,
         "campaign": campaign,
@@ -209,6 +281,7 @@ def update_hull(
                 "formula": e.formula,
                 "composition": e.composition,
                 "energy_per_atom": e.energy_per_atom,
+                "uncorrected_energy_per_atom": e.uncorrected_energy_per_atom,
                 "source": e.source,
                 "e_above_hull": result.e_above_hull[e.entry_id],
                 "formation_energy_per_atom": result.formation_energy_per_atom.get(e.entry_id),
@@ -229,18 +302,25 @@ def update_hull(
 
 @job
 def hull_update(
-    chemsys: str, campaign: str | None, iteration: int | None, after: Any = None
+    chemsys: str,
+    campaign: str | None,
+    iteration: int | None,
+    after: Any = None,
+    correction: str | None = None,
 ) -> dict | None:
     """Recompute the hull of the campaign's system; return the stored version's summary."""
     from cspflow.store import get_database
 
-    doc = update_hull(get_database(), chemsys, campaign=campaign, iteration=iteration)
+    doc = update_hull(
+        get_database(), chemsys, campaign=campaign, iteration=iteration, correction=correction
+    )
     if doc is None:
         return None
     return {
         "chemsys": chemsys, "version": doc["version"], "level": doc["level"],
         "stable": doc["stable"], "stable_formulas": doc["stable_formulas"],
         "added_to_stable": doc["added_to_stable"], "complete": doc["complete"],
+        "correction": doc.get("correction"), "excluded": len(doc.get("excluded") or []),
     }  # fmt: skip
 
 
@@ -253,9 +333,12 @@ class HullMaker(Maker):
     ----------
     name
         Job name.
+    correction
+        Energy-correction scheme of the campaign's DFT energies (``dft.correction``), or None.
     """
 
     name: str = "hull"
+    correction: str | None = None
 
     def make(
         self,
@@ -266,7 +349,7 @@ class HullMaker(Maker):
     ) -> Job:
         """Return the job; ``after`` only orders it (the hull runs after DFT, reading nothing of
         its outputs)."""
-        j = hull_update(chemsys, campaign, iteration, after=after)
+        j = hull_update(chemsys, campaign, iteration, after=after, correction=self.correction)
         j.name = self.name
         j.config.resolve_references = False
         j.update_metadata(stage_metadata("hull", campaign, iteration), dynamic=False)
@@ -274,10 +357,17 @@ class HullMaker(Maker):
 
 
 def _same_build(
-    hull: dict, entries: list[HullEntry], level: str, campaign: str | None, iteration: int | None
+    hull: dict,
+    entries: list[HullEntry],
+    level: str,
+    campaign: str | None,
+    iteration: int | None,
+    correction: str | None = None,
 ) -> bool:
     """Was ``hull`` built by this campaign iteration from exactly these entries?"""
     if campaign is None or (hull.get("campaign"), hull.get("iteration")) != (campaign, iteration):
+        return False
+    if hull.get("correction") != correction:
         return False
     stored = sorted((e["entry_id"], e["energy_per_atom"]) for e in hull["entries"])
     return hull["level"] == level and stored == sorted(
@@ -290,11 +380,13 @@ def latest_hull(db: Database, chemsys: str) -> dict | None:
     return db.hull.find_one({"chemsys": chemsys}, {"_id": 0}, sort=[("version", -1)])
 
 
-def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -> int:
-    """Import competing-phase references from a JSON file of pymatgen ComputedEntries.
+def read_reference_entries(path: str | Path) -> list:
+    """Read a JSON file of pymatgen ComputedEntries (monty ``dumpfn``).
 
-    Their energies must come from the same settings as the campaign's (corrected and uncorrected
-    energies never share a hull). Returns the number of entries stored.
+    Raises
+    ------
+    CspflowError
+        When the file cannot be read as entries.
     """
     from monty.serialization import loadfn
 
@@ -304,6 +396,23 @@ def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -
         entries = loadfn(str(path))
     except Exception as exc:
         raise CspflowError(f"cannot read reference entries from {path}: {exc}") from None
+    return list(entries)
+
+
+def store_references(
+    db: Database,
+    entries: list,
+    source: str | Path,
+    level: str = "dft",
+    corrections: list | None = None,
+) -> int:
+    """Store competing-phase references for the hulls at ``level``; return how many.
+
+    ``energy_per_atom`` is the entry's energy as given. ``corrections`` (one
+    :class:`~cspflow.schemas.dft.EnergyCorrectionDoc` per entry, from
+    :func:`cspflow.dft.corrections.import_references`) is stored as ``correction``: a corrected
+    hull uses its corrected energy and leaves refused entries out.
+    """
     count = 0
     for i, entry in enumerate(entries):
         comp = entry.composition
@@ -313,11 +422,26 @@ def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -
             "composition": {str(el): float(amt) for el, amt in comp.items()},
             "energy_per_atom": float(entry.energy_per_atom),
             "chemsys_level": level,
-            "source_file": str(path),
+            "source_file": str(source),
         }
-        db.hull_references.update_one({"entry_id": doc["entry_id"]}, {"$set": doc}, upsert=True)
+        update: dict[str, Any] = {"$set": doc}
+        if corrections is not None:
+            doc["correction"] = corrections[i].model_dump()
+        else:
+            update["$unset"] = {"correction": ""}
+        db.hull_references.update_one({"entry_id": doc["entry_id"]}, update, upsert=True)
         count += 1
     return count
+
+
+def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -> int:
+    """Import competing-phase references from a JSON file of pymatgen ComputedEntries.
+
+    Their energies must come from the same settings as the campaign's (corrected and uncorrected
+    energies never share a hull); a campaign with an energy-correction scheme imports through
+    :func:`cspflow.dft.corrections.import_references` instead. Returns the number stored.
+    """
+    return store_references(db, read_reference_entries(path), path, level=level)
 
 
 def plot_hull(hull_doc: dict, path: str | Path) -> Path:

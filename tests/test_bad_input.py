@@ -59,6 +59,8 @@ FILES = {
     "cp2k.yaml": spec("cp2k", "dft: {engine: cp2k}\n"),
     "gpaw.yaml": spec("gpaw", "dft: {engine: gpaw}\n"),
     "ok.yaml": spec("ok", "dft: {engine: none}\n"),
+    "gpaw_mp2020.yaml": spec("gc", "dft: {engine: gpaw, correction: mp2020}\n"),
+    "gpaw_mp_refs.yaml": spec("gr", "references: 'pymatgen:mp'\ndft: {engine: gpaw}\n"),
 }
 
 
@@ -110,6 +112,10 @@ CASES = [
     ("unreachable-database", ["campaign", "status", "keep"],
      {"CSPFLOW_DB_URI": "mongodb://alice:s3cret-pw@127.0.0.1:{port}/?authSource=admin"},
      ["cannot reach the database at mongodb://alice:***@127.0.0.1", "CSPFLOW_DB_URI"]),
+    ("correction-non-vasp", ["campaign", "submit", "gpaw_mp2020.yaml"], {},
+     ["dft.correction mp2020 is for VASP energies", "remove dft.correction"]),
+    ("mp-references-non-vasp", ["campaign", "submit", "gpaw_mp_refs.yaml"], {},
+     ["references pymatgen:mp are Materials Project VASP energies", "dft.engine gpaw"]),
     ("not-a-crystal", ["relax", "junk.cif", "-o", "out"], {},
      ["cannot read a structure from junk.cif", "give CIF, POSCAR or extxyz files"]),
     ("not-a-crystal-dft", ["dft", "relax", "junk.cif", "--out", "out"], {},

@@ -190,7 +190,9 @@ def iteration_flow(spec: CampaignSpec, iteration: int, model: str | None = None)
         campaign=name, iteration=iteration, prerelax_outputs=[fan.output]
     )
     gate = dft_gate(select.output, name, iteration, spec=spec)
-    hull = HullMaker().make(spec.system(), name, iteration, after=gate.output)
+    hull = HullMaker(correction=spec.dft.correction).make(
+        spec.system(), name, iteration, after=gate.output
+    )
     extra: list[Job] = []
     if policy.learns_in(spec, iteration):
         learn, rescreen = _learning_jobs(spec, iteration, after=hull.output)

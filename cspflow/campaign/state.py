@@ -138,7 +138,9 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         "created_at": utcnow(),
         "iteration_started_at": utcnow(),
     }
-    if spec.references:
+    from cspflow.dft.corrections import MP_OFFLINE
+
+    if spec.references and spec.references != MP_OFFLINE:
         # read before anything is stored, so a bad file leaves the database as it was
         from monty.serialization import loadfn
 
@@ -147,14 +149,12 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         except Exception as exc:
             raise CspflowError(
                 f"cannot read reference entries {spec.references}: {exc}; give a JSON file of "
-                "pymatgen ComputedEntries (monty dumpfn)"
+                f"pymatgen ComputedEntries (monty dumpfn) or {MP_OFFLINE}"
             ) from None
     try:
         db.campaigns.insert_one(dict(doc))
         if spec.references:
-            from cspflow.hull import load_reference_entries
-
-            load_reference_entries(spec.references, db, level="dft")
+            _import_references(db, spec)
         return doc, True
     except DuplicateKeyError:
         existing = campaign_doc(db, spec.name)
@@ -167,6 +167,21 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
                 f"extend it with `cspflow campaign extend {spec.name}`"
             ) from None
         return existing, False
+
+
+def _import_references(db: Database, spec: CampaignSpec) -> None:
+    """Store the spec's reference entries: processed by its DFT correction scheme when it has
+    one (:func:`cspflow.dft.corrections.import_references`), else as given."""
+    if spec.dft.correction:
+        from cspflow.dft.corrections import import_references
+
+        import_references(spec.references or "", db, spec.system(), spec.dft.correction)
+    else:
+        from cspflow.dft.corrections import reference_entries
+        from cspflow.hull import store_references
+
+        source = spec.references or ""
+        store_references(db, reference_entries(source, spec.system()), source, level="dft")
 
 
 def _comparable(spec: dict) -> dict:

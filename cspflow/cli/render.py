@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "hull_table",
     "hull_json",
+    "excluded_caption",
     "top_json",
     "top_table",
     "learn_table",
@@ -67,8 +68,10 @@ def hull_table(doc: dict, entries: list[dict] | None = None):
     chemsys = doc["chemsys"]
     entries = entries if entries is not None else sorted(
         doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
-    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
-                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
+    corrected = f", {doc['correction']}-corrected" if doc.get("correction") else ""
+    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies{corrected}"
+                    f"{'' if doc['complete'] else ', per composition: elemental references missing'})",
+              caption=excluded_caption(doc), caption_justify="left")  # fmt: skip
     for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
         t.add_column(col)
     for e in entries:
@@ -79,9 +82,20 @@ def hull_table(doc: dict, entries: list[dict] | None = None):
     return t
 
 
+def excluded_caption(doc: dict) -> str | None:
+    """One line per entry the hull's correction scheme left out (None when there are none)."""
+    excluded = doc.get("excluded") or []
+    if not excluded:
+        return None
+    lines = [f"left out ({len(excluded)}, never mixed in):"]
+    lines += [f"{x['entry_id']} {x['formula']} ({x['source']}): {x['reason']}" for x in excluded]
+    return "\n".join(lines)
+
+
 def hull_json(chemsys: str, doc: dict, entries: list[dict], plot: Path | None) -> dict:
     """``cspflow results hull --json``: the hull version, its entries and the plot path."""
     return {"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+            "correction": doc.get("correction"), "excluded": doc.get("excluded") or [],
             "complete": doc["complete"], "stable": doc["stable"],
             "stable_formulas": doc["stable_formulas"], "entries": entries,
             "plot": str(plot) if plot else None}  # fmt: skip

@@ -76,6 +76,10 @@ def relax_structures(
         response = responses.get(engine_job.uuid, {})
         doc = response[max(response)].output if response else None
         row.update(result_from_task_doc(doc, settings.get("relax")))
+        if dspec.correction and row["status"] == "converged":
+            from cspflow.dft.corrections import correct_task_doc
+
+            row["correction"] = correct_task_doc(doc, dspec.correction, name).model_dump()
         row["wall_time_s"] = round(time.perf_counter() - start, 2)
         if row.get("structure") and row["status"] != "failed":
             from pymatgen.core import Structure
@@ -89,4 +93,5 @@ def relax_structures(
             on_done(name)
     if structures and len(preflight_errors) == len(structures) and len(set(preflight_errors)) == 1:
         raise CspflowError(preflight_errors[0])
-    return {"engine": dspec.engine, "preset": preset, "settings": settings, "results": results}
+    return {"engine": dspec.engine, "preset": preset, "correction": dspec.correction,
+            "settings": settings, "results": results}  # fmt: skip

@@ -13,7 +13,10 @@ Layers, top down:
   :func:`cspflow.dft.taskdoc.result_from_task_doc`) and writes it
   to ``candidates.relaxed.dft``; ``energy_per_atom.dft`` is set for converged runs only. It runs
   even when the engine job failed (``on_missing_references=none``), so a failed candidate is
-  marked failed and the other candidates go on.
+  marked failed and the other candidates go on. With an energy-correction scheme
+  (``dft.correction``, VASP only) a converged result also gets its
+  :class:`~cspflow.schemas.dft.EnergyCorrectionDoc` (:func:`attach_correction`); the stored
+  ``energy`` stays the engine's.
 
 Every job carries ``metadata={"stage": "dft", ...}`` (routed to the cpu workers).
 """
@@ -30,7 +33,7 @@ from cspflow.dft.presets import resolve_settings, settings_hash
 from cspflow.dft.taskdoc import result_from_task_doc
 from cspflow.errors import CspflowError
 from cspflow.jobs import stage_metadata
-from cspflow.schemas.dft import DftResultDoc, DftSpec
+from cspflow.schemas.dft import CorrectionScheme, DftResultDoc, DftSpec
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -47,6 +50,7 @@ __all__ = [
     "build_engine_job",
     "write_result",
     "final_energy_per_atom",
+    "attach_correction",
 ]
 
 STAGE = "dft"
@@ -199,9 +203,30 @@ def _header(
     }
 
 
+def attach_correction(
+    result: DftResultDoc, task_doc: Any, scheme: CorrectionScheme | None, candidate_id: str
+) -> DftResultDoc:
+    """``result`` with the correction ``scheme`` applied to its task document's entry
+    (:func:`cspflow.dft.corrections.correct_task_doc`); unchanged when there is no scheme or
+    the run did not converge."""
+    if scheme is None or not result.usable:
+        return result
+    from cspflow.dft.corrections import correct_task_doc
+
+    return result.model_copy(
+        update={"correction": correct_task_doc(task_doc, scheme, candidate_id)}
+    )
+
+
 @job
 def record_dft(
-    task_doc: Any, candidate_id: str, header: dict, task_uuid: str, relax: str, started: float
+    task_doc: Any,
+    candidate_id: str,
+    header: dict,
+    task_uuid: str,
+    relax: str,
+    started: float,
+    correction: CorrectionScheme | None = None,
 ) -> DftResultDoc:
     """Write the engine's outcome to the candidate (runs even when the engine job failed).
 
@@ -220,6 +245,7 @@ def record_dft(
     if fields.get("wall_time_s") is None:
         fields["wall_time_s"] = round(time.time() - started, 2)
     result = DftResultDoc(**header, **fields, task_uuid=task_uuid if task_doc is not None else None)
+    result = attach_correction(result, task_doc, correction, candidate_id)
     write_result(get_database(get_settings()), candidate_id, result)
     return result
 
@@ -247,7 +273,11 @@ def dft_candidate(
 
     stored = (candidate.get("relaxed") or {}).get("dft") or {}
     if stored.get("settings_hash") == shash and stored.get("status") == "converged":
-        return DftResultDoc.model_validate({**stored, "reused": True})
+        reused = DftResultDoc.model_validate({**stored, "reused": True})
+        have = (stored.get("correction") or {}).get("scheme")
+        if dspec.correction and have != dspec.correction:
+            reused = _recorrect(db, cs, reused, dspec.correction, candidate_id)
+        return reused
 
     try:
         engine_job = build_engine_job(dspec, settings, structure, cs)
@@ -265,6 +295,7 @@ def dft_candidate(
         engine_job.uuid,
         settings.get("relax", "cell"),
         time.time(),
+        dspec.correction,
     )
     recorder.name = f"dft record {candidate_id}"
     recorder.config.on_missing_references = OnMissing.NONE
@@ -272,6 +303,30 @@ def dft_candidate(
     recorder.config.expose_store = True
     recorder.update_metadata(meta)
     return Response(replace=Flow([engine_job, recorder], output=recorder.output))
+
+
+def _recorrect(
+    db: Database,
+    cs: CspflowSettings,
+    result: DftResultDoc,
+    scheme: CorrectionScheme,
+    candidate_id: str,
+) -> DftResultDoc:
+    """A reused result stored without ``scheme``: correct it from its TaskDoc in the JobStore
+    (no DFT reruns) and store the correction with it."""
+    from cspflow.store import candidates, get_jobstore
+
+    store = get_jobstore(cs)
+    store.connect()
+    try:
+        found = store.query_one({"uuid": result.task_uuid}, load=True) if result.task_uuid else None
+    finally:
+        store.close()
+    task_doc = (found or {}).get("output")
+    out = attach_correction(result.model_copy(update={"reused": False}), task_doc, scheme,
+                            candidate_id)  # fmt: skip
+    candidates.set_dft_result(db, candidate_id, out)
+    return out.model_copy(update={"reused": True})
 
 
 @job

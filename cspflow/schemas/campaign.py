@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from cspflow.errors import SpecError
+from cspflow.schemas.dft import MP_OFFLINE_REFERENCES
 from cspflow.schemas.dft import DftSpec as DftEngineSpec
 from cspflow.schemas.generate import GenerateSettings
 from cspflow.schemas.learn import TrainSettings
@@ -149,7 +150,12 @@ class CampaignSpec(_Strict):
         None, ge=1, le=12, description="With chemsys: all formulas with at most this many atoms."
     )
     max_atoms: int = Field(16, ge=1, le=500)
-    references: str | None = Field(None, description="JSON file of ComputedEntries for the hull.")
+    references: str | None = Field(
+        None,
+        description="Competing phases for the hull: a JSON file of pymatgen ComputedEntries, or "
+        f"`{MP_OFFLINE_REFERENCES}` for the Materials Project entries pymatgen ships (VASP "
+        "only). With dft.correction they are processed by the same scheme as the candidates.",
+    )
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     prerelax: PrerelaxSpec = Field(default_factory=PrerelaxSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
@@ -177,6 +183,12 @@ class CampaignSpec(_Strict):
             extra = {el for f in self.compositions for el in _elements_of(f)} - set(self.chemsys)
             if extra:
                 raise ValueError(f"compositions use elements {sorted(extra)} outside chemsys")
+        if self.references == MP_OFFLINE_REFERENCES and self.dft.engine != "vasp":
+            raise ValueError(
+                f"references {MP_OFFLINE_REFERENCES} are Materials Project VASP energies; they "
+                f"never share a hull with dft.engine {self.dft.engine}: give references computed "
+                "with the campaign's engine and settings"
+            )
         if self.learn.enabled and self.dft.engine == "none":
             raise ValueError("learn.enabled needs DFT labels: set dft.engine (gpaw, cp2k, vasp)")
         for f in self.compositions:

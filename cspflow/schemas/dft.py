@@ -10,14 +10,30 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DftEngine", "DftStatus", "DftSpec", "DftResultDoc", "DFT_SCHEMA_VERSION"]
+__all__ = [
+    "DftEngine",
+    "DftStatus",
+    "CorrectionScheme",
+    "DftSpec",
+    "EnergyCorrectionDoc",
+    "DftResultDoc",
+    "DFT_SCHEMA_VERSION",
+    "MP_OFFLINE_REFERENCES",
+]
 
 DFT_SCHEMA_VERSION = 1
 
 DftEngine = Literal["vasp", "cp2k", "gpaw", "none"]
 DftStatus = Literal["converged", "unconverged", "failed"]
+# Energy-correction schemes (cspflow.dft.corrections): pymatgen's MaterialsProject2020Compatibility.
+CorrectionScheme = Literal["mp2020"]
+# VASP presets whose energies get the MP2020 correction unless the spec says `correction: null`.
+MP2020_DEFAULT_PRESETS = ("mp",)
+# The `references:` value of a campaign spec that means the Materials Project entries pymatgen
+# ships (cspflow.dft.corrections.mp_reference_entries).
+MP_OFFLINE_REFERENCES = "pymatgen:mp"
 
 
 class DftSpec(BaseModel):
@@ -68,6 +84,56 @@ class DftSpec(BaseModel):
         description="VASP ENMAX per element for ENCUT scaling (FUSE2 preset) when POTCARs are "
         "not readable on the submitting machine.",
     )
+    correction: CorrectionScheme | None = Field(
+        None,
+        description="Energy-correction scheme applied to converged DFT energies before they "
+        "enter a hull: `mp2020` (pymatgen's MaterialsProject2020Compatibility, VASP only). "
+        "Left out, the VASP `mp` preset gets `mp2020` and every other preset none; `null` "
+        "turns it off.",
+    )
+
+    @model_validator(mode="after")
+    def _correction_for_vasp_only(self) -> DftSpec:
+        if self.correction is not None and self.engine != "vasp":
+            raise ValueError(
+                f"dft.correction {self.correction} is for VASP energies (MP-compatible inputs); "
+                f"dft.engine {self.engine} has no correction scheme: remove dft.correction"
+            )
+        if (
+            "correction" not in self.model_fields_set
+            and self.engine == "vasp"
+            and (self.preset or "mp") in MP2020_DEFAULT_PRESETS
+        ):
+            self.correction = "mp2020"
+        return self
+
+
+class EnergyCorrectionDoc(BaseModel):
+    """An energy-correction scheme's verdict on one entry (candidate or reference)."""
+
+    scheme: CorrectionScheme = Field(..., description="The scheme that processed the entry.")
+    status: Literal["applied", "refused"] = Field(
+        ..., description="applied: corrected energy below; refused: the scheme cannot process it."
+    )
+    reason: str | None = Field(None, description="Why the scheme refused the entry.")
+    uncorrected_energy_per_atom: float | None = Field(
+        None, description="The engine's energy per atom (eV/atom)."
+    )
+    correction_per_atom: float | None = Field(
+        None, description="Sum of the scheme's adjustments per atom (eV/atom); 0 for elements."
+    )
+    corrected_energy_per_atom: float | None = Field(
+        None, description="uncorrected + correction (eV/atom): the energy a corrected hull uses."
+    )
+    adjustments: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The scheme's adjustments: name and value (eV for the whole entry).",
+    )
+
+    @property
+    def usable(self) -> bool:
+        """Whether the corrected energy may enter a hull."""
+        return self.status == "applied" and self.corrected_energy_per_atom is not None
 
 
 class DftResultDoc(BaseModel):
@@ -103,6 +169,11 @@ class DftResultDoc(BaseModel):
     wall_time_s: float | None = Field(None, description="Wall time of the engine job (s).")
     reused: bool = Field(
         False, description="True when a stored converged result was returned without a rerun."
+    )
+    correction: EnergyCorrectionDoc | None = Field(
+        None,
+        description="The spec's energy-correction scheme applied to this converged result "
+        "(energy and energy_per_atom stay the engine's uncorrected values); None: no scheme.",
     )
 
     @property

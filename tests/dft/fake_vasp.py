@@ -12,6 +12,11 @@ Environment:
                        hermitian in DAV" warning and stop without outputs.
     FAKE_VASP_CRASH_ELEMENT  crash (exit 1, no outputs, no known message) when the POSCAR
                        holds this element: a failure custodian cannot fix.
+    FAKE_VASP_OFFSET   energy shift per atom (eV, default -3.0) added to EMT/LJ energies.
+
+The POTCAR titles in vasprun.xml (``PAW_PBE Mg_pv 06Sep2000``) name the symbols of POTCAR.spec
+(or POTCAR) as real VASP names those of its POTCAR, so emmet's TaskDoc entry carries the
+``potcar_spec`` that pymatgen's compatibility schemes check.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ def _calculator(symbols):
     from ase.calculators.lj import LennardJones
 
     return LennardJones(sigma=2.3, epsilon=0.05, rc=6.0, smooth=True)
+
+
+def _potcar_symbols(species):
+    """POTCAR symbols per species: from POTCAR.spec, else POTCAR's TITEL lines, else the element."""
+    spec = Path("POTCAR.spec")
+    if spec.exists():
+        symbols = spec.read_text().split()
+    elif Path("POTCAR").exists():
+        symbols = [ln.split()[3] for ln in Path("POTCAR").read_text().splitlines() if "TITEL" in ln]
+    else:
+        symbols = []
+    return symbols if len(symbols) == len(species) else list(species)
 
 
 def _vec(values, fmt="{:16.8f}"):
@@ -140,8 +157,10 @@ def main() -> int:
     fmax = abs(float(incar.get("EDIFFG", -0.05))) if float(incar.get("EDIFFG", -0.05)) < 0 else 0.05
     frames = []
 
+    offset = float(os.environ.get("FAKE_VASP_OFFSET", OFFSET_PER_ATOM))
+
     def record():
-        energy = atoms.get_potential_energy() + OFFSET_PER_ATOM * len(atoms)
+        energy = atoms.get_potential_energy() + offset * len(atoms)
         frames.append((atoms.copy(), energy, atoms.get_forces().copy(), atoms.get_stress()))
 
     record()
@@ -195,10 +214,10 @@ def main() -> int:
     xml += ['   <field type="int">atomspertype</field>', '   <field type="string">element</field>']
     xml += ["   <field>mass</field>", "   <field>valence</field>"]
     xml += ['   <field type="string">pseudopotential</field>', "   <set>"]
-    for s, c in zip(species, counts, strict=True):
+    for s, c, psp in zip(species, counts, _potcar_symbols(species), strict=True):
         xml.append(
             f"    <rc><c>{c:4d}</c><c>{s:2s}</c><c>{1.0:16.8f}</c><c>{4.0:16.8f}</c>"
-            f"<c>  PAW_PBE {s} 06Sep2000</c></rc>"
+            f"<c>  PAW_PBE {psp} 06Sep2000</c></rc>"
         )
     xml += ["   </set>", "  </array>", " </atominfo>", _structure_xml(initial, "initialpos")]
     for at, energy, forces, stress in frames:

@@ -1,0 +1,241 @@
+"""MP2020 corrections of VASP results (cspflow.dft.corrections) and the corrected hull.
+
+The VASP runs use the test VASP executable (tests/dft/fake_vasp.py) with the MP preset and
+POTCAR.spec, so emmet's TaskDoc carries the run type, U values and POTCAR titles that pymatgen's
+``MaterialsProject2020Compatibility`` checks. The reference is pymatgen itself: the same
+candidate entries (from the stored TaskDocs through emmet) and the same Materials Project
+entries pymatgen ships, processed by ``MaterialsProject2020Compatibility().process_entries``
+and put in a ``PhaseDiagram``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from jobflow import run_locally
+from pymatgen.core import Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry
+
+from cspflow.dft.corrections import MP_OFFLINE, correct_entry, import_references
+from cspflow.dft.stage import DftStageMaker
+from cspflow.hull import update_hull
+from cspflow.schemas.dft import DftSpec
+from cspflow.store import get_jobstore
+from cspflow.testing import insert_candidate
+
+FAKE_VASP = Path(__file__).with_name("fake_vasp.py")
+OXIDE = "MP2020 anion correction (oxide)"
+
+
+@pytest.fixture
+def vasp_env(settings, monkeypatch):
+    """Settings with the fake VASP as vasp_cmd; energies shifted near MP's for Mg-Al-O."""
+    from cspflow.settings import get_settings
+
+    monkeypatch.setenv("CSPFLOW_VASP_CMD", f"{sys.executable} {FAKE_VASP}")
+    monkeypatch.setenv("FAKE_VASP_OFFSET", "-6.45")
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _rocksalt(a: float = 4.21) -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    ).get_primitive_structure()
+
+
+def _zincblende(a: float = 4.55) -> Structure:
+    return Structure.from_spacegroup(
+        "F-43m", Lattice.cubic(a), ["Mg", "O"], [[0, 0, 0], [0.25, 0.25, 0.25]]
+    ).get_primitive_structure()
+
+
+def _spinel(a: float = 8.08) -> Structure:
+    conv = Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(a), ["Mg", "Al", "O"], [[0, 0, 0], [0.625] * 3, [0.3874] * 3]
+    )
+    return conv.get_primitive_structure()
+
+
+def _run(settings, ids, root, **spec):
+    stage = DftStageMaker(settings=DftSpec(engine="vasp", potcar_spec=True, **spec))
+    run_locally(stage.make(ids, campaign="test"), store=get_jobstore(settings),
+                create_folders=True, root_dir=root)  # fmt: skip
+
+
+def _task_docs(settings, db, ids):
+    store = get_jobstore(settings)
+    store.connect()
+    out = {}
+    for cid in ids:
+        dft = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
+        out[cid] = store.query_one({"uuid": dft["task_uuid"]}, load=True)["output"]
+    return out
+
+
+def test_mp2020_corrected_hull_equals_pymatgen_on_the_same_entries(db, vasp_env, tmp_path):
+    """Must show: cspflow's corrected e_above_hull for VASP (MP preset) oxide results equals
+    pymatgen's MaterialsProject2020Compatibility + PhaseDiagram on the same entries."""
+    from emmet.core.tasks import TaskDoc
+    from monty.serialization import loadfn
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+
+    settings = vasp_env
+    assert DftSpec(engine="vasp").correction == "mp2020"  # the MP preset's default
+    ids = [insert_candidate(db, s, mlip_energy=-6.0) for s in (_rocksalt(), _zincblende(),
+                                                              _spinel())]  # fmt: skip
+    _run(settings, ids, tmp_path)
+    stored, refused = import_references(MP_OFFLINE, db, "Al-Mg-O", "mp2020")
+    assert stored == 6 and refused == []  # Mg, Al, O2, MgO, Al2O3, MgAl2O4
+    doc = update_hull(db, "Al-Mg-O", campaign="test", iteration=0, correction="mp2020")
+    assert doc["correction"] == "mp2020" and doc["excluded"] == [] and doc["complete"]
+
+    # pymatgen on its own: emmet's structure entries of the stored TaskDocs + the shipped entries
+    tasks = _task_docs(settings, db, ids)
+    cands = []
+    for cid, task in tasks.items():
+        entry = TaskDoc.model_validate(task).structure_entry
+        entry.entry_id = cid
+        cands.append(entry)
+    import pymatgen.analysis.compatibility as pkg
+
+    shipped = loadfn(str(Path(pkg.__file__).with_name("calc_compounds.json.gz")))
+    refs = [e for e in shipped.values() if {str(x) for x in e.composition.elements} <= {
+        "Mg", "Al", "O"}]  # fmt: skip
+    processed = MaterialsProject2020Compatibility().process_entries(cands + refs)
+    assert len(processed) == len(cands) + len(refs)  # nothing dropped on either side
+    pd = PhaseDiagram(processed)
+    expected = {str(e.entry_id): pd.get_e_above_hull(e) for e in processed}
+    by_id = {e["entry_id"]: e for e in doc["entries"]}
+    for cid in ids:
+        cand = db.candidates.find_one({"candidate_id": cid})
+        assert cand["e_above_hull"] == pytest.approx(expected[cid], abs=1e-6)
+        assert by_id[cid]["e_above_hull"] == pytest.approx(expected[cid], abs=1e-6)
+    for ref in refs:
+        assert by_id[f"ref-{ref.entry_id}"]["e_above_hull"] == pytest.approx(
+            expected[str(ref.entry_id)], abs=1e-6
+        )
+    # the stored result: uncorrected engine energy, the correction, the corrected energy
+    mine = {str(e.entry_id): e for e in processed}
+    for cid in ids:
+        dft = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
+        corr = dft["correction"]
+        assert corr["scheme"] == "mp2020" and corr["status"] == "applied"
+        assert corr["uncorrected_energy_per_atom"] == pytest.approx(dft["energy_per_atom"])
+        assert corr["corrected_energy_per_atom"] == pytest.approx(mine[cid].energy_per_atom)
+        n_o = mine[cid].composition["O"] / mine[cid].composition.num_atoms
+        assert corr["correction_per_atom"] == pytest.approx(-0.687 * n_o)  # MP2020 oxide, eV/O
+        assert [a["name"] for a in corr["adjustments"]] == [OXIDE]
+    # the same stable set: the rocksalt MgO candidate lies below MP's MgO and displaces it
+    ours = {e.entry_id if e.entry_id in ids else f"ref-{e.entry_id}" for e in pd.stable_entries}
+    assert set(doc["stable"]) == ours and ids[0] in ours and "ref-mp-1265" not in ours
+    print("\nMg-Al-O corrected hull (fake VASP energies, MP references):")
+    for e in sorted(doc["entries"], key=lambda x: (x["formula"], x["e_above_hull"])):
+        raw = e["uncorrected_energy_per_atom"]
+        print(f"  {e['entry_id']:14s} {e['formula']:8s} raw {raw:9.4f} corrected "
+              f"{e['energy_per_atom']:9.4f} E_hull {e['e_above_hull'] * 1000:8.1f} meV/atom")  # fmt: skip
+
+
+def test_refused_vasp_result_is_reported_and_left_out_of_the_corrected_hull(db, vasp_env, tmp_path):
+    """An r2SCAN run (not GGA/GGA+U) cannot take MP2020: stored with the reason, left out of
+    the hull, and listed by the hull output; the GGA result beside it stays in."""
+    from cspflow.cli import render
+
+    settings = vasp_env
+    gga = insert_candidate(db, _rocksalt())
+    scan = insert_candidate(db, _zincblende())
+    _run(settings, [gga], tmp_path / "gga")
+    _run(settings, [scan], tmp_path / "scan", incar={"METAGGA": "R2scan"}, correction="mp2020")
+    dft = db.candidates.find_one({"candidate_id": scan})["relaxed"]["dft"]
+    assert dft["status"] == "converged"  # the DFT run itself is fine
+    assert dft["correction"]["status"] == "refused"
+    assert "invalid run type r2SCAN" in dft["correction"]["reason"]
+    assert dft["correction"]["corrected_energy_per_atom"] is None
+    import_references(MP_OFFLINE, db, "Mg-O", "mp2020")
+    doc = update_hull(db, "Mg-O", campaign="test", iteration=0, correction="mp2020")
+    ids = {e["entry_id"] for e in doc["entries"]}
+    assert gga in ids and scan not in ids
+    assert doc["excluded"] == [{"entry_id": scan, "formula": "MgO", "source": "candidate",
+                                "reason": dft["correction"]["reason"]}]  # fmt: skip
+    assert "e_above_hull" not in db.candidates.find_one({"candidate_id": scan})
+    caption = render.excluded_caption(doc)
+    assert caption is not None and scan in caption and "r2SCAN" in caption
+    assert render.hull_json("Mg-O", doc, doc["entries"], None)["excluded"] == doc["excluded"]
+
+
+def _entry(formula: str, energy_pa: float, potcars: list[str], **params) -> ComputedEntry:
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    parameters = {"run_type": "GGA", "hubbards": {}, "potcar_symbols": potcars, **params}
+    return ComputedEntry(comp, energy_pa * comp.num_atoms, parameters=parameters,
+                         entry_id=formula)  # fmt: skip
+
+
+def test_correct_entry_applies_mp2020_and_refuses_what_it_cannot_process():
+    ok = correct_entry(_entry("MgO", -5.984, ["PBE Mg_pv", "PBE O"]), "mp2020")
+    assert ok.status == "applied" and ok.correction_per_atom == pytest.approx(-0.687 / 2)
+    assert ok.corrected_energy_per_atom == pytest.approx(-5.984 - 0.3435)
+    # GGA+U mixing: Fe2O3 with MP's U gets the oxide and the Fe mixing shifts
+    fe = correct_entry(_entry("Fe2O3", -7.0, ["PBE Fe_pv", "PBE O"], run_type="GGA+U",
+                              hubbards={"Fe": 5.3, "O": 0}), "mp2020")  # fmt: skip
+    assert fe.status == "applied"
+    assert {a["name"] for a in fe.adjustments} == {
+        OXIDE, "MP2020 GGA/GGA+U mixing correction (Fe)"}  # fmt: skip
+    cases = {
+        "POTCAR": _entry("MgO", -5.9, ["PBE Mg", "PBE O"]),  # Mg instead of MP's Mg_pv
+        "run type": _entry("MgO", -5.9, ["PBE Mg_pv", "PBE O"], run_type="r2SCAN"),
+        "U value": _entry("Fe2O3", -7.0, ["PBE Fe_pv", "PBE O"]),  # Fe oxide without U
+        "no POTCARs": ComputedEntry("MgO", -11.8, parameters={"run_type": "GGA"}),
+    }
+    for what, entry in cases.items():
+        doc = correct_entry(entry, "mp2020")
+        assert doc.status == "refused", what
+        assert doc.reason and doc.reason.startswith("mp2020 cannot process") and "\n" not in (
+            doc.reason), what  # fmt: skip
+        assert doc.corrected_energy_per_atom is None and not doc.usable
+    assert "Incompatible POTCAR" in correct_entry(cases["POTCAR"], "mp2020").reason
+    assert "Invalid U value of 0.0 on Fe" in correct_entry(cases["U value"], "mp2020").reason
+
+
+def test_refused_reference_is_stored_reported_and_never_mixed(db, tmp_path):
+    """References go through the same scheme: one it refuses is listed by the hull, and a
+    reference stored without the scheme never enters a corrected hull."""
+    from monty.serialization import dumpfn
+
+    from cspflow.hull import load_reference_entries
+
+    path = tmp_path / "refs.json"
+    dumpfn([_entry("Mg", -1.6, ["PBE Mg_pv"]), _entry("O2", -4.95, ["PBE O"]),
+            _entry("MgO", -5.98, ["PBE Mg", "PBE O"])], path)  # fmt: skip
+    stored, refused = import_references(str(path), db, "Mg-O", "mp2020")
+    assert stored == 3 and len(refused) == 1 and refused[0].startswith("MgO MgO: mp2020")
+    db.candidates.insert_one(_candidate("c-rs", -6.40))
+    doc = update_hull(db, "Mg-O", correction="mp2020")
+    assert {e["entry_id"] for e in doc["entries"]} == {"c-rs", "ref-Mg", "ref-O2"}
+    assert [(x["entry_id"], x["source"]) for x in doc["excluded"]] == [("ref-MgO", "reference")]
+    assert "Incompatible POTCAR" in doc["excluded"][0]["reason"]
+    # the same file imported without the scheme: every reference is left out, and said so
+    load_reference_entries(path, db)
+    doc = update_hull(db, "Mg-O", correction="mp2020")
+    assert {e["entry_id"] for e in doc["entries"]} == {"c-rs"}
+    assert all("without the mp2020 scheme" in x["reason"] for x in doc["excluded"])
+    # an uncorrected hull of the same database uses the stored engine energies only
+    plain = update_hull(db, "Mg-O")
+    assert plain["correction"] is None and plain["excluded"] == []
+    assert {e["entry_id"]: e["energy_per_atom"] for e in plain["entries"]}["c-rs"] == -6.0
+
+
+def _candidate(cid: str, corrected: float) -> dict:
+    correction = {"scheme": "mp2020", "status": "applied", "reason": None,
+                  "uncorrected_energy_per_atom": -6.0, "correction_per_atom": corrected + 6.0,
+                  "corrected_energy_per_atom": corrected, "adjustments": []}  # fmt: skip
+    return {
+        "candidate_id": cid, "composition": {"Mg": 1.0, "O": 1.0}, "formula": "MgO",
+        "chemsys": "Mg-O", "status": "dft_done", "fingerprint_hash": cid, "bucket": cid,
+        "energy_per_atom": {"mlip": -6.1, "dft": -6.0}, "duplicate_of": None,
+        "relaxed": {"dft": {"status": "converged", "correction": correction}},
+    }  # fmt: skip
