@@ -34,8 +34,9 @@ EV_PER_A_IN_HA_PER_BOHR = 51.42208619083232
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "vasp": {
-        # Materials-Project-compatible (MPRelaxSet through atomate2's MPGGARelaxMaker): energies
-        # combine with MP data and the MP2020 corrections.
+        # Materials Project inputs (MPRelaxSet through atomate2's MPGGARelaxMaker). Only after
+        # the MP2020 correction (dft.correction, this preset's default; cspflow.dft.corrections)
+        # do the energies share a hull with MP entries processed the same way.
         "mp": {"input_set": "MPRelaxSet", "relax": "cell", "incar": {}, "kpoints": {}},
         # FUSE2 protocol: PBE, 220 ionic steps or forces below 0.03 eV/A, Gamma-centred
         # KSPACING 0.3, ENCUT 1.3 x max ENMAX of the POTCARs.

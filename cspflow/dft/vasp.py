@@ -1,8 +1,10 @@
 """VASP through atomate2's relax makers + custodian (the Materials Project route).
 
 :class:`VaspDftMaker` is atomate2's ``MPGGARelaxMaker``: the default preset uses its input set
-(pymatgen's ``MPRelaxSet`` with Gamma-centred, metal-aware k-points) so energies combine with
-Materials Project data and the MP2020 corrections; the ``fuse2`` preset reproduces FUSE2's
+(pymatgen's ``MPRelaxSet`` with Gamma-centred, metal-aware k-points), the inputs the Materials
+Project's MP2020 correction scheme was fitted for; nothing here corrects energies (that is
+:mod:`cspflow.dft.corrections`, applied by the stage when ``dft.correction`` is set, as it is
+by default for this preset); the ``fuse2`` preset reproduces FUSE2's
 protocol on the same base. A preset's INCAR/KPOINTS overrides become the input set's
 ``user_incar_settings``/``user_kpoints_settings``. VASP runs through atomate2's ``run_vasp`` with
 custodian's default handlers.

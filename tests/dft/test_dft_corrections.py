@@ -239,3 +239,45 @@ def _candidate(cid: str, corrected: float) -> dict:
         "energy_per_atom": {"mlip": -6.1, "dft": -6.0}, "duplicate_of": None,
         "relaxed": {"dft": {"status": "converged", "correction": correction}},
     }  # fmt: skip
+
+
+def test_stored_result_gets_the_correction_without_rerunning_vasp(db, vasp_env, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """A result recorded without a scheme (``correction: null``) is corrected from its stored
+    TaskDoc when a spec with mp2020 reuses it: VASP does not run again."""
+    counter = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_VASP_COUNTER", str(counter))
+    cid = insert_candidate(db, _rocksalt())
+    _run(vasp_env, [cid], tmp_path / "plain", correction=None)
+    first = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
+    assert first["correction"] is None and len(counter.read_text().splitlines()) == 1
+    _run(vasp_env, [cid], tmp_path / "again")  # the mp preset's default: mp2020
+    assert len(counter.read_text().splitlines()) == 1  # reused, not rerun
+    dft = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
+    assert dft["settings_hash"] == first["settings_hash"] and dft["energy"] == first["energy"]
+    assert dft["correction"]["status"] == "applied"
+    assert dft["correction"]["corrected_energy_per_atom"] == pytest.approx(
+        first["energy_per_atom"] - 0.687 / 2
+    )
+
+
+def test_campaign_imports_mp_references_through_its_scheme_and_mlip_hulls_stay_raw(db):
+    """`references: pymatgen:mp` with VASP: the shipped MP entries of the system, processed by
+    mp2020 at registration. An MLIP hull is never corrected (CHGNet is trained on MP energies
+    that already carry the corrections)."""
+    from cspflow.campaign.state import register_campaign
+    from cspflow.schemas.campaign import parse_spec
+
+    spec = parse_spec({"name": "spinel", "compositions": ["MgAl2O4"], "max_atoms": 14,
+                       "references": "pymatgen:mp", "dft": {"engine": "vasp"}})  # fmt: skip
+    assert spec.dft.correction == "mp2020"
+    register_campaign(db, spec)
+    refs = {r["formula"]: r for r in db.hull_references.find({})}
+    assert sorted(refs) == ["Al", "Al2O3", "Mg", "MgAl2O4", "MgO", "O2"]
+    assert refs["MgO"]["energy_per_atom"] == pytest.approx(-5.98398714)  # as shipped: raw
+    assert refs["MgO"]["correction"]["corrected_energy_per_atom"] == pytest.approx(-6.32748714)
+    assert all(r["correction"]["status"] == "applied" for r in refs.values())
+    db.hull_references.delete_many({})  # (references alone make a DFT hull)
+    insert_candidate(db, _spinel(), mlip_energy=-7.4, status="prerelaxed")
+    doc = update_hull(db, "Al-Mg-O", correction="mp2020")
+    assert doc["level"] == "mlip" and doc["correction"] is None and doc["excluded"] == []
