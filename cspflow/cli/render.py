@@ -536,17 +536,22 @@ def dft_table(summary: dict, engine: str):
     """``cspflow dft relax``: one row per structure (status, energy, wall time, CIF or reason)."""
     from rich.table import Table
 
+    scheme = summary.get("correction")
     table = Table(title=f"DFT ({engine}, preset {summary['preset']})")
-    for col in ("name", "formula", "status", "E (eV/atom)", "wall (s)", "cif / reason"):
+    cols = ["name", "formula", "status", "E (eV/atom)"]
+    cols += [f"E {scheme} (eV/atom)"] if scheme else []
+    for col in (*cols, "wall (s)", "cif / reason"):
         table.add_column(col)
     for row in summary["results"]:
         epa = row.get("energy_per_atom")
         wall = row.get("wall_time_s")
+        corr = row.get("correction") or {}
+        cells = [row["name"], row["formula"], row["status"], "" if epa is None else f"{epa:.4f}"]
+        if scheme:  # the corrected energy, or why the scheme refused the result
+            fixed = corr.get("corrected_energy_per_atom")
+            cells.append(f"{fixed:.4f}" if fixed is not None else corr.get("reason") or "")
         table.add_row(
-            row["name"],
-            row["formula"],
-            row["status"],
-            "" if epa is None else f"{epa:.4f}",
+            *cells,
             "" if wall is None else f"{wall:.1f}",
             row.get("cif") or (row.get("reason") or ""),
         )

@@ -39,6 +39,10 @@ def test_dft_cli_vasp_relax_writes_cif_and_summary(settings, tmp_path, monkeypat
     assert printed == json.loads(json.dumps(summary))
     row = summary["results"][0]
     assert summary["engine"] == "vasp" and summary["preset"] == "mp"
+    # the mp preset's MP2020 correction: an element gets none, and says so
+    assert summary["correction"] == "mp2020"
+    assert row["correction"]["status"] == "applied" and row["correction"]["adjustments"] == []
+    assert row["correction"]["corrected_energy_per_atom"] == pytest.approx(row["energy_per_atom"])
     assert row["status"] == "converged" and row["energy_per_atom"] < 0
     assert row["wall_time_s"] > 0
     relaxed = Structure.from_file(row["cif"])

@@ -229,9 +229,10 @@ def test_refused_reference_is_stored_reported_and_never_mixed(db, tmp_path):
     assert {e["entry_id"]: e["energy_per_atom"] for e in plain["entries"]}["c-rs"] == -6.0
 
 
-def _candidate(cid: str, corrected: float) -> dict:
-    correction = {"scheme": "mp2020", "status": "applied", "reason": None,
-                  "uncorrected_energy_per_atom": -6.0, "correction_per_atom": corrected + 6.0,
+def _candidate(cid: str, corrected: float | None, reason: str | None = None) -> dict:
+    correction = {"scheme": "mp2020", "status": "refused" if reason else "applied",
+                  "reason": reason, "uncorrected_energy_per_atom": -6.0,
+                  "correction_per_atom": None if corrected is None else corrected + 6.0,
                   "corrected_energy_per_atom": corrected, "adjustments": []}  # fmt: skip
     return {
         "candidate_id": cid, "composition": {"Mg": 1.0, "O": 1.0}, "formula": "MgO",
@@ -281,3 +282,50 @@ def test_campaign_imports_mp_references_through_its_scheme_and_mlip_hulls_stay_r
     insert_candidate(db, _spinel(), mlip_energy=-7.4, status="prerelaxed")
     doc = update_hull(db, "Al-Mg-O", correction="mp2020")
     assert doc["level"] == "mlip" and doc["correction"] is None and doc["excluded"] == []
+
+
+def test_results_hull_names_the_scheme_and_lists_what_it_left_out(db, settings, capsys):
+    """`cspflow results hull` (table and --json) of a corrected hull with one refused entry."""
+    import json
+
+    from cspflow.campaign.state import register_campaign
+    from cspflow.cli.main import main
+    from cspflow.schemas.campaign import parse_spec
+
+    register_campaign(
+        db,
+        parse_spec(
+            {
+                "name": "mgo",
+                "compositions": ["MgO"],
+                "max_atoms": 2,
+                "references": "pymatgen:mp",
+                "dft": {"engine": "vasp"},
+            }
+        ),
+    )
+    db.candidates.insert_one(_candidate("c-ok", -6.35))
+    db.candidates.insert_one(
+        _candidate(
+            "c-scan",
+            None,
+            "mp2020 cannot process this entry: Entry c-scan has invalid run type r2SCAN.",
+        )
+    )
+    update_hull(db, "Mg-O", campaign="mgo", iteration=0, correction="mp2020")
+
+    def cli(args):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert not exc.value.code
+        return capsys.readouterr().out
+
+    table = cli(["results", "hull", "mgo"])
+    assert "mp2020-corrected" in table and "left out (1, never mixed in)" in table
+    assert "c-scan MgO (candidate): mp2020 cannot process" in table.replace("\n", " ")
+    data = json.loads(cli(["results", "hull", "mgo", "--json"]))
+    assert data["correction"] == "mp2020"
+    assert [x["entry_id"] for x in data["excluded"]] == ["c-scan"]
+    energies = {e["entry_id"]: e["energy_per_atom"] for e in data["entries"]}
+    assert energies["c-ok"] == -6.35 and "c-scan" not in energies
+    assert energies["ref-mp-1265"] == pytest.approx(-6.32748714)  # MP's MgO, corrected
