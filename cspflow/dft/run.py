@@ -89,4 +89,10 @@ def relax_structures(
             on_done(name)
     if structures and len(preflight_errors) == len(structures) and len(set(preflight_errors)) == 1:
         raise CspflowError(preflight_errors[0])
-    return {"engine": dspec.engine, "preset": preset, "settings": settings, "results": results}
+    return {
+        "engine": dspec.engine,
+        "preset": preset,
+        "dispersion": dspec.dispersion,
+        "settings": settings,
+        "results": results,
+    }

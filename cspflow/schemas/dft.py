@@ -10,14 +10,49 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DftEngine", "DftStatus", "DftSpec", "DftResultDoc", "DFT_SCHEMA_VERSION"]
+__all__ = [
+    "DftEngine",
+    "DftStatus",
+    "Dispersion",
+    "DISPERSIONS",
+    "check_dispersion",
+    "DftSpec",
+    "DftResultDoc",
+    "DFT_SCHEMA_VERSION",
+]
 
 DFT_SCHEMA_VERSION = 1
 
 DftEngine = Literal["vasp", "cp2k", "gpaw", "none"]
 DftStatus = Literal["converged", "unconverged", "failed"]
+#: Dispersion corrections cspflow adds to an energy (DFT or MLIP): ``d3bj`` is Grimme's D3 with
+#: Becke-Johnson damping, two-body terms only (no three-body ATM term), with the parameters of
+#: the functional the energy comes from (PBE for CHGNet and MACE-MP, which learned PBE(+U) data)
+Dispersion = Literal["d3bj"]
+DISPERSIONS: tuple[str, ...] = ("d3bj",)
+
+
+def check_dispersion(value: Any) -> str | None:
+    """Return the canonical dispersion name (``None`` for none), or raise a one-line ValueError.
+
+    Accepts ``None``, ``""`` and ``"none"`` (no correction) and the names of :data:`DISPERSIONS`
+    in any case (``D3BJ``, ``d3(bj)``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"dispersion must be a name ({', '.join(DISPERSIONS)}), not {value!r}")
+    name = value.strip().lower().replace("(", "").replace(")", "").replace("-", "")
+    if name in ("", "none"):
+        return None
+    if name not in DISPERSIONS:
+        raise ValueError(
+            f"unknown dispersion {value!r}; choose {' or '.join(DISPERSIONS)} (D3 with "
+            "Becke-Johnson damping) or leave it out"
+        )
+    return name
 
 
 class DftSpec(BaseModel):
@@ -68,6 +103,25 @@ class DftSpec(BaseModel):
         description="VASP ENMAX per element for ENCUT scaling (FUSE2 preset) when POTCARs are "
         "not readable on the submitting machine.",
     )
+    dispersion: Dispersion | None = Field(
+        None,
+        description="Dispersion correction added to the DFT energy, forces and stress: `d3bj` "
+        "(VASP IVDW=12, CP2K's DFTD3(BJ) pair potential, GPAW + the dftd3 package); None: none.",
+    )
+
+    @field_validator("dispersion", mode="before")
+    @classmethod
+    def _dispersion_name(cls, value: Any) -> Any:
+        return check_dispersion(value)
+
+    @model_validator(mode="after")
+    def _dispersion_needs_dft(self) -> DftSpec:
+        if self.dispersion is not None and self.engine == "none":
+            raise ValueError(
+                "dispersion needs a DFT engine (gpaw, cp2k, vasp); for MLIP energies set "
+                "prerelax.dispersion"
+            )
+        return self
 
 
 class DftResultDoc(BaseModel):
@@ -80,6 +134,9 @@ class DftResultDoc(BaseModel):
     )
     engine: DftEngine = Field(..., description="DFT code that produced the result.")
     preset: str = Field(..., description="Preset name the settings came from.")
+    dispersion: Dispersion | None = Field(
+        None, description="Dispersion correction included in the energy (None: none)."
+    )
     settings_hash: str = Field(
         ..., description="Content hash of (input structure + engine + resolved settings)."
     )
