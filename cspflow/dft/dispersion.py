@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cspflow.errors import CspflowError
 
 if TYPE_CHECKING:
-    from ase.calculators.calculator import Calculator
+    from ase.calculators.calculator import BaseCalculator, Calculator
 
 __all__ = [
     "CP2K_D3_PARAMETER_FILE",
@@ -74,7 +74,7 @@ def d3_calculator(dispersion: str, xc: str = "PBE") -> Calculator:
     return DFTD3(method=_method(xc), damping="d3bj")
 
 
-def with_d3(calc: Calculator, dispersion: str | None, xc: str = "PBE") -> Calculator:
+def with_d3(calc: BaseCalculator, dispersion: str | None, xc: str = "PBE") -> BaseCalculator:
     """Return ``calc`` plus D3 (ASE's SumCalculator), or ``calc`` itself when ``dispersion`` is
     None."""
     if dispersion is None:

@@ -104,4 +104,5 @@ class GpawRelaxMaker(AseRelaxMaker):
         from cspflow.dft.dispersion import with_d3
 
         dft = GPAW(mode=PW(self.ecut), **kwargs)
-        return with_d3(dft, self.dispersion, str(kwargs.get("xc", "PBE")))  # type: ignore[arg-type]
+        # atomate2 annotates Calculator; ASE's SumCalculator is a BaseCalculator with the same API
+        return with_d3(dft, self.dispersion, str(kwargs.get("xc", "PBE")))  # type: ignore[arg-type, return-value]
