@@ -143,3 +143,18 @@ def test_prerelax_settings_and_unknown_names():
     assert PrerelaxSettings(dispersion="D3(BJ)").dispersion == "d3bj"
     with pytest.raises(ValidationError, match="unknown dispersion 'd4'; choose d3bj"):
         PrerelaxSettings(dispersion="d4")
+
+
+@pytest.mark.gpu
+def test_torch_d3_on_cuda_matches_the_cpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    structures = distorted()
+    cpu = D3Correction("d3bj", device="cpu").evaluate(structures)
+    gpu = D3Correction("d3bj", device="cuda").evaluate(structures)
+    for (e0, f0, s0), (e1, f1, s1) in zip(cpu, gpu, strict=True):
+        assert e1 == pytest.approx(e0, abs=1e-6)
+        np.testing.assert_allclose(f1, f0, atol=1e-6)
+        np.testing.assert_allclose(s1, s0, atol=1e-8)
