@@ -13,6 +13,9 @@ Nothing else in cspflow imports torch, ``mace`` or ``chgnet``. A model is named 
 :func:`load_model` returns a :class:`LoadedModel` that evaluates a list of ASE ``Atoms`` at
 once: MACE models evaluate the whole list as one batch of graphs (one forward pass), CHGNet
 through its own batched ``predict_structure``; either way the weights are loaded once.
+
+``load_model(..., dispersion="d3bj")`` adds D3(BJ) (PBE parameters, the functional the MP-trained
+models learned) to every evaluation, batched like the model (:mod:`cspflow.mlip_d3`).
 """
 
 from __future__ import annotations
@@ -159,6 +162,8 @@ class LoadedModel:
         Whether :meth:`evaluate` runs a list in one forward pass.
     chunk_size
         Most structures per forward pass (CHGNet on CPU gets slower with very large batches).
+    dispersion
+        Dispersion correction added to every evaluation (``d3bj``), or None.
     """
 
     spec: ModelSpec
@@ -169,6 +174,8 @@ class LoadedModel:
     batched: bool = True
     chunk_size: int = 16
     _backend: Any = field(default=None, repr=False)
+    dispersion: str | None = None
+    _d3: Any = field(default=None, repr=False)
 
     def check_elements(self, numbers: set[int] | list[int]) -> None:
         """Raise a one-line CspflowError when the model does not cover every element."""
@@ -200,10 +207,17 @@ class LoadedModel:
             return []
         use_batch = self.batched if batched is None else (batched and self.batched)
         if not use_batch:
-            return [self._evaluate_one(a) for a in atoms_list]
-        if self.spec.kind == "chgnet":
-            return self._evaluate_chgnet(atoms_list)
-        return self._evaluate_mace(atoms_list)
+            evals = [self._evaluate_one(a) for a in atoms_list]
+        elif self.spec.kind == "chgnet":
+            evals = self._evaluate_chgnet(atoms_list)
+        else:
+            evals = self._evaluate_mace(atoms_list)
+        if self._d3 is not None:  # the same list, one batch, on the model's device
+            for ev, (e, f, s) in zip(evals, self._d3.evaluate(atoms_list), strict=True):
+                ev.energy += e
+                ev.forces = ev.forces + f
+                ev.stress = ev.stress + s
+        return evals
 
     def _evaluate_one(self, atoms: Atoms) -> Evaluation:
         work = atoms.copy()
@@ -290,9 +304,16 @@ def _quiet_stdout():
 
 
 def load_model(
-    spec: str | ModelSpec, device: str | None = None, db: Database | None = None
+    spec: str | ModelSpec,
+    device: str | None = None,
+    db: Database | None = None,
+    dispersion: str | None = None,
 ) -> LoadedModel:
     """Load the model named by ``spec`` onto ``device`` (default: the ``device`` setting).
+
+    ``dispersion="d3bj"`` adds D3(BJ) to every :meth:`LoadedModel.evaluate` (energy, forces and
+    stress; see :mod:`cspflow.mlip_d3`); ``model_id`` stays the model's own, and
+    ``LoadedModel.dispersion`` names the correction.
 
     Raises
     ------
@@ -302,6 +323,16 @@ def load_model(
     """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     dev = resolve_device(device)
+    loaded = _load_model(parsed, dev, db)
+    if dispersion is not None:
+        from cspflow.mlip_d3 import D3Correction
+
+        loaded.dispersion = dispersion
+        loaded._d3 = D3Correction(dispersion, device=dev)
+    return loaded
+
+
+def _load_model(parsed: ModelSpec, dev: str, db: Database | None) -> LoadedModel:
     if parsed.kind == "chgnet":
         from chgnet.model import CHGNet
         from chgnet.model.dynamics import CHGNetCalculator

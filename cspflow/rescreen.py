@@ -122,7 +122,8 @@ def rescreen_candidates(
         Per formula, how many of the best single points are relaxed again (0: single points only).
     prerelax
         :class:`~cspflow.schemas.prerelax.PrerelaxSettings` fields of the campaign's prerelax stage
-        (``fmax``, ``max_steps``, ``optimizer`` apply; the rest keep their defaults).
+        (``fmax``, ``max_steps``, ``optimizer``, ``dispersion`` apply; the rest keep their
+        defaults).
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     chemsys
@@ -134,7 +135,8 @@ def rescreen_candidates(
     from cspflow.schemas.candidate import ScreeningDoc
     from cspflow.store import candidates
 
-    loaded = load_model(model, device=device, db=db)
+    dispersion = PrerelaxSettings.model_validate(prerelax or {}).dispersion
+    loaded = load_model(model, device=device, db=db, dispersion=dispersion)
     pool = rescreen_pool(db, campaign, loaded.model_id, chemsys)
     energies = _single_points(loaded, pool)
     old: dict[str, list[tuple[str, float]]] = {}
@@ -163,7 +165,7 @@ def rescreen_candidates(
         p = PrerelaxSettings.model_validate(prerelax or {})
         summary = prerelax_candidates(
             chosen, model=model, loaded=loaded, db=db, start="mlip",
-            fmax=p.fmax, max_steps=p.max_steps, optimizer=p.optimizer,
+            fmax=p.fmax, max_steps=p.max_steps, optimizer=p.optimizer, dispersion=p.dispersion,
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
@@ -233,7 +235,8 @@ class RescreenMaker(Maker):
         """Return the job; ``learned`` is the learn job's output (re-screen when it promoted a
         model). The candidates relaxed again join iteration ``iteration + 1``'s selection."""
         p = self.settings.prerelax
-        prerelax = {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer}
+        prerelax = {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer,
+                    "dispersion": p.dispersion}  # fmt: skip
         j = rescreen_job(learned, campaign, iteration + 1, self.settings.top, prerelax, chemsys)
         j.name = self.name
         j.update_metadata(stage_metadata(STAGE, campaign, iteration))

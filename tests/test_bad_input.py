@@ -61,6 +61,9 @@ FILES = {
     "ok.yaml": spec("ok", "dft: {engine: none}\n"),
     "gpaw_mp2020.yaml": spec("gc", "dft: {engine: gpaw, correction: mp2020}\n"),
     "gpaw_mp_refs.yaml": spec("gr", "references: 'pymatgen:mp'\ndft: {engine: gpaw}\n"),
+    "d4_prerelax.yaml": spec("d4p", "dft: {engine: none}\nprerelax: {dispersion: d4}\n"),
+    "d4_dft.yaml": spec("d4d", "dft: {engine: gpaw, dispersion: d4}\n"),
+    "d3_no_dft.yaml": spec("d3n", "dft: {engine: none, dispersion: d3bj}\n"),
 }
 
 
@@ -120,6 +123,16 @@ CASES = [
      ["cannot read a structure from junk.cif", "give CIF, POSCAR or extxyz files"]),
     ("not-a-crystal-dft", ["dft", "relax", "junk.cif", "--out", "out"], {},
      ["cannot read a structure from junk.cif", "periodic crystals"]),
+    ("unknown-dispersion-prerelax", ["campaign", "submit", "d4_prerelax.yaml"], {},
+     ["d4_prerelax.yaml: prerelax.dispersion: unknown dispersion 'd4'", "choose d3bj"]),
+    ("unknown-dispersion-dft", ["campaign", "submit", "d4_dft.yaml"], {},
+     ["d4_dft.yaml: dft.dispersion: unknown dispersion 'd4'", "choose d3bj"]),
+    ("dispersion-without-dft", ["campaign", "submit", "d3_no_dft.yaml"], {},
+     ["dispersion needs a DFT engine", "prerelax.dispersion"]),
+    ("unknown-dispersion-relax", ["relax", "si.cif", "-o", "out", "--dispersion", "d4"], {},
+     ["--dispersion: unknown dispersion 'd4'", "choose d3bj"]),
+    ("unknown-dispersion-dft-relax", ["dft", "relax", "si.cif", "--out", "out", "--dispersion",
+                                      "d4"], {}, ["--dispersion: unknown dispersion 'd4'"]),
 ]  # fmt: skip
 
 

@@ -35,6 +35,10 @@ def relax(
             "--potcar-spec", help="VASP: write POTCAR.spec instead of POTCAR (no POTCARs)."
         ),
     ] = False,
+    dispersion: Annotated[
+        str | None,
+        typer.Option("--dispersion", help="d3bj adds D3(BJ) for the functional (default none)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Relax structure files with DFT; write relaxed CIFs and a JSON summary to --out."""
@@ -47,8 +51,15 @@ def relax(
 
     if engine not in ("gpaw", "cp2k", "vasp"):
         raise CspflowError(f"--engine must be gpaw, cp2k or vasp, not {engine!r}")
+    from cspflow.schemas.dft import check_dispersion
+
+    try:
+        dispersion = check_dispersion(dispersion)
+    except ValueError as exc:
+        raise CspflowError(f"--dispersion: {exc}") from None
     structures = read_named_structures(inputs)
-    spec = {"engine": engine, "preset": preset, "relax": relax_kind, "potcar_spec": potcar_spec}
+    spec = {"engine": engine, "preset": preset, "relax": relax_kind, "potcar_spec": potcar_spec,
+            "dispersion": dispersion}  # fmt: skip
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -27,6 +27,10 @@ def relax(
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda (default: settings).")
     ] = None,
+    dispersion: Annotated[
+        str | None,
+        typer.Option("--dispersion", help="d3bj adds D3(BJ) (PBE parameters) to the model."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Relax structure files (positions and cell) with an MLIP; write CIFs and summary.json."""
@@ -42,9 +46,15 @@ def relax(
 
     if optimizer.upper() not in ("FIRE", "BFGS"):
         raise CspflowError(f"unknown optimizer {optimizer!r}; use --optimizer FIRE or BFGS")
+    from cspflow.schemas.dft import check_dispersion
+
+    try:
+        dispersion = check_dispersion(dispersion)
+    except ValueError as exc:
+        raise CspflowError(f"--dispersion: {exc}") from None
     items = read_named_structures([inp])
     t0 = time.monotonic()
-    mlip = load_model(model, device=device)
+    mlip = load_model(model, device=device, dispersion=dispersion)
     console = err_console()
     with Progress(
         TextColumn("[bold]relax"),
@@ -85,4 +95,8 @@ def relax(
         return
     from cspflow.cli.common import console as out_console
 
-    out_console().print(render.relax_table(rows, mlip.model_id, out))
+    out_console().print(
+        render.relax_table(
+            rows, f"{mlip.model_id} + {dispersion}" if dispersion else mlip.model_id, out
+        )
+    )

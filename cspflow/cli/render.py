@@ -579,6 +579,7 @@ def relax_summary(mlip, fmax: float, rows: list[dict], wall_s: float) -> dict:
     """``summary.json`` of ``cspflow relax`` (also its ``--json``)."""
     return {
         "model_id": mlip.model_id,
+        "dispersion": getattr(mlip, "dispersion", None),
         "device": mlip.device,
         "fmax": fmax,
         "n_structures": len(rows),

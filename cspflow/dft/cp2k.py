@@ -32,6 +32,7 @@ from atomate2.cp2k.sets.core import (
     StaticSetGenerator,
 )
 
+from cspflow.dft.dispersion import cp2k_input_updates
 from cspflow.dft.presets import EV_PER_A_IN_HA_PER_BOHR
 from cspflow.errors import CspflowError
 
@@ -210,6 +211,16 @@ def check_cp2k_cmd(cp2k_cmd: str) -> None:
         )
 
 
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )  # fmt: skip
+    return out
+
+
 def build_input_generator(structure: Structure, settings: dict[str, Any], data_dir: Path):
     """Return the atomate2 CP2K input-set generator for a resolved cspflow preset."""
     from atomate2.cp2k.sets.base import _BASE_CP2K_SET
@@ -228,6 +239,10 @@ def build_input_generator(structure: Structure, settings: dict[str, Any], data_d
     elif settings["kpoints"]:
         config["KPOINTS"] = settings["kpoints"]
     user = copy.deepcopy(settings.get("input", {}))
+    if settings.get("dispersion"):
+        overrides = user.setdefault("override_default_params", {})
+        for key, value in cp2k_input_updates(settings["dispersion"]).items():
+            overrides[key] = _merged(overrides.get(key, {}), value)
     if relax != "static":
         motion = user.setdefault("activate_motion", {})
         motion.setdefault("max_iter", int(settings.get("steps", 200)))

@@ -79,6 +79,9 @@ class GpawRelaxMaker(AseRelaxMaker):
         PAW setups directory added to GPAW's search path (None: ``GPAW_SETUP_PATH``/Debian's).
     calculator_kwargs : dict
         Further ``gpaw.GPAW`` keywords (xc, occupations, ...).
+    dispersion : str or None
+        ``d3bj`` adds D3(BJ) for the calculator's ``xc`` (the ``dftd3`` package's ASE
+        calculator, summed with GPAW by ASE's SumCalculator; see :mod:`cspflow.dft.dispersion`).
     """
 
     name: str = "gpaw relax"
@@ -86,6 +89,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     kpoint_density: float = 2.0
     setup_dir: str | None = None
     calculator_kwargs: dict[str, Any] = field(default_factory=lambda: {"xc": "PBE"})
+    dispersion: str | None = None
 
     def _get_calculator(self) -> Calculator:
         import gpaw
@@ -97,4 +101,8 @@ class GpawRelaxMaker(AseRelaxMaker):
         kwargs = {"txt": "gpaw.txt", **self.calculator_kwargs}
         # k-points follow the cell: a dict density lets GPAW rebuild the grid for each cell.
         kwargs.setdefault("kpts", {"density": self.kpoint_density, "gamma": True})
-        return GPAW(mode=PW(self.ecut), **kwargs)  # type: ignore[return-value]
+        from cspflow.dft.dispersion import with_d3
+
+        dft = GPAW(mode=PW(self.ecut), **kwargs)
+        # atomate2 annotates Calculator; ASE's SumCalculator is a BaseCalculator with the same API
+        return with_d3(dft, self.dispersion, str(kwargs.get("xc", "PBE")))  # type: ignore[arg-type, return-value]

@@ -143,6 +143,8 @@ def resolve_settings(spec: DftSpec) -> tuple[str, dict[str, Any]]:
         value = getattr(spec, key)
         if value is not None:
             settings[key] = value
+    if spec.dispersion is not None:  # only when set: hashes of runs without it stay as they were
+        settings["dispersion"] = spec.dispersion
     if engine == "vasp":
         settings["incar"] = _merge(settings.get("incar", {}), spec.incar)
         settings["kpoints"] = _merge(settings.get("kpoints", {}), spec.kpoints)

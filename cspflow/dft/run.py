@@ -93,5 +93,11 @@ def relax_structures(
             on_done(name)
     if structures and len(preflight_errors) == len(structures) and len(set(preflight_errors)) == 1:
         raise CspflowError(preflight_errors[0])
-    return {"engine": dspec.engine, "preset": preset, "correction": dspec.correction,
-            "settings": settings, "results": results}  # fmt: skip
+    return {
+        "engine": dspec.engine,
+        "preset": preset,
+        "correction": dspec.correction,
+        "dispersion": dspec.dispersion,
+        "settings": settings,
+        "results": results,
+    }

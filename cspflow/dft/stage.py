@@ -177,12 +177,17 @@ def build_engine_job(
         calc = dict(settings.get("calculator", {}))
         setup_dir = gpaw_setup_dir(cs.gpaw_setup_path)
         check_gpaw(elements, setup_dir, calc.get("xc", "PBE"))
+        if settings.get("dispersion"):
+            from cspflow.dft.dispersion import check_dftd3
+
+            check_dftd3(calc.get("xc", "PBE"))
         maker = GpawRelaxMaker(
             name=f"gpaw {relax}",
             ecut=float(settings["ecut"]),
             kpoint_density=float(settings["kpoint_density"]),
             setup_dir=str(setup_dir),
             calculator_kwargs=calc,
+            dispersion=settings.get("dispersion"),
             relax_cell=relax == "cell",
             steps=0 if relax == "static" else int(settings["steps"]),
             relax_kwargs={"fmax": float(settings["fmax"])},
@@ -200,6 +205,7 @@ def _header(
         "engine": spec.engine,
         "preset": preset,
         "settings_hash": shash,
+        "dispersion": spec.dispersion,
     }
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from atomate2.vasp.jobs.base import BaseVaspMaker, vasp_job
 from atomate2.vasp.jobs.mp import MPGGARelaxMaker
 
+from cspflow.dft.dispersion import vasp_incar
 from cspflow.errors import CspflowError
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ def build_input_set(
     """
     if base is None:
         base = MPGGARelaxMaker().input_set_generator
-    incar: dict[str, Any] = dict(settings.get("incar", {}))
+    # the dispersion first, so an explicit IVDW in the preset or dft.incar still wins
+    incar: dict[str, Any] = {
+        **vasp_incar(settings.get("dispersion")),
+        **dict(settings.get("incar", {})),
+    }
     relax = settings.get("relax", "cell")
     if relax == "positions":
         incar.setdefault("ISIF", 2)

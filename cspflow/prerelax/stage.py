@@ -98,6 +98,7 @@ def prerelax_candidates(
     batched: bool | None = _DEFAULTS.batched,
     max_seconds: float | None = _DEFAULTS.max_seconds,
     dedup: bool = _DEFAULTS.dedup,
+    dispersion: str | None = _DEFAULTS.dispersion,
     db: Database | None = None,
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
@@ -125,6 +126,9 @@ def prerelax_candidates(
         See :func:`~cspflow.prerelax.relax.relax_structures`.
     dedup
         Deduplicate the relaxed structures.
+    dispersion
+        ``d3bj`` adds D3(BJ) to the model's energies, forces and stress (see
+        :mod:`cspflow.mlip`); part of the stored result and of its key.
     db
         The cspflow database (default: from the settings).
     find_duplicate
@@ -158,7 +162,11 @@ def prerelax_candidates(
     filters = RelaxFilters.model_validate(filters or {})
     ids = list(dict.fromkeys(candidate_ids))
     docs = candidates.require(db, ids)
-    mlip = loaded or load_model(model, device=device, db=db)
+    mlip = loaded or load_model(model, device=device, db=db, dispersion=dispersion)
+    if mlip.dispersion != dispersion:
+        raise ValueError(
+            f"the loaded model's dispersion {mlip.dispersion!r} is not the run's {dispersion!r}"
+        )
     members = [mlip] + [load_model(spec, device=mlip.device, db=db) for spec in committee]
     numbers = set()
     for d in docs.values():
@@ -173,8 +181,11 @@ def prerelax_candidates(
         "filters": filters.model_dump(),
         "committee": [m.model_id for m in members[1:]],
     }
+    if dispersion is not None:  # only when set: keys of runs without it stay as they were
+        run_settings["dispersion"] = dispersion
     summary = PrerelaxSummary(
         model_id=mlip.model_id,
+        dispersion=dispersion,
         device=mlip.device,
         batched=bool(mlip.batched if batched is None else batched and mlip.batched),
         n_candidates=len(ids),
@@ -220,6 +231,7 @@ def prerelax_candidates(
             converged=out.converged,
             fmax=out.fmax,
             model_id=mlip.model_id,
+            dispersion=dispersion,
             optimizer=optimizer.upper(),
             committee=spread.get(cid),
             key=keys[cid],

@@ -21,6 +21,9 @@ __all__ = [
     "DftResultDoc",
     "DFT_SCHEMA_VERSION",
     "MP_OFFLINE_REFERENCES",
+    "Dispersion",
+    "DISPERSIONS",
+    "check_dispersion",
 ]
 
 DFT_SCHEMA_VERSION = 1
@@ -34,6 +37,32 @@ MP2020_DEFAULT_PRESETS = ("mp",)
 # The `references:` value of a campaign spec that means the Materials Project entries pymatgen
 # ships (cspflow.dft.corrections.mp_reference_entries).
 MP_OFFLINE_REFERENCES = "pymatgen:mp"
+#: Dispersion corrections cspflow adds to an energy (DFT or MLIP): ``d3bj`` is Grimme's D3 with
+#: Becke-Johnson damping, two-body terms only (no three-body ATM term), with the parameters of
+#: the functional the energy comes from (PBE for CHGNet and MACE-MP, which learned PBE(+U) data)
+Dispersion = Literal["d3bj"]
+DISPERSIONS: tuple[str, ...] = ("d3bj",)
+
+
+def check_dispersion(value: Any) -> str | None:
+    """Return the canonical dispersion name (``None`` for none), or raise a one-line ValueError.
+
+    Accepts ``None``, ``""`` and ``"none"`` (no correction) and the names of :data:`DISPERSIONS`
+    in any case (``D3BJ``, ``d3(bj)``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"dispersion must be a name ({', '.join(DISPERSIONS)}), not {value!r}")
+    name = value.strip().lower().replace("(", "").replace(")", "").replace("-", "")
+    if name in ("", "none"):
+        return None
+    if name not in DISPERSIONS:
+        raise ValueError(
+            f"unknown dispersion {value!r}; choose {' or '.join(DISPERSIONS)} (D3 with "
+            "Becke-Johnson damping) or leave it out"
+        )
+    return name
 
 
 class DftSpec(BaseModel):
@@ -107,6 +136,26 @@ class DftSpec(BaseModel):
             self.correction = "mp2020"
         return self
 
+    dispersion: Dispersion | None = Field(
+        None,
+        description="Dispersion correction added to the DFT energy, forces and stress: `d3bj` "
+        "(VASP IVDW=12, CP2K's DFTD3(BJ) pair potential, GPAW + the dftd3 package); None: none.",
+    )
+
+    @field_validator("dispersion", mode="before")
+    @classmethod
+    def _dispersion_name(cls, value: Any) -> Any:
+        return check_dispersion(value)
+
+    @model_validator(mode="after")
+    def _dispersion_needs_dft(self) -> DftSpec:
+        if self.dispersion is not None and self.engine == "none":
+            raise ValueError(
+                "dispersion needs a DFT engine (gpaw, cp2k, vasp); for MLIP energies set "
+                "prerelax.dispersion"
+            )
+        return self
+
 
 class EnergyCorrectionDoc(BaseModel):
     """An energy-correction scheme's verdict on one entry (candidate or reference)."""
@@ -146,6 +195,9 @@ class DftResultDoc(BaseModel):
     )
     engine: DftEngine = Field(..., description="DFT code that produced the result.")
     preset: str = Field(..., description="Preset name the settings came from.")
+    dispersion: Dispersion | None = Field(
+        None, description="Dispersion correction included in the energy (None: none)."
+    )
     settings_hash: str = Field(
         ..., description="Content hash of (input structure + engine + resolved settings)."
     )

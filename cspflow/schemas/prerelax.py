@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cspflow.schemas.dft import Dispersion, check_dispersion
 
 __all__ = [
     "PrerelaxSettings",
@@ -76,6 +78,17 @@ class PrerelaxSettings(BaseModel):
     )
     max_seconds: float | None = Field(None, description="Wall-time limit per candidate (s).")
     dedup: bool = Field(True, description="Deduplicate the relaxed structures.")
+    dispersion: Dispersion | None = Field(
+        None,
+        description="Dispersion correction added to the model's energy, forces and stress: "
+        "`d3bj` (D3(BJ) with PBE parameters, the functional CHGNet and MACE-MP learned); "
+        "None: the model alone.",
+    )
+
+    @field_validator("dispersion", mode="before")
+    @classmethod
+    def _dispersion_name(cls, value: Any) -> Any:
+        return check_dispersion(value)
 
 
 class SelectSettings(BaseModel):
@@ -131,6 +144,9 @@ class MlipRelaxDoc(BaseModel):
     converged: bool = Field(False, description="Whether max force fell below fmax.")
     fmax: float | None = Field(None, description="Final max force incl. cell (eV/A).")
     model_id: str = Field(description="Model that relaxed it.")
+    dispersion: Dispersion | None = Field(
+        None, description="Dispersion correction added to the model's energy (None: none)."
+    )
     optimizer: str = Field("FIRE", description="FIRE or BFGS (with FrechetCellFilter).")
     committee: CommitteeDoc | None = Field(None, description="Committee disagreement, if any.")
     key: str = Field(description="Content hash of structure + settings + model id.")
@@ -146,6 +162,9 @@ class PrerelaxSummary(BaseModel):
     """What a prerelax job returns: counts and ids, no structures."""
 
     model_id: str = Field(description="Model that relaxed the batch.")
+    dispersion: Dispersion | None = Field(
+        None, description="Dispersion correction added to the model's energy (None: none)."
+    )
     device: str = Field(description="cpu or cuda.")
     batched: bool = Field(description="Whether the model evaluated the batch in one pass.")
     n_candidates: int = Field(description="Candidates in the batch.")
