@@ -22,6 +22,7 @@ from typing import Any
 from jobflow import Flow, Job, Response, job
 
 from cspflow.campaign import policy, state
+from cspflow.campaign.evolution import operator_summary
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.store import candidates
@@ -137,6 +138,7 @@ def decide(
             "learn": _learn_record(learned, rescreened),
             "finished_at": state.utcnow(),
             "wall_time_s": state.wall_time_s(doc),
+            "operators": operator_summary(db, spec, iteration),
         }
     )
     reason = policy.stop_reason(

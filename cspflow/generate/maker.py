@@ -37,11 +37,21 @@ def generate_candidates(
     time_limit: float = _DEFAULTS.time_limit,
     parent_pool: int = _DEFAULTS.parent_pool,
     source_options: dict[str, dict[str, Any]] | None = None,
+    spacegroup_prior: str | dict[int, float] = _DEFAULTS.spacegroup_prior,
+    prior_mix: float = _DEFAULTS.prior_mix,
+    wyckoff: str = _DEFAULTS.wyckoff,
+    niche_distance: float = _DEFAULTS.niche_distance,
+    adaptive: bool = False,
+    min_share: float = _DEFAULTS.min_share,
 ) -> dict[str, Any]:
     """Generate ``n`` new unique candidates and register them in the campaign database.
 
     Reads the database settings at run time (:func:`cspflow.settings.get_settings`). Mutation
-    parents are the ``parent_pool`` lowest-energy stored candidates of the formula. Rerunning
+    parents are the population: the ``parent_pool`` lowest-energy unique stored candidates of
+    the formula, niched at ``niche_distance``. ``spacegroup_prior``, ``prior_mix`` and
+    ``wyckoff`` go to ``random_symmetric``. With ``adaptive`` (campaigns), the source weights
+    and mutation operator shares of iteration > 0 are adapted to the campaign's earlier
+    iterations (:func:`cspflow.generate.evolve.adapt_weights`). Rerunning
     the job of a (campaign, iteration) that already holds ``n`` candidates generates nothing
     and returns their ids; a partial earlier run is topped up.
 
@@ -51,7 +61,7 @@ def generate_candidates(
         A :class:`~cspflow.schemas.candidate.GenerateSummary` as a dict (ids and counts only).
     """
     from cspflow.dedup.index import MongoIndex
-    from cspflow.generate.batch import generate_batch, load_parents
+    from cspflow.generate.batch import generate_batch, load_parents, parse_sources
     from cspflow.generate.composition import parse_target
     from cspflow.generate.constraints import Constraints
     from cspflow.generate.sources import SourceContext
@@ -73,11 +83,27 @@ def generate_candidates(
             candidate_ids=done, n_new=0, seed=seed,
         ).model_dump()  # fmt: skip
     weights = sources or None
+    options = {k: dict(v) for k, v in (source_options or {}).items()}
+    rs = options.setdefault("random_symmetric", {})
+    for key, value in (("spacegroup_prior", spacegroup_prior), ("prior_mix", prior_mix),
+                       ("wyckoff", wyckoff)):  # fmt: skip
+        rs.setdefault(key, value)
+    parents = (
+        load_parents(db, target.formula, parent_pool, niche_distance)
+        if (sources or {}).get("mutation")
+        else []
+    )
+    operator_weights: dict[str, float] = {}
+    if adaptive and campaign is not None and iteration and sources:
+        population = parents or load_parents(db, target.formula, parent_pool, niche_distance)
+        weights, operator_weights = _adapted(
+            db, campaign, iteration, target.formula, sources, options, population, min_share
+        )
+        if operator_weights:
+            options.setdefault("mutation", {})["operators"] = operator_weights
     context = SourceContext(
         constraints=Constraints(**(constraints or {})),
-        parents=load_parents(db, target.formula, parent_pool)
-        if (sources or {}).get("mutation")
-        else [],
+        parents=parents,
         time_limit=time_limit,
     )
     result = generate_batch(
@@ -87,15 +113,47 @@ def generate_candidates(
         sources=weights,
         seed=seed,
         context=context,
-        source_options=source_options,
+        source_options=options,
         campaign=campaign,
         iteration=iteration,
     )
     summary = result.summary
     assert summary is not None  # generate_batch always sets it
+    summary.weights = {k: round(v, 4) for k, v in parse_sources(weights).items()}
+    summary.operator_weights = operator_weights
     summary.requested = n
     summary.candidate_ids = done + summary.candidate_ids
     return summary.model_dump()
+
+
+def _adapted(
+    db: Any,
+    campaign: str,
+    iteration: int,
+    formula: str,
+    sources: dict[str, float],
+    options: dict[str, dict[str, Any]],
+    parents: list[Any],
+    min_share: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Source weights and mutation operator shares adapted to the earlier iterations."""
+    from cspflow.generate.evolve import adapt_weights, operator_stats
+    from cspflow.generate.sources import Mutation
+    from cspflow.store import candidates
+
+    docs = [
+        d
+        for d in candidates.source_records(db, campaign, max_iteration=iteration - 1)
+        if d.get("formula") == formula
+    ]
+    stats = operator_stats(docs, population=[p.candidate_id for p in parents])
+    weights = adapt_weights(sources, stats, min_share)
+    operator_weights: dict[str, float] = {}
+    if sources.get("mutation"):
+        base = options.get("mutation", {}).get("operators") or Mutation().operators
+        ops = {k: v for k, v in stats.items() if k.startswith("mutation:")}
+        operator_weights = adapt_weights(dict(base), ops, min_share)
+    return weights, operator_weights
 
 
 @dataclass
@@ -145,6 +203,12 @@ class GenerateMaker(Maker):
             time_limit=s.time_limit,
             parent_pool=s.parent_pool,
             source_options=dict(s.source_options),
+            spacegroup_prior=s.spacegroup_prior,
+            prior_mix=s.prior_mix,
+            wyckoff=s.wyckoff,
+            niche_distance=s.niche_distance,
+            adaptive=s.adaptive,
+            min_share=s.min_share,
         )
         j.name = self.name
         j.metadata.update(stage_metadata("generate", campaign, iteration))

@@ -15,8 +15,10 @@ primitive cell before it is checked, stored and relaxed; every source's structur
 the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation agree on a cell.
 - :class:`Prototype`: substitution into the built-in prototype library
   (``cspflow/data/prototypes``) plus any structure files the user supplies.
-- :class:`Mutation`: lattice strain, atom permutation, rattle and cut-and-splice heredity of the
-  lowest-energy unique structures already stored (parents come in the context).
+- :class:`Mutation`: lattice strain, atom permutation, rattle, soft-mode displacement and
+  cut-and-splice heredity of the population: the lowest-energy unique relaxed structures already
+  stored, niched by fingerprint distance (parents come in the context;
+  :mod:`cspflow.generate.evolve`).
 - :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories;
   :func:`cspflow.chem.read_structures`).
 """
@@ -166,12 +168,17 @@ def compatible_space_groups(num_ions: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def random_symmetric_structure(
-    species: list[str], num_ions: list[int], spacegroup: int, seed: int
+    species: list[str],
+    num_ions: list[int],
+    spacegroup: int,
+    seed: int,
+    sites: list[list[str]] | None = None,
 ) -> dict | None:
     """Build one PyXtal random crystal; return ``Structure.as_dict()`` or None when it fails.
 
-    ``num_ions`` counts the atoms of the conventional cell PyXtal builds. Module-level and
-    returning plain data so that it can run in a child process.
+    ``num_ions`` counts the atoms of the conventional cell PyXtal builds; ``sites`` (Wyckoff
+    labels per species) fixes the Wyckoff positions. Module-level and returning plain data so
+    that it can run in a child process.
     """
     import warnings
 
@@ -181,7 +188,9 @@ def random_symmetric_structure(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            crystal.from_random(3, spacegroup, species, num_ions, factor=1.0, random_state=seed)
+            crystal.from_random(
+                3, spacegroup, species, num_ions, factor=1.0, sites=sites, random_state=seed
+            )
         except Exception:
             return None
     if not crystal.valid:
@@ -191,17 +200,47 @@ def random_symmetric_structure(
 
 @dataclass
 class RandomSymmetric:
-    """Random symmetric crystals from PyXtal (formula units and space group drawn uniformly).
+    """Random symmetric crystals from PyXtal: formula units uniform, space group from a prior.
 
     The formula units count the primitive cell; a centred group is built in its conventional
     cell and reduced (params record ``conventional_atoms``).
+
+    Parameters
+    ----------
+    spacegroup_prior
+        ``"uniform"``, ``"aflow"`` or ``{group: weight}``
+        (:func:`cspflow.generate.priors.spacegroup_probabilities`).
+    prior_mix
+        Uniform share mixed into the prior (every compatible group keeps a probability).
+    wyckoff
+        ``"pyxtal"`` (PyXtal's own choice) or ``"fewest_sites"``
+        (:func:`cspflow.generate.priors.choose_wyckoff`).
     """
 
+    spacegroup_prior: str | dict[int, float] = "uniform"
+    prior_mix: float = 0.2
+    wyckoff: str = "pyxtal"
     name: ClassVar[str] = "random_symmetric"
     stream: ClassVar[int] = 1
 
+    def __post_init__(self) -> None:
+        from cspflow.generate.priors import WYCKOFF_CHOICES, check_prior
+
+        self.spacegroup_prior = check_prior(self.spacegroup_prior)
+        if not 0.0 <= float(self.prior_mix) <= 1.0:
+            raise CspflowError(f"prior_mix must be between 0 and 1, not {self.prior_mix!r}")
+        if self.wyckoff not in WYCKOFF_CHOICES:
+            raise CspflowError(
+                f"unknown wyckoff choice {self.wyckoff!r}; choose from {', '.join(WYCKOFF_CHOICES)}"
+            )
+
+    def _prior_name(self) -> str:
+        return self.spacegroup_prior if isinstance(self.spacegroup_prior, str) else "custom"
+
     def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
         """One attempt from ``seed``: draw (formula units, space group), build, check."""
+        from cspflow.generate.priors import choose_wyckoff, spacegroup_probabilities
+
         rng = np.random.default_rng(seed)
         fu = int(rng.choice(target.fu_counts))
         num_ions = target.num_ions(fu)
@@ -209,13 +248,25 @@ class RandomSymmetric:
         if not groups:
             context.reject("no compatible space group")
             return None
-        sg = int(rng.choice(groups))
+        probs = spacegroup_probabilities(
+            groups, len(num_ions), self.spacegroup_prior, self.prior_mix
+        )
+        if self.spacegroup_prior == "uniform":
+            # the draw of earlier releases, so uniform runs reproduce them seed for seed
+            sg = int(rng.choice(groups))
+            k = groups.index(sg)
+        else:
+            k = int(rng.choice(len(groups), p=probs))
+            sg = int(groups[k])
         pyxtal_seed = int(rng.integers(2**31))
         conventional = [centring_multiplier(sg) * n for n in num_ions]
+        sites = None
+        if self.wyckoff == "fewest_sites":
+            sites = choose_wyckoff(sg, conventional, np.random.default_rng(pyxtal_seed))
         try:
             data = call_with_time_limit(
                 random_symmetric_structure,
-                (target.species, conventional, sg, pyxtal_seed),
+                (target.species, conventional, sg, pyxtal_seed, sites),
                 context.time_limit,
                 context.time_limit_mode,
             )
@@ -225,15 +276,19 @@ class RandomSymmetric:
         if data is None:
             context.reject("pyxtal failed")
             return None
+        params: dict[str, Any] = {
+            "spacegroup": sg,
+            "formula_units": fu,
+            "conventional_atoms": sum(conventional),
+            "spacegroup_prior": self._prior_name(),
+            "prior_mix": float(self.prior_mix),
+            "spacegroup_probability": round(float(probs[k]), 6),
+            "wyckoff_choice": self.wyckoff,
+        }
+        if sites is not None:
+            params["wyckoff"] = sites
         gen = Generated(
-            structure=Structure.from_dict(data),
-            source=self.name,
-            params={
-                "spacegroup": sg,
-                "formula_units": fu,
-                "conventional_atoms": sum(conventional),
-            },  # fmt: skip
-            seed=seed,
+            structure=Structure.from_dict(data), source=self.name, params=params, seed=seed
         )
         return _validated(gen, target, context)
 
@@ -369,7 +424,7 @@ class Prototype:
 # ---------------------------------------------------------------------------------------------
 # mutation / heredity
 
-MUTATIONS = ("strain", "permutation", "rattle", "heredity")
+MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode")
 
 
 def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
@@ -456,19 +511,30 @@ class Mutation:
     Parameters
     ----------
     operators
-        Relative weights of ``strain``, ``permutation``, ``rattle`` and ``heredity``.
+        Relative weights of ``strain``, ``permutation``, ``rattle``, ``heredity`` and
+        ``softmode`` (:func:`cspflow.generate.evolve.softmode`); a campaign with
+        ``generate.adaptive`` replaces them each iteration by shares adapted to which operators
+        put structures in the population.
     """
 
     operators: dict[str, float] = field(
         default_factory=lambda: {
-            "strain": 0.25,
-            "permutation": 0.25,
-            "rattle": 0.2,
+            "strain": 0.2,
+            "permutation": 0.2,
+            "rattle": 0.1,
             "heredity": 0.3,
+            "softmode": 0.2,
         }
     )
     name: ClassVar[str] = "mutation"
     stream: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.operators) - set(MUTATIONS))
+        if unknown:
+            raise CspflowError(f"unknown mutation operator(s) {unknown}; choose from {MUTATIONS}")
+        if any(w < 0 for w in self.operators.values()) or sum(self.operators.values()) <= 0:
+            raise CspflowError("mutation operator weights must be >= 0 and not all zero")
 
     def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
         """One attempt: draw an operator and parents (better parents more often), apply it."""
@@ -491,6 +557,10 @@ class Mutation:
             child = permute(first.structure, rng)
         elif op == "rattle":
             child = rattle(first.structure, rng)
+        elif op == "softmode":
+            from cspflow.generate.evolve import softmode
+
+            child = softmode(first.structure, rng)
         else:
             mates = [
                 p for p in parents if p is not first and len(p.structure) == len(first.structure)

@@ -54,6 +54,7 @@ __all__ = [
     "selection_pool",
     "rescreen_pool",
     "parent_pool",
+    "source_records",
     "preferred_energy",
     "dft_labelled",
     "relaxed_in_order",
@@ -297,8 +298,9 @@ def rescreen_pool(
 def parent_pool(db: Database, formula: str, size: int) -> list[dict[str, Any]]:
     """The ``size`` lowest-energy usable candidates of a formula (DFT energy where there is
     one, else MLIP), best first, with their most refined structure."""
-    proj = {"_id": 0, "candidate_id": 1, "energy_per_atom": 1, "structure": 1,
-            "relaxed.mlip.structure": 1, "relaxed.dft.structure": 1}  # fmt: skip
+    proj = {"_id": 0, "candidate_id": 1, "energy_per_atom": 1, "structure": 1, "source": 1,
+            "params.operator": 1, "relaxed.mlip.structure": 1, "relaxed.dft.structure": 1,
+            "dedup_forms.mlip.fingerprint": 1, "dedup_forms.dft.fingerprint": 1}  # fmt: skip
     seen: dict[str, dict[str, Any]] = {}
     for level in ("dft", "mlip"):
         key = f"energy_per_atom.{level}"
@@ -307,6 +309,24 @@ def parent_pool(db: Database, formula: str, size: int) -> list[dict[str, Any]]:
             seen.setdefault(doc["candidate_id"], doc)
 
     return sorted(seen.values(), key=preferred_energy)[:size]
+
+
+def source_records(
+    db: Database, campaign: str, max_iteration: int | None = None, iteration: int | None = None
+) -> list[dict[str, Any]]:
+    """What the per-source / per-operator statistics need of a campaign's candidates: id,
+    formula, iteration, source, operator, status, duplicate_of, energies.
+
+    ``iteration`` keeps one iteration; ``max_iteration`` those up to it.
+    """
+    query: dict[str, Any] = {"campaign": campaign}
+    if iteration is not None:
+        query["iteration"] = iteration
+    elif max_iteration is not None:
+        query["iteration"] = {"$lte": max_iteration}
+    proj = {"_id": 0, "candidate_id": 1, "formula": 1, "iteration": 1, "source": 1,
+            "params.operator": 1, "status": 1, "duplicate_of": 1, "energy_per_atom": 1}  # fmt: skip
+    return list(_coll(db).find(query, proj).sort("candidate_id", 1))
 
 
 def preferred_energy(doc: dict[str, Any]) -> float:

@@ -1,0 +1,43 @@
+"""Per-source and per-operator statistics of a campaign iteration (the evolutionary record).
+
+:func:`operator_summary` is what :func:`cspflow.campaign.loop.decide` adds to each iteration
+summary under ``operators``: for every source and mutation operator (``mutation:heredity``, ...)
+of the iteration's candidates, how many were generated, relaxed, failed and duplicates, how many
+are in the population (the niched lowest unique structures of their composition,
+:func:`cspflow.generate.batch.load_parents`) and in the top :data:`TOP` after the iteration, and
+their best MLIP energy. ``cspflow campaign status`` shows them; the next iteration's generate
+job adapts the shares of sources and operators to the same counts over all earlier iterations
+(:func:`cspflow.generate.evolve.adapt_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cspflow.store import candidates
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+    from cspflow.schemas.campaign import CampaignSpec
+
+__all__ = ["TOP", "operator_summary"]
+
+#: the top-k the statistics count entries into (per composition, lowest unique energies)
+TOP = 5
+
+
+def operator_summary(db: Database, spec: CampaignSpec, iteration: int) -> dict[str, Any]:
+    """Statistics per source / operator of one iteration (see the module docstring)."""
+    from cspflow.generate.batch import load_parents
+    from cspflow.generate.evolve import operator_stats
+
+    docs = candidates.source_records(db, spec.name, iteration=iteration)
+    g = spec.generate
+    population: list[str] = []
+    top: list[str] = []
+    for formula in sorted({d["formula"] for d in docs if d.get("formula")}):
+        population += [p.candidate_id for p in load_parents(db, formula, g.parent_pool,
+                                                            g.niche_distance)]  # fmt: skip
+        top += [p.candidate_id for p in load_parents(db, formula, TOP)]
+    return operator_stats(docs, population, top)
