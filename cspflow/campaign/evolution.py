@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from cspflow.schemas.campaign import CampaignSpec
 
-__all__ = ["TOP", "operator_summary"]
+__all__ = ["TOP", "operator_summary", "next_shares"]
 
 #: the top-k the statistics count entries into (per composition, lowest unique energies)
 TOP = 5
@@ -41,3 +41,28 @@ def operator_summary(db: Database, spec: CampaignSpec, iteration: int) -> dict[s
                                                             g.niche_distance)]  # fmt: skip
         top += [p.candidate_id for p in load_parents(db, formula, TOP)]
     return operator_stats(docs, population, top)
+
+
+def next_shares(db: Database, spec: CampaignSpec, iteration: int) -> dict[str, Any]:
+    """Per formula, the source and mutation-operator shares the next iteration's generate job
+    draws with (``{}`` when ``generate.adaptive`` is off): recorded so that ``campaign status``
+    shows how the search shifted."""
+    from cspflow.generate.batch import load_parents
+    from cspflow.generate.maker import adapted_shares
+
+    g = spec.generate
+    if not g.adaptive:
+        return {}
+    from cspflow.generate.composition import parse_target
+
+    out: dict[str, Any] = {}
+    for composition in spec.formulas():
+        formula = parse_target(composition, spec.max_atoms).formula
+        population = [p.candidate_id for p in load_parents(db, formula, g.parent_pool,
+                                                           g.niche_distance)]  # fmt: skip
+        sources, operators = adapted_shares(
+            db, spec.name, iteration + 1, formula, dict(g.sources),
+            dict(g.source_options.get("mutation", {})), population, g.min_share,
+        )  # fmt: skip
+        out[formula] = {"sources": sources, "operators": operators}
+    return out

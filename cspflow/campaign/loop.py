@@ -22,7 +22,7 @@ from typing import Any
 from jobflow import Flow, Job, Response, job
 
 from cspflow.campaign import policy, state
-from cspflow.campaign.evolution import operator_summary
+from cspflow.campaign.evolution import next_shares, operator_summary
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.store import candidates
@@ -139,6 +139,7 @@ def decide(
             "finished_at": state.utcnow(),
             "wall_time_s": state.wall_time_s(doc),
             "operators": operator_summary(db, spec, iteration),
+            "next_shares": next_shares(db, spec, iteration),
         }
     )
     reason = policy.stop_reason(

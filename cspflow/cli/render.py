@@ -270,6 +270,11 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
     t.add_row("running", "\n".join(p["running"]) or "-")
     t.add_row("reruns", reruns_line(reruns))
+    shares = (doc.get("iterations") or [{}])[-1].get("next_shares") or {}
+    for formula, rec in sorted(shares.items()):
+        parts = [f"{k} {v:.2f}" for k, v in rec.get("sources", {}).items()]
+        parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
+        t.add_row(f"next shares {formula}", "  ".join(parts))
     out: list = [t]
     learning = learn_table(doc.get("iterations", []))
     if learning is not None:

@@ -11,7 +11,7 @@ from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.schemas.generate import GenerateSettings
 
-__all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
+__all__ = ["GenerateMaker", "generate_candidates", "derive_seed", "adapted_shares"]
 
 #: defaults of direct calls: the stage's settings, written once in the schema
 _DEFAULTS = GenerateSettings()
@@ -96,9 +96,10 @@ def generate_candidates(
     operator_weights: dict[str, float] = {}
     if adaptive and campaign is not None and iteration and sources:
         population = parents or load_parents(db, target.formula, parent_pool, niche_distance)
-        weights, operator_weights = _adapted(
-            db, campaign, iteration, target.formula, sources, options, population, min_share
-        )
+        weights, operator_weights = adapted_shares(
+            db, campaign, iteration, target.formula, sources, options.get("mutation", {}),
+            [p.candidate_id for p in population], min_share,
+        )  # fmt: skip
         if operator_weights:
             options.setdefault("mutation", {})["operators"] = operator_weights
     context = SourceContext(
@@ -126,17 +127,34 @@ def generate_candidates(
     return summary.model_dump()
 
 
-def _adapted(
+def adapted_shares(
     db: Any,
     campaign: str,
     iteration: int,
     formula: str,
     sources: dict[str, float],
-    options: dict[str, dict[str, Any]],
-    parents: list[Any],
+    mutation_options: dict[str, Any],
+    population: list[str],
     min_share: float,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Source weights and mutation operator shares adapted to the earlier iterations."""
+    """Source weights and mutation operator shares of ``iteration``, adapted to the campaign's
+    earlier iterations (:func:`cspflow.generate.evolve.adapt_weights`).
+
+    Parameters
+    ----------
+    db
+        The campaign database.
+    campaign, iteration, formula
+        Whose shares: the candidates of iterations before ``iteration`` of that formula count.
+    sources
+        Base source weights (the spec's).
+    mutation_options
+        The spec's ``source_options.mutation`` (base operator weights under ``operators``).
+    population
+        Ids of the formula's current population.
+    min_share
+        Floor of every share.
+    """
     from cspflow.generate.evolve import adapt_weights, operator_stats
     from cspflow.generate.sources import Mutation
     from cspflow.store import candidates
@@ -146,11 +164,11 @@ def _adapted(
         for d in candidates.source_records(db, campaign, max_iteration=iteration - 1)
         if d.get("formula") == formula
     ]
-    stats = operator_stats(docs, population=[p.candidate_id for p in parents])
+    stats = operator_stats(docs, population=population)
     weights = adapt_weights(sources, stats, min_share)
     operator_weights: dict[str, float] = {}
     if sources.get("mutation"):
-        base = options.get("mutation", {}).get("operators") or Mutation().operators
+        base = mutation_options.get("operators") or Mutation().operators
         ops = {k: v for k, v in stats.items() if k.startswith("mutation:")}
         operator_weights = adapt_weights(dict(base), ops, min_share)
     return weights, operator_weights

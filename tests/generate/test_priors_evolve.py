@@ -14,7 +14,12 @@ from cspflow.errors import CspflowError, SpecError
 from cspflow.generate.composition import parse_target
 from cspflow.generate.constraints import violations
 from cspflow.generate.evolve import adapt_weights, niche, operator_stats, soft_modes, softmode
-from cspflow.generate.priors import aflow_counts, choose_wyckoff, spacegroup_probabilities
+from cspflow.generate.priors import (
+    aflow_counts,
+    choose_wyckoff,
+    spacegroup_probabilities,
+    wyckoff_combinations,
+)
 from cspflow.generate.sources import (
     Mutation,
     Parent,
@@ -78,11 +83,17 @@ def test_uniform_prior_draws_as_before():
 
 
 def test_fewest_sites_prefers_parsimonious_wyckoff_assignments():
+    # corundum's conventional cell (R-3c, 12 Al + 18 O): 2 of 6 assignments use two orbits
+    # (Al 12c + O 18e, corundum's own), 4 use three; weights e^0 : e^-1 give the two-orbit ones
+    # 2 / (2 + 4/e) = 0.576 of the draws against 1/3 uniformly
+    combos = wyckoff_combinations(167, (12, 18))
+    orbits = sorted(sum(len(s) for s in c) for c in combos)
+    assert orbits == [2, 2, 3, 3, 3, 3]
     rng = np.random.default_rng(0)
-    picks = [choose_wyckoff(136, [2, 4], rng) for _ in range(400)]
-    orbits = [sum(len(s) for s in p) for p in picks]
-    # rutile-like two-orbit assignments (Ti 2a/2b + one 4-fold O orbit) dominate three-orbit ones
-    assert orbits.count(2) > 2 * orbits.count(3) and min(orbits) == 2
+    picks = [choose_wyckoff(167, [12, 18], rng) for _ in range(2000)]
+    share = sum(sum(len(s) for s in p) == 2 for p in picks) / len(picks)
+    assert share == pytest.approx(2 / (2 + 4 / np.e), abs=0.04)
+    assert (["12c"], ["18e"]) in [tuple(p) for p in picks]
     target = parse_target("TiO2", 6)
     source = RandomSymmetric(spacegroup_prior={136: 1.0}, prior_mix=0.0, wyckoff="fewest_sites")
     made = [g for g in itertools.islice(source.attempts(target, 5, SourceContext()), 10) if g]
