@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from cspflow.schemas.campaign import CampaignSpec
 
-__all__ = ["TOP", "operator_summary", "next_shares"]
+__all__ = ["TOP", "operator_summary", "next_shares", "rediscovery", "rediscovery_summary"]
 
 #: the top-k the statistics count entries into (per composition, lowest unique energies)
 TOP = 5
@@ -41,6 +41,47 @@ def operator_summary(db: Database, spec: CampaignSpec, iteration: int) -> dict[s
                                                             g.niche_distance)]  # fmt: skip
         top += [p.candidate_id for p in load_parents(db, formula, TOP)]
     return operator_stats(docs, population, top)
+
+
+def rediscovery(minima: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the search finds its lowest minimum again: a stopping signal.
+
+    Parameters
+    ----------
+    minima
+        ``{"candidate_id", "energy_per_atom", "hits"}`` per minimum, lowest first
+        (:func:`cspflow.store.candidates.minima_hits`).
+
+    Returns
+    -------
+    dict
+        ``relaxed`` (relaxations that reached a minimum), ``minima`` (distinct ones),
+        ``best`` and ``best_hits`` (the lowest minimum and how often it was reached),
+        ``singletons`` (minima reached once) and ``new_minimum_chance``: the Good-Turing
+        estimate ``singletons / relaxed`` of the chance that the next relaxation reaches a
+        minimum not seen yet. A lowest minimum reached several times while that chance is small
+        is the signal that the search has likely seen the ground state of this energy model
+        and cell size; a best reached once, with many singletons, says it has not.
+    """
+    n = sum(m["hits"] for m in minima)
+    if not n:
+        return {"relaxed": 0, "minima": 0, "best": None, "best_hits": 0, "singletons": 0,
+                "new_minimum_chance": None}  # fmt: skip
+    singletons = sum(1 for m in minima if m["hits"] == 1)
+    return {"relaxed": n, "minima": len(minima), "best": minima[0]["candidate_id"],
+            "best_hits": minima[0]["hits"], "singletons": singletons,
+            "new_minimum_chance": round(singletons / n, 3)}  # fmt: skip
+
+
+def rediscovery_summary(db: Database, spec: CampaignSpec) -> dict[str, Any]:
+    """:func:`rediscovery` per formula of the campaign so far."""
+    from cspflow.generate.composition import parse_target
+
+    out = {}
+    for composition in spec.formulas():
+        formula = parse_target(composition, spec.max_atoms).formula
+        out[formula] = rediscovery(candidates.minima_hits(db, spec.name, formula))
+    return out
 
 
 def next_shares(db: Database, spec: CampaignSpec, iteration: int) -> dict[str, Any]:

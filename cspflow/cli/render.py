@@ -237,6 +237,9 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
     operators = operator_table(doc.get("iterations", []))
     if operators is not None:
         out.append(operators)
+    last = (doc.get("iterations") or [{}])[-1]
+    for formula, rec in sorted((last.get("rediscovery") or {}).items()):
+        out.append(f"lowest {formula} found {rediscovery_line(rec)}")
     if hull:
         out.append(hull_table(hull))
     out.append(top_table(top, "lowest-energy unique structures"))
@@ -270,7 +273,10 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
     t.add_row("running", "\n".join(p["running"]) or "-")
     t.add_row("reruns", reruns_line(reruns))
-    shares = (doc.get("iterations") or [{}])[-1].get("next_shares") or {}
+    last = (doc.get("iterations") or [{}])[-1]
+    for formula, rec in sorted((last.get("rediscovery") or {}).items()):
+        t.add_row(f"lowest found {formula}", rediscovery_line(rec))
+    shares = last.get("next_shares") or {}
     for formula, rec in sorted(shares.items()):
         parts = [f"{k} {v:.2f}" for k, v in rec.get("sources", {}).items()]
         parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
@@ -285,6 +291,15 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     if top:
         out.append(top_table(top, "best structures"))
     return out
+
+
+def rediscovery_line(rec: dict) -> str:
+    """One cell: how often the lowest minimum was reached, and the chance of a new minimum."""
+    if not rec.get("relaxed"):
+        return "nothing relaxed yet"
+    return (f"{rec['best_hits']}x in {rec['relaxed']} relaxations ({rec['minima']} minima, "
+            f"{rec['singletons']} seen once; next relaxation a new minimum: "
+            f"{rec['new_minimum_chance']:.2f})")  # fmt: skip
 
 
 def operator_table(iterations: list[dict]):

@@ -55,6 +55,7 @@ __all__ = [
     "rescreen_pool",
     "parent_pool",
     "source_records",
+    "minima_hits",
     "preferred_energy",
     "dft_labelled",
     "relaxed_in_order",
@@ -327,6 +328,32 @@ def source_records(
     proj = {"_id": 0, "candidate_id": 1, "formula": 1, "iteration": 1, "source": 1,
             "params.operator": 1, "status": 1, "duplicate_of": 1, "energy_per_atom": 1}  # fmt: skip
     return list(_coll(db).find(query, proj).sort("candidate_id", 1))
+
+
+def minima_hits(db: Database, campaign: str, formula: str) -> list[dict[str, Any]]:
+    """The relaxed minima a campaign reached for a formula, with how often it reached each.
+
+    Every MLIP-relaxed, not failed candidate of the campaign counts once for its minimum: its
+    ``duplicate_of`` (the minimum's representative, possibly another campaign's) or itself.
+
+    Returns
+    -------
+    list of dict
+        ``{"candidate_id", "energy_per_atom", "hits"}`` per minimum, lowest energy first.
+    """
+    query = {"campaign": campaign, "formula": formula, "status": {"$ne": "failed"},
+             "energy_per_atom.mlip": {"$type": "number"}}  # fmt: skip
+    hits: dict[str, int] = {}
+    for doc in _coll(db).find(query, {"candidate_id": 1, "duplicate_of": 1}):
+        rep = doc.get("duplicate_of") or doc["candidate_id"]
+        hits[rep] = hits.get(rep, 0) + 1
+    energies = {
+        cid: (d.get("energy_per_atom") or {}).get("mlip")
+        for cid, d in get_many(db, hits, {"energy_per_atom": 1}).items()
+    }
+    out = [{"candidate_id": cid, "energy_per_atom": energies.get(cid), "hits": n}
+           for cid, n in hits.items() if energies.get(cid) is not None]  # fmt: skip
+    return sorted(out, key=lambda d: (d["energy_per_atom"], d["candidate_id"]))
 
 
 def preferred_energy(doc: dict[str, Any]) -> float:

@@ -73,6 +73,19 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
                                            "softmode"}  # fmt: skip
     randoms = [d for d in docs if d["source"] == "random_symmetric"]
     assert all(d["params"]["spacegroup_prior"] == "aflow" for d in randoms)
-    # campaign status shows the table
+    # the stopping signal: how often the lowest minimum was reached again
+    red = out["iterations"][-1]["rediscovery"]["NaCl"]
+    relaxed = [d for d in docs if d["status"] != "failed"
+               and (d.get("energy_per_atom") or {}).get("mlip") is not None]  # fmt: skip
+    reps = [d.get("duplicate_of") or d["candidate_id"] for d in relaxed]
+    assert red["relaxed"] == len(relaxed) and red["minima"] == len(set(reps))
+    lowest = min(relaxed, key=lambda d: d["energy_per_atom"]["mlip"])
+    best = lowest.get("duplicate_of") or lowest["candidate_id"]
+    assert red["best"] == best and red["best_hits"] == reps.count(best)
+    assert red["new_minimum_chance"] == round(
+        sum(reps.count(r) == 1 for r in set(reps)) / len(reps), 3
+    )
+    # campaign status shows the tables
     text = run_cli("campaign", "status", "nacl-evo", env=env, timeout=300).stdout
     assert "sources and operators" in text and "next shares NaCl" in text
+    assert "lowest found NaCl" in text

@@ -204,3 +204,15 @@ def test_operator_stats_and_adapted_shares():
     assert ops["heredity"] == pytest.approx(0.75 / (0.75 + 1 / 3), abs=1e-3)
     floored = adapt_weights({"heredity": 0.5, "strain": 0.5}, stats, min_share=0.45)
     assert floored["strain"] > ops["strain"] + 0.05  # the floor keeps a poor operator alive
+
+
+def test_rediscovery_counts_how_often_the_lowest_minimum_is_found():
+    from cspflow.campaign.evolution import rediscovery
+
+    minima = [{"candidate_id": "a", "energy_per_atom": -5.0, "hits": 6},
+              {"candidate_id": "b", "energy_per_atom": -4.9, "hits": 1},
+              {"candidate_id": "c", "energy_per_atom": -4.8, "hits": 3}]  # fmt: skip
+    r = rediscovery(minima)
+    assert r == {"relaxed": 10, "minima": 3, "best": "a", "best_hits": 6, "singletons": 1,
+                 "new_minimum_chance": 0.1}  # fmt: skip
+    assert rediscovery([])["new_minimum_chance"] is None
