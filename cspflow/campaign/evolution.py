@@ -85,8 +85,8 @@ def rediscovery_summary(db: Database, spec: CampaignSpec) -> dict[str, Any]:
 
 
 def next_shares(db: Database, spec: CampaignSpec, iteration: int) -> dict[str, Any]:
-    """Per formula, the source and mutation-operator shares the next iteration's generate job
-    draws with (``{}`` when ``generate.adaptive`` is off): recorded so that ``campaign status``
+    """Per formula, the source, mutation-operator and formula-unit shares the next iteration's
+    generate job draws with (``{}`` when ``generate.adaptive`` is off): recorded so that ``campaign status``
     shows how the search shifted."""
     from cspflow.generate.batch import load_parents
     from cspflow.generate.maker import adapted_shares
@@ -101,9 +101,9 @@ def next_shares(db: Database, spec: CampaignSpec, iteration: int) -> dict[str, A
         formula = parse_target(composition, spec.max_atoms).formula
         population = [p.candidate_id for p in load_parents(db, formula, g.parent_pool,
                                                            g.niche_distance)]  # fmt: skip
-        sources, operators = adapted_shares(
+        out[formula] = adapted_shares(
             db, spec.name, iteration + 1, formula, dict(g.sources),
             dict(g.source_options.get("mutation", {})), population, g.min_share,
+            parse_target(composition, spec.max_atoms).fu_counts,
         )  # fmt: skip
-        out[formula] = {"sources": sources, "operators": operators}
     return out

@@ -280,6 +280,7 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     for formula, rec in sorted(shares.items()):
         parts = [f"{k} {v:.2f}" for k, v in rec.get("sources", {}).items()]
         parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
+        parts += [f"{k} fu {v:.2f}" for k, v in rec.get("formula_units", {}).items()]
         t.add_row(f"next shares {formula}", "  ".join(parts))
     out: list = [t]
     learning = learn_table(doc.get("iterations", []))

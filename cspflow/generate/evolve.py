@@ -1,5 +1,6 @@
-"""The evolutionary side of generation: soft-mode mutation, a niched population, and the shares
-of sources and operators adapted to what produced low-energy structures.
+"""The evolutionary side of generation: the variation operators (strain, permutation, rattle,
+cut-and-splice heredity, soft-mode mutation), a niched population, and the shares of sources
+and operators adapted to what produced low-energy structures.
 
 - :func:`softmode`: displace the atoms along one of the softest vibrational modes of a cheap
   spring model (a proxy for USPEX's soft-mode mutation, which uses Lyakhov's bond-hardness
@@ -12,7 +13,8 @@ of sources and operators adapted to what produced low-energy structures.
   first, with no two members closer than a fingerprint distance (RMS of the partial-RDF
   fingerprints, :func:`cspflow.dedup.fingerprint.fingerprint_distance`): a near-copy of a better
   member is left out, so parents stay diverse.
-- :func:`operator_stats` and :func:`adapt_weights`: per source and mutation operator, how many
+- :func:`operator_stats` and :func:`adapt_weights`: per source and mutation operator (and, for
+  ``random_symmetric``, per formula-unit count: :func:`formula_unit_stats`), how many
   candidates were generated, relaxed and entered the population, and the best energy; the next
   iteration's shares are the base weights times ``(in_population + 1) / (generated + 2)`` (Laplace
   smoothed success rate), floored at ``min_share`` so no source or operator dies out.
@@ -21,25 +23,110 @@ of sources and operators adapted to what produced low-energy structures.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 
 from cspflow.generate.constraints import covalent_radius
 
+if TYPE_CHECKING:
+    from cspflow.generate.composition import Target
+
 __all__ = [
     "OPERATOR_KEYS",
+    "strain",
+    "permute",
+    "rattle",
+    "heredity",
     "softmode",
     "soft_modes",
     "niche",
     "stats_key",
     "operator_stats",
     "adapt_weights",
+    "formula_unit_stats",
 ]
 
 #: mutation operators, as stats keys (``mutation:<operator>``)
 OPERATOR_KEYS = ("strain", "permutation", "rattle", "heredity", "softmode")
+
+
+def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
+    """Apply a random symmetric strain (components ~ N(0, amplitude)) to the lattice."""
+    e = rng.normal(0.0, amplitude, size=(3, 3))
+    e = (e + e.T) / 2
+    out = s.copy()
+    out.lattice = Lattice(s.lattice.matrix @ (np.eye(3) + e))
+    return out
+
+
+def permute(s: Structure, rng: np.random.Generator, fraction: float = 0.25) -> Structure | None:
+    """Swap the species of random pairs of unlike atoms (None for one-element structures)."""
+    symbols = [site.specie.symbol for site in s]
+    if len(set(symbols)) < 2:
+        return None
+    out = s.copy()
+    n_swaps = max(1, int(round(fraction * len(s) / 2)))
+    for _ in range(n_swaps):
+        i = int(rng.integers(len(s)))
+        others = [j for j in range(len(s)) if symbols[j] != symbols[i]]
+        j = int(rng.choice(others))
+        symbols[i], symbols[j] = symbols[j], symbols[i]
+    for k, sym in enumerate(symbols):
+        out.replace(k, sym, out[k].frac_coords)
+    return out
+
+
+def rattle(s: Structure, rng: np.random.Generator, amplitude: float = 0.25) -> Structure:
+    """Displace every atom by a random vector (components ~ N(0, amplitude) Angstrom)."""
+    out = s.copy()
+    disp = rng.normal(0.0, amplitude, size=(len(s), 3))
+    for i in range(len(s)):
+        out.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
+    return out
+
+
+def heredity(
+    a: Structure, b: Structure, target: Target, rng: np.random.Generator
+) -> Structure | None:
+    """Cut-and-splice: a slab of parent ``a`` below a random plane, parent ``b`` above it.
+
+    Both parents must hold the same number of atoms. The child lattice is the mean of both
+    lattices; surplus atoms of an element are dropped at random and missing ones taken from the
+    unused halves, so the child has the parents' composition.
+    """
+    if len(a) != len(b):
+        return None
+    a = a.get_reduced_structure()
+    b = b.get_reduced_structure()
+    axis = int(rng.integers(3))
+    cut = float(rng.uniform(0.3, 0.7))
+    sa, sb = float(rng.uniform()), float(rng.uniform())
+    fa = (a.frac_coords[:, axis] + sa) % 1.0
+    fb = (b.frac_coords[:, axis] + sb) % 1.0
+    lattice = Lattice((a.lattice.matrix + b.lattice.matrix) / 2)
+    need = {el.symbol: int(n) for el, n in a.composition.items()}
+    chosen: list[tuple[str, np.ndarray]] = []
+    spare: list[tuple[str, np.ndarray]] = []
+    for s, f, shift, below in ((a, fa, sa, True), (b, fb, sb, False)):
+        for site, x in zip(s, f, strict=True):
+            fc = site.frac_coords.copy()
+            fc[axis] = (fc[axis] + shift) % 1.0
+            (chosen if (x < cut) == below else spare).append((site.specie.symbol, fc))
+    species, coords = [], []
+    for el, n in need.items():
+        mine = [c for sym, c in chosen if sym == el]
+        extra = [c for sym, c in spare if sym == el]
+        rng.shuffle(mine)
+        rng.shuffle(extra)
+        pick = (mine + extra)[:n]
+        species += [el] * len(pick)
+        coords += pick
+    child = Structure(lattice, species, coords)
+    if child.composition.reduced_formula != target.formula:
+        return None
+    return child
 
 
 def soft_modes(structure: Structure, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -196,3 +283,18 @@ def adapt_weights(
     w = np.maximum(w, floor)
     w = w / w.sum()
     return {k: round(float(x), 4) for k, x in zip(keys, w, strict=True)}
+
+
+def formula_unit_stats(
+    docs: Iterable[dict[str, Any]], population: Iterable[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """:func:`operator_stats` of the ``random_symmetric`` candidates per formula-unit count
+    (keys ``"1"``, ``"2"``, ...): what :func:`adapt_weights` allocates the draw of formula
+    units by."""
+    by_fu: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        fu = (d.get("params") or {}).get("formula_units")
+        if d.get("source") == "random_symmetric" and fu is not None:
+            by_fu.setdefault(str(fu), []).append(d)
+    pop = list(population)
+    return {fu: operator_stats(ds, pop)["random_symmetric"] for fu, ds in sorted(by_fu.items())}

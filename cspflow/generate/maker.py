@@ -94,14 +94,19 @@ def generate_candidates(
         else []
     )
     operator_weights: dict[str, float] = {}
+    fu_shares: dict[str, float] = {}
     if adaptive and campaign is not None and iteration and sources:
         population = parents or load_parents(db, target.formula, parent_pool, niche_distance)
-        weights, operator_weights = adapted_shares(
+        shares = adapted_shares(
             db, campaign, iteration, target.formula, sources, options.get("mutation", {}),
-            [p.candidate_id for p in population], min_share,
+            [p.candidate_id for p in population], min_share, target.fu_counts,
         )  # fmt: skip
+        weights, operator_weights = shares["sources"], shares["operators"]
         if operator_weights:
             options.setdefault("mutation", {})["operators"] = operator_weights
+        fu_shares = shares["formula_units"]
+        if fu_shares:
+            rs["fu_weights"] = fu_shares
     context = SourceContext(
         constraints=Constraints(**(constraints or {})),
         parents=parents,
@@ -122,6 +127,7 @@ def generate_candidates(
     assert summary is not None  # generate_batch always sets it
     summary.weights = {k: round(v, 4) for k, v in parse_sources(weights).items()}
     summary.operator_weights = operator_weights
+    summary.formula_unit_weights = fu_shares
     summary.requested = n
     summary.candidate_ids = done + summary.candidate_ids
     return summary.model_dump()
@@ -136,9 +142,11 @@ def adapted_shares(
     mutation_options: dict[str, Any],
     population: list[str],
     min_share: float,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Source weights and mutation operator shares of ``iteration``, adapted to the campaign's
-    earlier iterations (:func:`cspflow.generate.evolve.adapt_weights`).
+    fu_counts: list[int] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Source weights, mutation operator shares and ``random_symmetric``'s formula-unit shares
+    of ``iteration``, adapted to the campaign's earlier iterations
+    (:func:`cspflow.generate.evolve.adapt_weights`).
 
     Parameters
     ----------
@@ -154,8 +162,16 @@ def adapted_shares(
         Ids of the formula's current population.
     min_share
         Floor of every share.
+    fu_counts
+        The formula-unit counts that fit ``max_atoms`` (None: no formula-unit shares).
+
+    Returns
+    -------
+    dict
+        ``{"sources": ..., "operators": ..., "formula_units": {"1": share, ...}}`` (empty
+        where a source is not used).
     """
-    from cspflow.generate.evolve import adapt_weights, operator_stats
+    from cspflow.generate.evolve import adapt_weights, formula_unit_stats, operator_stats
     from cspflow.generate.sources import Mutation
     from cspflow.store import candidates
 
@@ -171,7 +187,12 @@ def adapted_shares(
         base = mutation_options.get("operators") or Mutation().operators
         ops = {k: v for k, v in stats.items() if k.startswith("mutation:")}
         operator_weights = adapt_weights(dict(base), ops, min_share)
-    return weights, operator_weights
+    fu_weights: dict[str, float] = {}
+    if sources.get("random_symmetric") and fu_counts and len(fu_counts) > 1:
+        fu_weights = adapt_weights(
+            {str(f): 1.0 for f in fu_counts}, formula_unit_stats(docs, population), min_share
+        )
+    return {"sources": weights, "operators": operator_weights, "formula_units": fu_weights}
 
 
 @dataclass

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core import Composition, Structure
 
 from cspflow.chem import read_structures
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
+from cspflow.generate.evolve import heredity, permute, rattle, softmode, strain
 from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
 
 __all__ = [
@@ -215,11 +216,15 @@ class RandomSymmetric:
     wyckoff
         ``"pyxtal"`` (PyXtal's own choice) or ``"fewest_sites"``
         (:func:`cspflow.generate.priors.choose_wyckoff`).
+    fu_weights
+        Shares of the formula-unit counts (``{"1": 0.3, "2": 0.7}``; a campaign's adaptive
+        allocation); None or absent counts draw uniformly.
     """
 
     spacegroup_prior: str | dict[int, float] = "uniform"
     prior_mix: float = 0.2
     wyckoff: str = "pyxtal"
+    fu_weights: dict[str, float] | None = None
     name: ClassVar[str] = "random_symmetric"
     stream: ClassVar[int] = 1
 
@@ -242,7 +247,12 @@ class RandomSymmetric:
         from cspflow.generate.priors import choose_wyckoff, spacegroup_probabilities
 
         rng = np.random.default_rng(seed)
-        fu = int(rng.choice(target.fu_counts))
+        if self.fu_weights:
+            w = np.array([float(self.fu_weights.get(str(f), 0.0)) for f in target.fu_counts])
+            w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+            fu = int(target.fu_counts[int(rng.choice(len(w), p=w))])
+        else:
+            fu = int(rng.choice(target.fu_counts))
         num_ions = target.num_ions(fu)
         groups = compatible_space_groups(tuple(num_ions))
         if not groups:
@@ -424,84 +434,8 @@ class Prototype:
 # ---------------------------------------------------------------------------------------------
 # mutation / heredity
 
+#: the operators (pure functions in cspflow.generate.evolve, importable from here too)
 MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode")
-
-
-def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
-    """Apply a random symmetric strain (components ~ N(0, amplitude)) to the lattice."""
-    e = rng.normal(0.0, amplitude, size=(3, 3))
-    e = (e + e.T) / 2
-    out = s.copy()
-    out.lattice = Lattice(s.lattice.matrix @ (np.eye(3) + e))
-    return out
-
-
-def permute(s: Structure, rng: np.random.Generator, fraction: float = 0.25) -> Structure | None:
-    """Swap the species of random pairs of unlike atoms (None for one-element structures)."""
-    symbols = [site.specie.symbol for site in s]
-    if len(set(symbols)) < 2:
-        return None
-    out = s.copy()
-    n_swaps = max(1, int(round(fraction * len(s) / 2)))
-    for _ in range(n_swaps):
-        i = int(rng.integers(len(s)))
-        others = [j for j in range(len(s)) if symbols[j] != symbols[i]]
-        j = int(rng.choice(others))
-        symbols[i], symbols[j] = symbols[j], symbols[i]
-    for k, sym in enumerate(symbols):
-        out.replace(k, sym, out[k].frac_coords)
-    return out
-
-
-def rattle(s: Structure, rng: np.random.Generator, amplitude: float = 0.25) -> Structure:
-    """Displace every atom by a random vector (components ~ N(0, amplitude) Angstrom)."""
-    out = s.copy()
-    disp = rng.normal(0.0, amplitude, size=(len(s), 3))
-    for i in range(len(s)):
-        out.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
-    return out
-
-
-def heredity(
-    a: Structure, b: Structure, target: Target, rng: np.random.Generator
-) -> Structure | None:
-    """Cut-and-splice: a slab of parent ``a`` below a random plane, parent ``b`` above it.
-
-    Both parents must hold the same number of atoms. The child lattice is the mean of both
-    lattices; surplus atoms of an element are dropped at random and missing ones taken from the
-    unused halves, so the child has the parents' composition.
-    """
-    if len(a) != len(b):
-        return None
-    a = a.get_reduced_structure()
-    b = b.get_reduced_structure()
-    axis = int(rng.integers(3))
-    cut = float(rng.uniform(0.3, 0.7))
-    sa, sb = float(rng.uniform()), float(rng.uniform())
-    fa = (a.frac_coords[:, axis] + sa) % 1.0
-    fb = (b.frac_coords[:, axis] + sb) % 1.0
-    lattice = Lattice((a.lattice.matrix + b.lattice.matrix) / 2)
-    need = {el.symbol: int(n) for el, n in a.composition.items()}
-    chosen: list[tuple[str, np.ndarray]] = []
-    spare: list[tuple[str, np.ndarray]] = []
-    for s, f, shift, below in ((a, fa, sa, True), (b, fb, sb, False)):
-        for site, x in zip(s, f, strict=True):
-            fc = site.frac_coords.copy()
-            fc[axis] = (fc[axis] + shift) % 1.0
-            (chosen if (x < cut) == below else spare).append((site.specie.symbol, fc))
-    species, coords = [], []
-    for el, n in need.items():
-        mine = [c for sym, c in chosen if sym == el]
-        extra = [c for sym, c in spare if sym == el]
-        rng.shuffle(mine)
-        rng.shuffle(extra)
-        pick = (mine + extra)[:n]
-        species += [el] * len(pick)
-        coords += pick
-    child = Structure(lattice, species, coords)
-    if child.composition.reduced_formula != target.formula:
-        return None
-    return child
 
 
 @dataclass
@@ -558,8 +492,6 @@ class Mutation:
         elif op == "rattle":
             child = rattle(first.structure, rng)
         elif op == "softmode":
-            from cspflow.generate.evolve import softmode
-
             child = softmode(first.structure, rng)
         else:
             mates = [

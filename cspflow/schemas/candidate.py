@@ -165,5 +165,8 @@ class GenerateSummary(BaseModel):
     operator_weights: dict[str, float] = Field(
         default_factory=dict, description="Mutation operator shares used."
     )
+    formula_unit_weights: dict[str, float] = Field(
+        default_factory=dict, description="random_symmetric's formula-unit shares used."
+    )
     elapsed_s: float = Field(0.0, description="Wall time (s).")
     complete: bool = Field(True, description="False when fewer than requested were found.")

@@ -59,6 +59,9 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
         assert set(shares["sources"]) == {"random_symmetric", "mutation"}
         assert sum(shares["sources"].values()) == pytest.approx(1.0, abs=1e-3)
         assert sum(shares["operators"].values()) == pytest.approx(1.0, abs=1e-3)
+        # random_symmetric's formula units (1 or 2 NaCl in 4 atoms) are allocated too
+        assert set(shares["formula_units"]) == {"1", "2"}
+        assert sum(shares["formula_units"].values()) == pytest.approx(1.0, abs=1e-3)
     first = out["iterations"][0]["operators"]
     # no parents before the first relaxations: iteration 0 is random structures only
     assert set(first) == {"random_symmetric"} and first["random_symmetric"]["generated"] == 6

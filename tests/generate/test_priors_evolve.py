@@ -71,6 +71,13 @@ def test_prior_is_recorded_with_each_candidate_and_steers_the_draw():
     assert g.params["spacegroup_probability"] == pytest.approx(p, abs=1e-6)
 
 
+def test_formula_unit_shares_steer_the_cell_size():
+    target = parse_target("NaCl", 8)  # 1-4 formula units
+    source = RandomSymmetric(fu_weights={"3": 1.0})
+    made = [g for g in itertools.islice(source.attempts(target, 0, SourceContext()), 8) if g]
+    assert made and {g.params["formula_units"] for g in made} == {3}
+
+
 def test_uniform_prior_draws_as_before():
     # the uniform draw is the earlier releases' rng.choice(groups): same seed, same group
     target = parse_target("SrTiO3", 10)
