@@ -223,3 +223,27 @@ def test_rediscovery_counts_how_often_the_lowest_minimum_is_found():
     assert r == {"relaxed": 10, "minima": 3, "best": "a", "best_hits": 6, "singletons": 1,
                  "new_minimum_chance": 0.1}  # fmt: skip
     assert rediscovery([])["new_minimum_chance"] is None
+
+
+def test_population_read_from_the_database_is_niched(db):
+    from cspflow.generate.batch import load_parents
+    from cspflow.store import candidates
+
+    best = _rutile()
+    near = best.copy()
+    near.perturb(0.03)
+    other = Structure.from_spacegroup(
+        58, Lattice.orthorhombic(4.5, 5.5, 2.9), ["Ti", "O"], [[0, 0, 0], [0.25, 0.35, 0]]
+    )
+    for cid, s, e in (("best", best, -9.0), ("near", near, -8.99), ("other", other, -8.5)):
+        candidates.insert_raw(db, {
+            "candidate_id": cid, "formula": "TiO2", "chemsys": "O-Ti", "fingerprint_hash": cid,
+            "status": "prerelaxed", "duplicate_of": None,
+            "energy_per_atom": {"mlip": e}, "structure": s.as_dict(),
+            "relaxed": {"mlip": {"structure": s.as_dict()}},
+            "dedup_forms": {"mlip": {"fingerprint": fingerprint(s).vector.tolist()}},
+        })  # fmt: skip
+    assert [p.candidate_id for p in load_parents(db, "TiO2", 20)] == ["best", "near", "other"]
+    niched = load_parents(db, "TiO2", 20, niche_distance=0.3)
+    assert [p.candidate_id for p in niched] == ["best", "other"]
+    assert niched[0].energy_per_atom == -9.0
