@@ -88,9 +88,9 @@ def generate(
     if "random_symmetric" in weights:
         from cspflow.generate.sources import RandomSymmetric
 
-        rs = {"spacegroup_prior": spacegroup_prior, "wyckoff": wyckoff}
-        RandomSymmetric(**rs)  # a bad prior or Wyckoff choice stops here, nothing written
-        options["random_symmetric"] = rs
+        # a bad prior or Wyckoff choice stops here, before anything is written
+        RandomSymmetric(spacegroup_prior=spacegroup_prior, wyckoff=wyckoff)
+        options["random_symmetric"] = {"spacegroup_prior": spacegroup_prior, "wyckoff": wyckoff}
     if out.exists() and not out.is_dir():
         raise CspflowError(f"--out {out} is a file; give a directory")
 
