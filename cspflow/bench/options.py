@@ -37,6 +37,10 @@ class BenchOptions(BaseModel):
         "in the top-k (USPEX-style: relaxations to success), instead of spending the budget.",
     )  # fmt: skip
     workers: int = Field(1, ge=1, description="Campaigns run at once (each its own workers).")
+    spacegroup_prior: str = Field(
+        "uniform", description="random_symmetric's space-group prior: uniform or aflow."
+    )
+    wyckoff: str = Field("pyxtal", description="Wyckoff choice: pyxtal or fewest_sites.")
 
 
 def check_options(options: BenchOptions) -> None:
@@ -50,6 +54,17 @@ def check_options(options: BenchOptions) -> None:
         )
     if sum(options.sources.values()) <= 0 or any(w < 0 for w in options.sources.values()):
         raise CspflowError("source weights must be >= 0 and not all zero")
+    from cspflow.schemas.generate import SPACEGROUP_PRIORS
+
+    if options.spacegroup_prior not in SPACEGROUP_PRIORS:
+        raise CspflowError(
+            f"unknown space-group prior {options.spacegroup_prior!r}; "
+            f"choose from {', '.join(SPACEGROUP_PRIORS)}"
+        )
+    if options.wyckoff not in ("pyxtal", "fewest_sites"):
+        raise CspflowError(
+            f"unknown wyckoff choice {options.wyckoff!r}; use pyxtal or fewest_sites"
+        )
     spec = parse_model_spec(options.model)
     if spec.kind == "registry":
         raise CspflowError(
@@ -82,7 +97,13 @@ def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, 
             "name": name,
             "compositions": [entry.formula],
             "max_atoms": entry.max_atoms,
-            "generate": {"per_iteration": per, "sources": dict(options.sources), "seed": seed},
+            "generate": {
+                "per_iteration": per,
+                "sources": dict(options.sources),
+                "seed": seed,
+                "spacegroup_prior": options.spacegroup_prior,
+                "wyckoff": options.wyckoff,
+            },  # fmt: skip
             "prerelax": {
                 "model": options.model,
                 "max_steps": options.max_steps,

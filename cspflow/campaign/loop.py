@@ -22,6 +22,7 @@ from typing import Any
 from jobflow import Flow, Job, Response, job
 
 from cspflow.campaign import policy, state
+from cspflow.campaign.evolution import next_shares, operator_summary, rediscovery_summary
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.store import candidates
@@ -137,6 +138,9 @@ def decide(
             "learn": _learn_record(learned, rescreened),
             "finished_at": state.utcnow(),
             "wall_time_s": state.wall_time_s(doc),
+            "operators": operator_summary(db, spec, iteration),
+            "next_shares": next_shares(db, spec, iteration),
+            "rediscovery": rediscovery_summary(db, spec),
         }
     )
     reason = policy.stop_reason(

@@ -58,6 +58,12 @@ def csp(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (JSON) to this file.")
     ] = None,
+    spacegroup_prior: Annotated[
+        str, typer.Option(help="random_symmetric's space-group prior: uniform or aflow.")
+    ] = "uniform",
+    wyckoff: Annotated[
+        str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")
+    ] = "pyxtal",
 ) -> None:
     """Search each entry's composition with the MLIP only and report whether the reference is found.
 
@@ -74,6 +80,7 @@ def csp(
     options = BenchOptions(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,
         repeats=repeats, seed=seed, top_k=top_k, until_found=until_found, workers=workers,
+        spacegroup_prior=spacegroup_prior, wyckoff=wyckoff,
     )  # fmt: skip
     only_list = [o.strip() for o in only.split(",") if o.strip()] if only else None
     # bad input: one line, nothing started

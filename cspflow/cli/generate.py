@@ -51,6 +51,13 @@ def generate(
     time_limit: Annotated[
         float, typer.Option("--time-limit", help="Seconds allowed per PyXtal structure.")
     ] = 10.0,
+    spacegroup_prior: Annotated[
+        str,
+        typer.Option(help="random_symmetric's space-group prior: uniform or aflow."),
+    ] = "uniform",
+    wyckoff: Annotated[
+        str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")
+    ] = "pyxtal",
     json_out: JsonOpt = False,
 ) -> None:
     """Generate unique candidate structures and write them as CIFs plus summary.json."""
@@ -78,6 +85,12 @@ def generate(
     # Reads every file now: an unreadable one stops the run before anything is written.
     weights, options = add_source_files(weights, n, external=ext_files,
                                         prototypes=[str(p) for p in prototype_file or []])  # fmt: skip
+    if "random_symmetric" in weights:
+        from cspflow.generate.sources import RandomSymmetric
+
+        # a bad prior or Wyckoff choice stops here, before anything is written
+        RandomSymmetric(spacegroup_prior=spacegroup_prior, wyckoff=wyckoff)
+        options["random_symmetric"] = {"spacegroup_prior": spacegroup_prior, "wyckoff": wyckoff}
     if out.exists() and not out.is_dir():
         raise CspflowError(f"--out {out} is a file; give a directory")
 

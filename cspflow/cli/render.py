@@ -248,6 +248,12 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
     learning = learn_table(doc.get("iterations", []))
     if learning is not None:
         out.append(learning)
+    operators = operator_table(doc.get("iterations", []))
+    if operators is not None:
+        out.append(operators)
+    last = (doc.get("iterations") or [{}])[-1]
+    for formula, rec in sorted((last.get("rediscovery") or {}).items()):
+        out.append(f"lowest {formula} found {rediscovery_line(rec)}")
     if hull:
         out.append(hull_table(hull))
     out.append(top_table(top, "lowest-energy unique structures"))
@@ -281,13 +287,63 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
     t.add_row("running", "\n".join(p["running"]) or "-")
     t.add_row("reruns", reruns_line(reruns))
+    last = (doc.get("iterations") or [{}])[-1]
+    for formula, rec in sorted((last.get("rediscovery") or {}).items()):
+        t.add_row(f"lowest found {formula}", rediscovery_line(rec))
+    shares = last.get("next_shares") or {}
+    for formula, rec in sorted(shares.items()):
+        parts = [f"{k} {v:.2f}" for k, v in rec.get("sources", {}).items()]
+        parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
+        parts += [f"{k} fu {v:.2f}" for k, v in rec.get("formula_units", {}).items()]
+        t.add_row(f"next shares {formula}", "  ".join(parts))
     out: list = [t]
     learning = learn_table(doc.get("iterations", []))
     if learning is not None:
         out.append(learning)
+    operators = operator_table(doc.get("iterations", []))
+    if operators is not None:
+        out.append(operators)
     if top:
         out.append(top_table(top, "best structures"))
     return out
+
+
+def rediscovery_line(rec: dict) -> str:
+    """One cell: how often the lowest minimum was reached, and the chance of a new minimum."""
+    if not rec.get("relaxed"):
+        return "nothing relaxed yet"
+    return (f"{rec['best_hits']}x in {rec['relaxed']} relaxations ({rec['minima']} minima, "
+            f"{rec['singletons']} seen once; next relaxation a new minimum: "
+            f"{rec['new_minimum_chance']:.2f})")  # fmt: skip
+
+
+def operator_table(iterations: list[dict]):
+    """Per source / mutation operator over all iterations: generated, relaxed, population, top 5,
+    best energy (the ``operators`` record of each iteration summary, summed)."""
+    from rich.table import Table
+
+    total: dict[str, dict] = {}
+    for it in iterations:
+        for key, row in (it.get("operators") or {}).items():
+            acc = total.setdefault(key, {"generated": 0, "relaxed": 0, "in_population": 0,
+                                         "in_top": 0, "best": None})  # fmt: skip
+            for f in ("generated", "relaxed", "in_population", "in_top"):
+                acc[f] += row.get(f, 0)
+            e = row.get("best_energy_per_atom")
+            if e is not None and (acc["best"] is None or e < acc["best"]):
+                acc["best"] = e
+    if not total:
+        return None
+    t = Table(title="sources and operators (all iterations; population and top 5 as of each "
+              "iteration's end)")  # fmt: skip
+    for col in ("source / operator", "generated", "relaxed", "in population", "in top 5",
+                "best eV/atom"):  # fmt: skip
+        t.add_column(col)
+    for key, acc in sorted(total.items()):
+        best = "-" if acc["best"] is None else f"{acc['best']:.4f}"
+        t.add_row(key, str(acc["generated"]), str(acc["relaxed"]), str(acc["in_population"]),
+                  str(acc["in_top"]), best)  # fmt: skip
+    return t
 
 
 def reruns_line(reruns: dict) -> str:

@@ -4,6 +4,8 @@ Modules, in data-flow order:
 
 - :mod:`~cspflow.generate.composition`: parse the composition, formula-unit counts that fit.
 - :mod:`~cspflow.generate.sources`: random_symmetric (PyXtal), prototype, mutation, external.
+- :mod:`~cspflow.generate.priors`: random_symmetric's space-group prior and Wyckoff choice.
+- :mod:`~cspflow.generate.evolve`: variation operators, the niched population, adapted shares.
 - :mod:`~cspflow.generate.constraints`: hard geometric constraints.
 - :mod:`~cspflow.generate.batch`: one batch of unique candidates from weighted sources.
 - :mod:`~cspflow.generate.maker`: the jobflow job (``GenerateMaker``).

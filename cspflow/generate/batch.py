@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cspflow.dedup.fingerprint import Fingerprint, fingerprint
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
@@ -126,20 +128,28 @@ class BatchResult:
     summary: GenerateSummary | None = None
 
 
-def load_parents(db: Database, formula: str, pool_size: int = 20) -> list[Parent]:
-    """Return the lowest-energy stored candidates of a formula, best first.
+def load_parents(
+    db: Database, formula: str, pool_size: int = 20, niche_distance: float = 0.0
+) -> list[Parent]:
+    """Return the population of a formula: its lowest-energy unique stored structures, best first.
 
     The energy is ``energy_per_atom.dft`` when present, else ``energy_per_atom.mlip``; the
     structure is the most refined one stored (DFT-relaxed, MLIP-relaxed, then as generated).
     Failed candidates, duplicates (another candidate is the same minimum: the population holds
-    each minimum once) and those without any energy are skipped.
+    each minimum once) and those without any energy are skipped. With ``niche_distance > 0``
+    a structure whose fingerprint lies closer than that to a better member's is left out
+    (:func:`cspflow.generate.evolve.niche`; up to three times ``pool_size`` are read to fill
+    the population).
     """
     from pymatgen.core import Structure
 
+    from cspflow.dedup.fingerprint import fingerprint
+    from cspflow.generate.evolve import niche
     from cspflow.store import candidates
 
-    out = []
-    for doc in candidates.parent_pool(db, formula, pool_size):
+    read = pool_size * (3 if niche_distance > 0 else 1)
+    out, vectors = [], []
+    for doc in candidates.parent_pool(db, formula, read):
         relaxed = doc.get("relaxed") or {}
         data = (
             (relaxed.get("dft") or {}).get("structure")
@@ -147,8 +157,16 @@ def load_parents(db: Database, formula: str, pool_size: int = 20) -> list[Parent
             or doc["structure"]
         )
         energy = candidates.preferred_energy(doc)
-        out.append(Parent(doc["candidate_id"], Structure.from_dict(data), energy))
-    return out
+        structure = Structure.from_dict(data)
+        out.append(Parent(doc["candidate_id"], structure, energy))
+        if niche_distance > 0:
+            forms = doc.get("dedup_forms") or {}
+            level = "dft" if (relaxed.get("dft") or {}).get("structure") else "mlip"
+            vec = (forms.get(level) or {}).get("fingerprint")
+            vectors.append(np.asarray(vec) if vec else fingerprint(structure).vector)
+    if niche_distance > 0:
+        out = [out[i] for i in niche(out, vectors, niche_distance)]
+    return out[:pool_size]
 
 
 def generate_batch(

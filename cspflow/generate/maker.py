@@ -11,7 +11,7 @@ from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.schemas.generate import GenerateSettings
 
-__all__ = ["GenerateMaker", "generate_candidates", "derive_seed"]
+__all__ = ["GenerateMaker", "generate_candidates", "derive_seed", "adapted_shares"]
 
 #: defaults of direct calls: the stage's settings, written once in the schema
 _DEFAULTS = GenerateSettings()
@@ -37,11 +37,21 @@ def generate_candidates(
     time_limit: float = _DEFAULTS.time_limit,
     parent_pool: int = _DEFAULTS.parent_pool,
     source_options: dict[str, dict[str, Any]] | None = None,
+    spacegroup_prior: str | dict[int, float] = _DEFAULTS.spacegroup_prior,
+    prior_mix: float = _DEFAULTS.prior_mix,
+    wyckoff: str = _DEFAULTS.wyckoff,
+    niche_distance: float = _DEFAULTS.niche_distance,
+    adaptive: bool = False,
+    min_share: float = _DEFAULTS.min_share,
 ) -> dict[str, Any]:
     """Generate ``n`` new unique candidates and register them in the campaign database.
 
     Reads the database settings at run time (:func:`cspflow.settings.get_settings`). Mutation
-    parents are the ``parent_pool`` lowest-energy stored candidates of the formula. Rerunning
+    parents are the population: the ``parent_pool`` lowest-energy unique stored candidates of
+    the formula, niched at ``niche_distance``. ``spacegroup_prior``, ``prior_mix`` and
+    ``wyckoff`` go to ``random_symmetric``. With ``adaptive`` (campaigns), the source weights
+    and mutation operator shares of iteration > 0 are adapted to the campaign's earlier
+    iterations (:func:`cspflow.generate.evolve.adapt_weights`). Rerunning
     the job of a (campaign, iteration) that already holds ``n`` candidates generates nothing
     and returns their ids; a partial earlier run is topped up.
 
@@ -51,7 +61,7 @@ def generate_candidates(
         A :class:`~cspflow.schemas.candidate.GenerateSummary` as a dict (ids and counts only).
     """
     from cspflow.dedup.index import MongoIndex
-    from cspflow.generate.batch import generate_batch, load_parents
+    from cspflow.generate.batch import generate_batch, load_parents, parse_sources
     from cspflow.generate.composition import parse_target
     from cspflow.generate.constraints import Constraints
     from cspflow.generate.sources import SourceContext
@@ -73,11 +83,33 @@ def generate_candidates(
             candidate_ids=done, n_new=0, seed=seed,
         ).model_dump()  # fmt: skip
     weights = sources or None
+    options = {k: dict(v) for k, v in (source_options or {}).items()}
+    rs = options.setdefault("random_symmetric", {})
+    for key, value in (("spacegroup_prior", spacegroup_prior), ("prior_mix", prior_mix),
+                       ("wyckoff", wyckoff)):  # fmt: skip
+        rs.setdefault(key, value)
+    parents = (
+        load_parents(db, target.formula, parent_pool, niche_distance)
+        if (sources or {}).get("mutation")
+        else []
+    )
+    operator_weights: dict[str, float] = {}
+    fu_shares: dict[str, float] = {}
+    if adaptive and campaign is not None and iteration and sources:
+        population = parents or load_parents(db, target.formula, parent_pool, niche_distance)
+        shares = adapted_shares(
+            db, campaign, iteration, target.formula, sources, options.get("mutation", {}),
+            [p.candidate_id for p in population], min_share, target.fu_counts,
+        )  # fmt: skip
+        weights, operator_weights = shares["sources"], shares["operators"]
+        if operator_weights:
+            options.setdefault("mutation", {})["operators"] = operator_weights
+        fu_shares = shares["formula_units"]
+        if fu_shares:
+            rs["fu_weights"] = fu_shares
     context = SourceContext(
         constraints=Constraints(**(constraints or {})),
-        parents=load_parents(db, target.formula, parent_pool)
-        if (sources or {}).get("mutation")
-        else [],
+        parents=parents,
         time_limit=time_limit,
     )
     result = generate_batch(
@@ -87,15 +119,80 @@ def generate_candidates(
         sources=weights,
         seed=seed,
         context=context,
-        source_options=source_options,
+        source_options=options,
         campaign=campaign,
         iteration=iteration,
     )
     summary = result.summary
     assert summary is not None  # generate_batch always sets it
+    summary.weights = {k: round(v, 4) for k, v in parse_sources(weights).items()}
+    summary.operator_weights = operator_weights
+    summary.formula_unit_weights = fu_shares
     summary.requested = n
     summary.candidate_ids = done + summary.candidate_ids
     return summary.model_dump()
+
+
+def adapted_shares(
+    db: Any,
+    campaign: str,
+    iteration: int,
+    formula: str,
+    sources: dict[str, float],
+    mutation_options: dict[str, Any],
+    population: list[str],
+    min_share: float,
+    fu_counts: list[int] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Source weights, mutation operator shares and ``random_symmetric``'s formula-unit shares
+    of ``iteration``, adapted to the campaign's earlier iterations
+    (:func:`cspflow.generate.evolve.adapt_weights`).
+
+    Parameters
+    ----------
+    db
+        The campaign database.
+    campaign, iteration, formula
+        Whose shares: the candidates of iterations before ``iteration`` of that formula count.
+    sources
+        Base source weights (the spec's).
+    mutation_options
+        The spec's ``source_options.mutation`` (base operator weights under ``operators``).
+    population
+        Ids of the formula's current population.
+    min_share
+        Floor of every share.
+    fu_counts
+        The formula-unit counts that fit ``max_atoms`` (None: no formula-unit shares).
+
+    Returns
+    -------
+    dict
+        ``{"sources": ..., "operators": ..., "formula_units": {"1": share, ...}}`` (empty
+        where a source is not used).
+    """
+    from cspflow.generate.evolve import adapt_weights, formula_unit_stats, operator_stats
+    from cspflow.generate.sources import Mutation
+    from cspflow.store import candidates
+
+    docs = [
+        d
+        for d in candidates.source_records(db, campaign, max_iteration=iteration - 1)
+        if d.get("formula") == formula
+    ]
+    stats = operator_stats(docs, population=population)
+    weights = adapt_weights(sources, stats, min_share)
+    operator_weights: dict[str, float] = {}
+    if sources.get("mutation"):
+        base = mutation_options.get("operators") or Mutation().operators
+        ops = {k: v for k, v in stats.items() if k.startswith("mutation:")}
+        operator_weights = adapt_weights(dict(base), ops, min_share)
+    fu_weights: dict[str, float] = {}
+    if sources.get("random_symmetric") and fu_counts and len(fu_counts) > 1:
+        fu_weights = adapt_weights(
+            {str(f): 1.0 for f in fu_counts}, formula_unit_stats(docs, population), min_share
+        )
+    return {"sources": weights, "operators": operator_weights, "formula_units": fu_weights}
 
 
 @dataclass
@@ -145,6 +242,12 @@ class GenerateMaker(Maker):
             time_limit=s.time_limit,
             parent_pool=s.parent_pool,
             source_options=dict(s.source_options),
+            spacegroup_prior=s.spacegroup_prior,
+            prior_mix=s.prior_mix,
+            wyckoff=s.wyckoff,
+            niche_distance=s.niche_distance,
+            adaptive=s.adaptive,
+            min_share=s.min_share,
         )
         j.name = self.name
         j.metadata.update(stage_metadata("generate", campaign, iteration))

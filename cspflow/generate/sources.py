@@ -15,8 +15,10 @@ primitive cell before it is checked, stored and relaxed; every source's structur
 the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation agree on a cell.
 - :class:`Prototype`: substitution into the built-in prototype library
   (``cspflow/data/prototypes``) plus any structure files the user supplies.
-- :class:`Mutation`: lattice strain, atom permutation, rattle and cut-and-splice heredity of the
-  lowest-energy unique structures already stored (parents come in the context).
+- :class:`Mutation`: lattice strain, atom permutation, rattle, soft-mode displacement and
+  cut-and-splice heredity of the population: the lowest-energy unique relaxed structures already
+  stored, niched by fingerprint distance (parents come in the context;
+  :mod:`cspflow.generate.evolve`).
 - :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories;
   :func:`cspflow.chem.read_structures`).
 """
@@ -33,12 +35,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core import Composition, Structure
 
 from cspflow.chem import read_structures
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
+from cspflow.generate.evolve import heredity, permute, rattle, softmode, strain
 from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
 
 __all__ = [
@@ -166,12 +169,17 @@ def compatible_space_groups(num_ions: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def random_symmetric_structure(
-    species: list[str], num_ions: list[int], spacegroup: int, seed: int
+    species: list[str],
+    num_ions: list[int],
+    spacegroup: int,
+    seed: int,
+    sites: list[list[str]] | None = None,
 ) -> dict | None:
     """Build one PyXtal random crystal; return ``Structure.as_dict()`` or None when it fails.
 
-    ``num_ions`` counts the atoms of the conventional cell PyXtal builds. Module-level and
-    returning plain data so that it can run in a child process.
+    ``num_ions`` counts the atoms of the conventional cell PyXtal builds; ``sites`` (Wyckoff
+    labels per species) fixes the Wyckoff positions. Module-level and returning plain data so
+    that it can run in a child process.
     """
     import warnings
 
@@ -181,7 +189,9 @@ def random_symmetric_structure(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            crystal.from_random(3, spacegroup, species, num_ions, factor=1.0, random_state=seed)
+            crystal.from_random(
+                3, spacegroup, species, num_ions, factor=1.0, sites=sites, random_state=seed
+            )
         except Exception:
             return None
     if not crystal.valid:
@@ -191,31 +201,82 @@ def random_symmetric_structure(
 
 @dataclass
 class RandomSymmetric:
-    """Random symmetric crystals from PyXtal (formula units and space group drawn uniformly).
+    """Random symmetric crystals from PyXtal: formula units uniform, space group from a prior.
 
     The formula units count the primitive cell; a centred group is built in its conventional
     cell and reduced (params record ``conventional_atoms``).
+
+    Parameters
+    ----------
+    spacegroup_prior
+        ``"uniform"``, ``"aflow"`` or ``{group: weight}``
+        (:func:`cspflow.generate.priors.spacegroup_probabilities`).
+    prior_mix
+        Uniform share mixed into the prior (every compatible group keeps a probability).
+    wyckoff
+        ``"pyxtal"`` (PyXtal's own choice) or ``"fewest_sites"``
+        (:func:`cspflow.generate.priors.choose_wyckoff`).
+    fu_weights
+        Shares of the formula-unit counts (``{"1": 0.3, "2": 0.7}``; a campaign's adaptive
+        allocation); None or absent counts draw uniformly.
     """
 
+    spacegroup_prior: str | dict[int, float] = "uniform"
+    prior_mix: float = 0.2
+    wyckoff: str = "pyxtal"
+    fu_weights: dict[str, float] | None = None
     name: ClassVar[str] = "random_symmetric"
     stream: ClassVar[int] = 1
 
+    def __post_init__(self) -> None:
+        from cspflow.generate.priors import WYCKOFF_CHOICES, check_prior
+
+        self.spacegroup_prior = check_prior(self.spacegroup_prior)
+        if not 0.0 <= float(self.prior_mix) <= 1.0:
+            raise CspflowError(f"prior_mix must be between 0 and 1, not {self.prior_mix!r}")
+        if self.wyckoff not in WYCKOFF_CHOICES:
+            raise CspflowError(
+                f"unknown wyckoff choice {self.wyckoff!r}; choose from {', '.join(WYCKOFF_CHOICES)}"
+            )
+
+    def _prior_name(self) -> str:
+        return self.spacegroup_prior if isinstance(self.spacegroup_prior, str) else "custom"
+
     def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
         """One attempt from ``seed``: draw (formula units, space group), build, check."""
+        from cspflow.generate.priors import choose_wyckoff, spacegroup_probabilities
+
         rng = np.random.default_rng(seed)
-        fu = int(rng.choice(target.fu_counts))
+        if self.fu_weights:
+            w = np.array([float(self.fu_weights.get(str(f), 0.0)) for f in target.fu_counts])
+            w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+            fu = int(target.fu_counts[int(rng.choice(len(w), p=w))])
+        else:
+            fu = int(rng.choice(target.fu_counts))
         num_ions = target.num_ions(fu)
         groups = compatible_space_groups(tuple(num_ions))
         if not groups:
             context.reject("no compatible space group")
             return None
-        sg = int(rng.choice(groups))
+        probs = spacegroup_probabilities(
+            groups, len(num_ions), self.spacegroup_prior, self.prior_mix
+        )
+        if self.spacegroup_prior == "uniform":
+            # the draw of earlier releases, so uniform runs reproduce them seed for seed
+            sg = int(rng.choice(groups))
+            k = groups.index(sg)
+        else:
+            k = int(rng.choice(len(groups), p=probs))
+            sg = int(groups[k])
         pyxtal_seed = int(rng.integers(2**31))
         conventional = [centring_multiplier(sg) * n for n in num_ions]
+        sites = None
+        if self.wyckoff == "fewest_sites":
+            sites = choose_wyckoff(sg, conventional, np.random.default_rng(pyxtal_seed))
         try:
             data = call_with_time_limit(
                 random_symmetric_structure,
-                (target.species, conventional, sg, pyxtal_seed),
+                (target.species, conventional, sg, pyxtal_seed, sites),
                 context.time_limit,
                 context.time_limit_mode,
             )
@@ -225,15 +286,19 @@ class RandomSymmetric:
         if data is None:
             context.reject("pyxtal failed")
             return None
+        params: dict[str, Any] = {
+            "spacegroup": sg,
+            "formula_units": fu,
+            "conventional_atoms": sum(conventional),
+            "spacegroup_prior": self._prior_name(),
+            "prior_mix": float(self.prior_mix),
+            "spacegroup_probability": round(float(probs[k]), 6),
+            "wyckoff_choice": self.wyckoff,
+        }
+        if sites is not None:
+            params["wyckoff"] = sites
         gen = Generated(
-            structure=Structure.from_dict(data),
-            source=self.name,
-            params={
-                "spacegroup": sg,
-                "formula_units": fu,
-                "conventional_atoms": sum(conventional),
-            },  # fmt: skip
-            seed=seed,
+            structure=Structure.from_dict(data), source=self.name, params=params, seed=seed
         )
         return _validated(gen, target, context)
 
@@ -369,84 +434,8 @@ class Prototype:
 # ---------------------------------------------------------------------------------------------
 # mutation / heredity
 
-MUTATIONS = ("strain", "permutation", "rattle", "heredity")
-
-
-def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
-    """Apply a random symmetric strain (components ~ N(0, amplitude)) to the lattice."""
-    e = rng.normal(0.0, amplitude, size=(3, 3))
-    e = (e + e.T) / 2
-    out = s.copy()
-    out.lattice = Lattice(s.lattice.matrix @ (np.eye(3) + e))
-    return out
-
-
-def permute(s: Structure, rng: np.random.Generator, fraction: float = 0.25) -> Structure | None:
-    """Swap the species of random pairs of unlike atoms (None for one-element structures)."""
-    symbols = [site.specie.symbol for site in s]
-    if len(set(symbols)) < 2:
-        return None
-    out = s.copy()
-    n_swaps = max(1, int(round(fraction * len(s) / 2)))
-    for _ in range(n_swaps):
-        i = int(rng.integers(len(s)))
-        others = [j for j in range(len(s)) if symbols[j] != symbols[i]]
-        j = int(rng.choice(others))
-        symbols[i], symbols[j] = symbols[j], symbols[i]
-    for k, sym in enumerate(symbols):
-        out.replace(k, sym, out[k].frac_coords)
-    return out
-
-
-def rattle(s: Structure, rng: np.random.Generator, amplitude: float = 0.25) -> Structure:
-    """Displace every atom by a random vector (components ~ N(0, amplitude) Angstrom)."""
-    out = s.copy()
-    disp = rng.normal(0.0, amplitude, size=(len(s), 3))
-    for i in range(len(s)):
-        out.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
-    return out
-
-
-def heredity(
-    a: Structure, b: Structure, target: Target, rng: np.random.Generator
-) -> Structure | None:
-    """Cut-and-splice: a slab of parent ``a`` below a random plane, parent ``b`` above it.
-
-    Both parents must hold the same number of atoms. The child lattice is the mean of both
-    lattices; surplus atoms of an element are dropped at random and missing ones taken from the
-    unused halves, so the child has the parents' composition.
-    """
-    if len(a) != len(b):
-        return None
-    a = a.get_reduced_structure()
-    b = b.get_reduced_structure()
-    axis = int(rng.integers(3))
-    cut = float(rng.uniform(0.3, 0.7))
-    sa, sb = float(rng.uniform()), float(rng.uniform())
-    fa = (a.frac_coords[:, axis] + sa) % 1.0
-    fb = (b.frac_coords[:, axis] + sb) % 1.0
-    lattice = Lattice((a.lattice.matrix + b.lattice.matrix) / 2)
-    need = {el.symbol: int(n) for el, n in a.composition.items()}
-    chosen: list[tuple[str, np.ndarray]] = []
-    spare: list[tuple[str, np.ndarray]] = []
-    for s, f, shift, below in ((a, fa, sa, True), (b, fb, sb, False)):
-        for site, x in zip(s, f, strict=True):
-            fc = site.frac_coords.copy()
-            fc[axis] = (fc[axis] + shift) % 1.0
-            (chosen if (x < cut) == below else spare).append((site.specie.symbol, fc))
-    species, coords = [], []
-    for el, n in need.items():
-        mine = [c for sym, c in chosen if sym == el]
-        extra = [c for sym, c in spare if sym == el]
-        rng.shuffle(mine)
-        rng.shuffle(extra)
-        pick = (mine + extra)[:n]
-        species += [el] * len(pick)
-        coords += pick
-    child = Structure(lattice, species, coords)
-    if child.composition.reduced_formula != target.formula:
-        return None
-    return child
+#: the operators (pure functions in cspflow.generate.evolve, importable from here too)
+MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode")
 
 
 @dataclass
@@ -456,19 +445,30 @@ class Mutation:
     Parameters
     ----------
     operators
-        Relative weights of ``strain``, ``permutation``, ``rattle`` and ``heredity``.
+        Relative weights of ``strain``, ``permutation``, ``rattle``, ``heredity`` and
+        ``softmode`` (:func:`cspflow.generate.evolve.softmode`); a campaign with
+        ``generate.adaptive`` replaces them each iteration by shares adapted to which operators
+        put structures in the population.
     """
 
     operators: dict[str, float] = field(
         default_factory=lambda: {
-            "strain": 0.25,
-            "permutation": 0.25,
-            "rattle": 0.2,
+            "strain": 0.2,
+            "permutation": 0.2,
+            "rattle": 0.1,
             "heredity": 0.3,
+            "softmode": 0.2,
         }
     )
     name: ClassVar[str] = "mutation"
     stream: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.operators) - set(MUTATIONS))
+        if unknown:
+            raise CspflowError(f"unknown mutation operator(s) {unknown}; choose from {MUTATIONS}")
+        if any(w < 0 for w in self.operators.values()) or sum(self.operators.values()) <= 0:
+            raise CspflowError("mutation operator weights must be >= 0 and not all zero")
 
     def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
         """One attempt: draw an operator and parents (better parents more often), apply it."""
@@ -491,6 +491,8 @@ class Mutation:
             child = permute(first.structure, rng)
         elif op == "rattle":
             child = rattle(first.structure, rng)
+        elif op == "softmode":
+            child = softmode(first.structure, rng)
         else:
             mates = [
                 p for p in parents if p is not first and len(p.structure) == len(first.structure)

@@ -255,8 +255,11 @@ def prerelax_candidates(
             dups = {}
             for cid, o in ordered:
                 other = finder(db, cid, _relaxed(o)[0])
-                if other is not None and other != cid:
-                    dups[cid] = dups.get(other, other)  # point at the batch's representative
+                rep = dups.get(other, other) if other is not None else None
+                # point at the batch's representative; a match back to an earlier member that
+                # already points here would make the candidate its own duplicate: it stays one
+                if rep is not None and rep != cid:
+                    dups[cid] = rep
         for cid, other in dups.items():
             candidates.mark_duplicate(db, cid, other)
         summary.duplicates = dups

@@ -159,5 +159,14 @@ class GenerateSummary(BaseModel):
         default_factory=dict, description="New per cell size (fu)."
     )
     seed: int = Field(description="Batch seed.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Source shares used (adapted, when adaptive)."
+    )
+    operator_weights: dict[str, float] = Field(
+        default_factory=dict, description="Mutation operator shares used."
+    )
+    formula_unit_weights: dict[str, float] = Field(
+        default_factory=dict, description="random_symmetric's formula-unit shares used."
+    )
     elapsed_s: float = Field(0.0, description="Wall time (s).")
     complete: bool = Field(True, description="False when fewer than requested were found.")

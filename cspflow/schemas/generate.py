@@ -7,11 +7,14 @@ once, here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["GenerateSettings", "SOURCE_NAMES"]
+__all__ = ["GenerateSettings", "SOURCE_NAMES", "SPACEGROUP_PRIORS"]
+
+#: named space-group priors of random_symmetric (cspflow.generate.priors)
+SPACEGROUP_PRIORS = ("uniform", "aflow")
 
 #: generator names a weight may be given for
 SOURCE_NAMES = ("random_symmetric", "prototype", "mutation", "external")
@@ -41,6 +44,60 @@ class GenerateSettings(BaseModel):
         default_factory=dict,
         description="Keyword arguments per source (e.g. {'external': {'files': ['gen/']}}).",
     )
+
+    spacegroup_prior: str | dict[int, float] = Field(
+        "uniform",
+        description="Space-group draw of random_symmetric: uniform, aflow (frequency among the "
+        "AFLOW prototypes with as many elements) or {space group: weight}.",
+    )
+    prior_mix: float = Field(
+        0.2, ge=0, le=1,
+        description="Uniform share mixed into the space-group prior (every compatible group "
+        "keeps a probability).",
+    )  # fmt: skip
+    wyckoff: Literal["pyxtal", "fewest_sites"] = Field(
+        "pyxtal",
+        description="Wyckoff positions: PyXtal's own choice, or fewest_sites (assignments with "
+        "fewer occupied orbits more likely).",
+    )
+    niche_distance: float = Field(
+        0.3, ge=0,
+        description="Smallest fingerprint distance between two members of the mutation "
+        "population (0: no niching).",
+    )  # fmt: skip
+    adaptive: bool = Field(
+        True,
+        description="Adapt the shares of sources and mutation operators each iteration to "
+        "which put structures in the population before.",
+    )
+    min_share: float = Field(
+        0.05, ge=0, le=0.5, description="Smallest share an adapted source or operator keeps."
+    )
+
+    @field_validator("spacegroup_prior", mode="before")
+    @classmethod
+    def _prior(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v not in SPACEGROUP_PRIORS:
+                raise ValueError(
+                    f"unknown prior {v!r}; choose from {list(SPACEGROUP_PRIORS)} "
+                    "or give {space group: weight}"
+                )
+            return v
+        if not isinstance(v, dict) or not v:
+            raise ValueError("give a prior name or a non-empty {space group: weight} mapping")
+        out = {}
+        for k, w in v.items():
+            try:
+                sg, weight = int(k), float(w)
+            except (TypeError, ValueError):
+                raise ValueError(f"entry {k!r}: {w!r} is not space group: weight") from None
+            if not 1 <= sg <= 230 or weight < 0:
+                raise ValueError(f"entry {k!r}: {w!r}: groups are 1-230, weights >= 0")
+            out[sg] = weight
+        if sum(out.values()) <= 0:
+            raise ValueError("all prior weights are zero")
+        return out
 
     @field_validator("sources")
     @classmethod

@@ -54,6 +54,8 @@ __all__ = [
     "selection_pool",
     "rescreen_pool",
     "parent_pool",
+    "source_records",
+    "minima_hits",
     "preferred_energy",
     "dft_labelled",
     "relaxed_in_order",
@@ -297,8 +299,9 @@ def rescreen_pool(
 def parent_pool(db: Database, formula: str, size: int) -> list[dict[str, Any]]:
     """The ``size`` lowest-energy usable candidates of a formula (DFT energy where there is
     one, else MLIP), best first, with their most refined structure."""
-    proj = {"_id": 0, "candidate_id": 1, "energy_per_atom": 1, "structure": 1,
-            "relaxed.mlip.structure": 1, "relaxed.dft.structure": 1}  # fmt: skip
+    proj = {"_id": 0, "candidate_id": 1, "energy_per_atom": 1, "structure": 1, "source": 1,
+            "params.operator": 1, "relaxed.mlip.structure": 1, "relaxed.dft.structure": 1,
+            "dedup_forms.mlip.fingerprint": 1, "dedup_forms.dft.fingerprint": 1}  # fmt: skip
     seen: dict[str, dict[str, Any]] = {}
     for level in ("dft", "mlip"):
         key = f"energy_per_atom.{level}"
@@ -307,6 +310,51 @@ def parent_pool(db: Database, formula: str, size: int) -> list[dict[str, Any]]:
             seen.setdefault(doc["candidate_id"], doc)
 
     return sorted(seen.values(), key=preferred_energy)[:size]
+
+
+def source_records(
+    db: Database, campaign: str, max_iteration: int | None = None, iteration: int | None = None
+) -> list[dict[str, Any]]:
+    """What the per-source / per-operator statistics need of a campaign's candidates: id,
+    formula, iteration, source, operator, formula units, status, duplicate_of, energies.
+
+    ``iteration`` keeps one iteration; ``max_iteration`` those up to it.
+    """
+    query: dict[str, Any] = {"campaign": campaign}
+    if iteration is not None:
+        query["iteration"] = iteration
+    elif max_iteration is not None:
+        query["iteration"] = {"$lte": max_iteration}
+    proj = {"_id": 0, "candidate_id": 1, "formula": 1, "iteration": 1, "source": 1,
+            "params.operator": 1, "params.formula_units": 1, "status": 1, "duplicate_of": 1,
+            "energy_per_atom": 1}  # fmt: skip
+    return list(_coll(db).find(query, proj).sort("candidate_id", 1))
+
+
+def minima_hits(db: Database, campaign: str, formula: str) -> list[dict[str, Any]]:
+    """The relaxed minima a campaign reached for a formula, with how often it reached each.
+
+    Every MLIP-relaxed, not failed candidate of the campaign counts once for its minimum: its
+    ``duplicate_of`` (the minimum's representative, possibly another campaign's) or itself.
+
+    Returns
+    -------
+    list of dict
+        ``{"candidate_id", "energy_per_atom", "hits"}`` per minimum, lowest energy first.
+    """
+    query = {"campaign": campaign, "formula": formula, "status": {"$ne": "failed"},
+             "energy_per_atom.mlip": {"$type": "number"}}  # fmt: skip
+    hits: dict[str, int] = {}
+    for doc in _coll(db).find(query, {"candidate_id": 1, "duplicate_of": 1}):
+        rep = doc.get("duplicate_of") or doc["candidate_id"]
+        hits[rep] = hits.get(rep, 0) + 1
+    energies = {
+        cid: (d.get("energy_per_atom") or {}).get("mlip")
+        for cid, d in get_many(db, hits, {"energy_per_atom": 1}).items()
+    }
+    out = [{"candidate_id": cid, "energy_per_atom": energies.get(cid), "hits": n}
+           for cid, n in hits.items() if energies.get(cid) is not None]  # fmt: skip
+    return sorted(out, key=lambda d: (d["energy_per_atom"], d["candidate_id"]))
 
 
 def preferred_energy(doc: dict[str, Any]) -> float:

@@ -147,6 +147,8 @@ def test_bad_input_one_line_exit_2_nothing_started(settings, db, tmp_path):
     good = str(_write_set(tmp_path, "- composition: NaCl\n  reference: NaCl.cif\n"))
     cases["unknown source"] = ([good, "--sources", "random_symmetric,external"], "external")
     cases["only not in set"] = ([good, "--only", "Si"], "--only: Si not in")
+    cases["unknown prior"] = ([good, "--spacegroup-prior", "icsd"], "unknown space-group prior")
+    cases["unknown wyckoff"] = ([good, "--wyckoff", "most"], "unknown wyckoff choice")
     for what, (args, needle) in cases.items():
         proc = _bench(args, env, timeout=120)
         assert proc.returncode == 2, (what, proc.stderr)

@@ -26,6 +26,8 @@ def _run(argv, capsys):
         (["MgO", "--max-atoms", "-3"], "--max-atoms must be at least 1"),
         (["MgO", "--sources", "magic"], "unknown source 'magic'"),
         (["MgO", "--sources", "mutation"], "add --register"),
+        (["MgO", "--spacegroup-prior", "icsd"], "unknown space-group prior 'icsd'"),
+        (["MgO", "--wyckoff", "most"], "unknown wyckoff choice 'most'"),
     ],
 )
 def test_bad_input_one_line_nothing_written(tmp_path, capsys, args, message):
@@ -100,3 +102,17 @@ def test_register_dedups_against_the_database_and_ingests_external(db, tmp_path,
     summary = json.loads(stdout)
     assert summary["n_new"] == 0 and summary["n_duplicates"] == 1 and not summary["complete"]
     assert not list((tmp_path / "c").glob("*.cif"))
+
+
+def test_generate_with_the_aflow_prior_records_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(["generate", "AlN", "--max-atoms", "4", "-n", "4", "--sources",
+                         "random_symmetric", "--spacegroup-prior", "aflow", "--wyckoff",
+                         "fewest_sites", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    rows = json.loads((out / "summary.json").read_text())["candidates"]
+    assert len(rows) == 4
+    for row in rows:
+        p = row["params"]
+        assert p["spacegroup_prior"] == "aflow" and p["wyckoff_choice"] == "fewest_sites"
+        assert 0 < p["spacegroup_probability"] < 1

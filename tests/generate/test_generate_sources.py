@@ -119,7 +119,7 @@ def _parents():
     return target, [Parent(f"p{i}", g.structure, -1.0 - i / 10) for i, g in enumerate(gens)], lib
 
 
-@pytest.mark.parametrize("operator", ["strain", "permutation", "rattle", "heredity"])
+@pytest.mark.parametrize("operator", ["strain", "permutation", "rattle", "heredity", "softmode"])
 def test_mutation_operators_keep_composition_and_record_parents(operator):
     target, parents, _ = _parents()
     # heredity needs two parents with equal atom counts: add a strained twin of the first

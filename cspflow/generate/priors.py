@@ -1,0 +1,205 @@
+"""Priors of ``random_symmetric``: which space group to draw, and which Wyckoff sites to fill.
+
+Space groups. A uniform draw over every compatible group spreads a small budget over 150-200
+groups (a 6-atom TiO2 cell is compatible with 165), most of which almost no known inorganic
+crystal takes: the International Crystal Structure Database is dominated by a few dozen groups
+(Pnma alone holds 7.6% of its entries, per the AFLOW Prototype Encyclopedia's space-group
+distribution tutorial). The ``aflow`` prior weights each group by how many structure types of
+the same number of elements the AFLOW Library of Crystallographic Prototypes (Mehl et al.,
+Comput. Mater. Sci. 136, S1 (2017); the 288 prototypes pymatgen ships in
+``pymatgen/analysis/prototypes/aflow_prototypes.json.gz``, read offline) puts in it:
+
+``w(g) = c_k(g) + c(g) / 4 + 1/4``
+
+with ``c_k(g)`` the prototypes with ``k`` elements in group ``g`` (``k`` = 1, 2, 3, and 4 or more
+pooled), ``c(g)`` those of any number of elements, and a pseudo-count of 1/4, renormalised over
+the groups compatible with the cell; the draw then mixes it with the uniform distribution
+(``mix`` the uniform share), so every compatible group keeps a probability of at least
+``mix / n_groups``. Bias: a prototype library counts structure *types*, not compounds, and
+favours high-symmetry, well-known types (elements and binaries are 80% of it); it is a proxy for
+the ICSD frequency, not that frequency. Formula units are not conditioned on (288 prototypes
+are too few to split by Z as well); they stay uniform.
+
+Wyckoff sites. PyXtal fills a group's Wyckoff positions greedily at random (half the time the
+largest multiplicity that fits). ``fewest_sites`` instead lists every Wyckoff combination of the
+cell (:meth:`pyxtal.symmetry.Group.list_wyckoff_combinations`) and draws one with weight
+``exp(-(k - k_min))``, ``k`` its number of occupied orbits: parsimonious assignments (rutile's
+Ti 2a + O 4f, two orbits) are preferred, as in known crystals, where few independent sites are
+the rule, but every combination stays possible. Groups with more than :data:`MAX_COMBINATIONS`
+combinations fall back to PyXtal's own choice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from cspflow.errors import CspflowError
+
+__all__ = [
+    "PRIORS",
+    "WYCKOFF_CHOICES",
+    "MAX_COMBINATIONS",
+    "aflow_counts",
+    "check_prior",
+    "spacegroup_probabilities",
+    "wyckoff_combinations",
+    "choose_wyckoff",
+]
+
+#: named space-group priors (a ``{group: weight}`` mapping is the third form)
+PRIORS = ("uniform", "aflow")
+#: how Wyckoff positions are chosen
+WYCKOFF_CHOICES = ("pyxtal", "fewest_sites")
+#: above this many Wyckoff combinations a group is left to PyXtal's own choice
+MAX_COMBINATIONS = 5000
+_PSEUDO = 0.25
+_POOLED = 0.25
+
+
+@lru_cache(maxsize=1)
+def aflow_counts() -> dict[int, Counter[int]]:
+    """Prototypes per space group of pymatgen's AFLOW library, by number of elements.
+
+    Key 0 counts every prototype; keys 1, 2, 3 and 4 (four or more elements) those with that
+    many elements. Read from the AFLOW labels (``AB2_tI6_139_a_e``: stoichiometry, Pearson
+    symbol, space group, Wyckoff letters).
+    """
+    path = resources.files("pymatgen.analysis.prototypes") / "aflow_prototypes.json.gz"
+    with gzip.open(str(path), "rt") as fh:
+        data = json.load(fh)
+    out: dict[int, Counter[int]] = {k: Counter() for k in range(5)}
+    for entry in data:
+        parts = entry["tags"]["aflow"].split("_")
+        group = int(parts[2])
+        n_el = min(4, len(re.findall(r"[A-Z]", parts[0])))
+        out[0][group] += 1
+        if n_el:
+            out[n_el][group] += 1
+    return out
+
+
+def check_prior(prior: str | dict[Any, Any]) -> str | dict[int, float]:
+    """Validate a prior: a name of :data:`PRIORS` or ``{space group: weight}``.
+
+    Raises
+    ------
+    CspflowError
+        One line naming the bad value.
+    """
+    if isinstance(prior, str):
+        if prior not in PRIORS:
+            raise CspflowError(
+                f"unknown space-group prior {prior!r}; choose from {', '.join(PRIORS)} "
+                "or give {space group: weight}"
+            )
+        return prior
+    if not isinstance(prior, dict) or not prior:
+        raise CspflowError("a space-group prior mapping must be a non-empty {space group: weight}")
+    out: dict[int, float] = {}
+    for k, v in prior.items():
+        try:
+            sg, w = int(k), float(v)
+        except (TypeError, ValueError):
+            raise CspflowError(
+                f"space-group prior entry {k!r}: {v!r} is not group: number"
+            ) from None
+        if not 1 <= sg <= 230:
+            raise CspflowError(f"space-group prior: {sg} is not a space group number (1-230)")
+        if w < 0 or not np.isfinite(w):
+            raise CspflowError(f"space-group prior: weight {v!r} of group {sg} must be >= 0")
+        out[sg] = w
+    if sum(out.values()) <= 0:
+        raise CspflowError("space-group prior: all weights are zero; give one positive weight")
+    return out
+
+
+def spacegroup_probabilities(
+    groups: tuple[int, ...] | list[int],
+    n_elements: int,
+    prior: str | dict[int, float] = "uniform",
+    mix: float = 0.2,
+) -> np.ndarray:
+    """Probabilities of drawing each of ``groups`` (the groups compatible with the cell).
+
+    Parameters
+    ----------
+    groups
+        Compatible space groups (e.g. :func:`cspflow.generate.sources.compatible_space_groups`).
+    n_elements
+        Elements of the composition (selects the ``aflow`` counts).
+    prior
+        ``"uniform"``, ``"aflow"`` (see the module docstring) or ``{group: weight}`` (groups
+        left out weigh 0 before mixing).
+    mix
+        Share of the uniform distribution mixed in, 0-1: with ``mix > 0`` every compatible
+        group keeps a non-zero probability.
+
+    Returns
+    -------
+    numpy.ndarray
+        One probability per group, summing to 1.
+    """
+    n = len(groups)
+    if n == 0:
+        return np.zeros(0)
+    uniform = np.full(n, 1.0 / n)
+    if prior == "uniform":
+        return uniform
+    if isinstance(prior, dict):
+        w = np.array([float(prior.get(g, 0.0)) for g in groups])
+    else:
+        counts = aflow_counts()
+        by_k = counts[min(4, max(1, n_elements))]
+        w = np.array([by_k[g] + _POOLED * counts[0][g] + _PSEUDO for g in groups], dtype=float)
+    if w.sum() <= 0:  # the mapping weighs none of the compatible groups
+        return uniform
+    p = (1.0 - mix) * w / w.sum() + mix * uniform
+    return p / p.sum()
+
+
+@lru_cache(maxsize=4096)
+def wyckoff_combinations(
+    spacegroup: int, num_ions: tuple[int, ...]
+) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Every Wyckoff assignment of a conventional cell (PyXtal's listing), or () when too many.
+
+    Each assignment holds one tuple of Wyckoff labels (``"4f"``) per species.
+    """
+    from pyxtal.symmetry import Group
+
+    try:
+        combos, _, _ = Group(spacegroup).list_wyckoff_combinations(
+            list(num_ions), Nmax=MAX_COMBINATIONS
+        )
+    except Exception:
+        return ()
+    if not combos or len(combos) >= MAX_COMBINATIONS:
+        return ()
+    return tuple(tuple(tuple(s) for s in combo) for combo in combos)
+
+
+def choose_wyckoff(
+    spacegroup: int, num_ions: list[int], rng: np.random.Generator
+) -> list[list[str]] | None:
+    """Draw a Wyckoff assignment, fewer occupied orbits more likely (``exp(-(k - k_min))``).
+
+    Returns
+    -------
+    list of list of str or None
+        Labels per species for PyXtal's ``sites=``; None to leave the choice to PyXtal.
+    """
+    combos = wyckoff_combinations(spacegroup, tuple(num_ions))
+    if not combos:
+        return None
+    k = np.array([sum(len(s) for s in c) for c in combos], dtype=float)
+    w = np.exp(-(k - k.min()))
+    pick = combos[int(rng.choice(len(combos), p=w / w.sum()))]
+    return [list(s) for s in pick]
