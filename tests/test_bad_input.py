@@ -59,6 +59,11 @@ FILES = {
     "cp2k.yaml": spec("cp2k", "dft: {engine: cp2k}\n"),
     "gpaw.yaml": spec("gpaw", "dft: {engine: gpaw}\n"),
     "ok.yaml": spec("ok", "dft: {engine: none}\n"),
+    "mp_refs.json": '[{"@module": "pymatgen.entries.computed_entries", "@class": "ComputedEntry", '
+    '"energy": -10.8, "correction": 0.0, "composition": {"Si": 2}, "entry_id": "mp-149", '
+    '"parameters": {"run_type": "GGA"}}]',
+    "mp_refs.yaml": spec("refs", "dft: {engine: gpaw}\nreferences: mp_refs.json\n"),
+    "correction.yaml": spec("corr", "dft: {engine: gpaw, correction: mp2020}\n"),
 }
 
 
@@ -110,6 +115,13 @@ CASES = [
     ("unreachable-database", ["campaign", "status", "keep"],
      {"CSPFLOW_DB_URI": "mongodb://alice:s3cret-pw@127.0.0.1:{port}/?authSource=admin"},
      ["cannot reach the database at mongodb://alice:***@127.0.0.1", "CSPFLOW_DB_URI"]),
+    ("reference-fidelity", ["campaign", "submit", "mp_refs.yaml"], {},
+     ["reference entry mp-149 (Si) in mp_refs.json cannot be at the campaign's fidelity gpaw:PBE:fast:",
+      "Materials Project VASP data (run_type GGA)"]),
+    ("correction-not-vasp", ["campaign", "submit", "correction.yaml"], {},
+     ["dft.correction 'mp2020' applies to VASP energies only, not to engine 'gpaw'"]),
+    ("unknown-fidelity", ["results", "hull", "keep", "--fidelity", "gpaw:XC:none:0"], {},
+     ["no Si hull at fidelity 'gpaw:XC:none:0'; fidelities with a hull: none"]),
     ("not-a-crystal", ["relax", "junk.cif", "-o", "out"], {},
      ["cannot read a structure from junk.cif", "give CIF, POSCAR or extxyz files"]),
     ("not-a-crystal-dft", ["dft", "relax", "junk.cif", "--out", "out"], {},

@@ -138,23 +138,27 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         "created_at": utcnow(),
         "iteration_started_at": utcnow(),
     }
+    refs: list[dict[str, Any]] = []
     if spec.references:
-        # read before anything is stored, so a bad file leaves the database as it was
-        from monty.serialization import loadfn
+        # read and checked against the campaign's fidelity before anything is stored, so a
+        # bad file leaves the database as it was
+        from cspflow.hull import reference_documents
 
-        try:
-            loadfn(spec.references)
-        except Exception as exc:
+        fidelity = spec.dft.fidelity()
+        if fidelity is None:
             raise CspflowError(
-                f"cannot read reference entries {spec.references}: {exc}; give a JSON file of "
-                "pymatgen ComputedEntries (monty dumpfn)"
-            ) from None
+                "references are DFT energies and dft.engine is none (MLIP energies never share "
+                "a hull with them); remove references or set dft.engine"
+            )
+        refs = reference_documents(spec.references, fidelity.model_dump())
     try:
         db.campaigns.insert_one(dict(doc))
-        if spec.references:
-            from cspflow.hull import load_reference_entries
-
-            load_reference_entries(spec.references, db, level="dft")
+        for ref in refs:
+            db.hull_references.update_one(
+                {"entry_id": ref["entry_id"], "fidelity_key": ref["fidelity_key"]},
+                {"$set": ref},
+                upsert=True,
+            )
         return doc, True
     except DuplicateKeyError:
         existing = campaign_doc(db, spec.name)

@@ -67,7 +67,8 @@ def hull_table(doc: dict, entries: list[dict] | None = None):
     chemsys = doc["chemsys"]
     entries = entries if entries is not None else sorted(
         doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
-    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies"
+    at = doc.get("fidelity_key") or doc["level"]
+    t = Table(title=f"{chemsys} hull v{doc['version']} at {at} ({doc['level']} energies"
                     f"{'' if doc['complete'] else ', per composition: elemental references missing'})")  # fmt: skip
     for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
         t.add_column(col)
@@ -79,10 +80,23 @@ def hull_table(doc: dict, entries: list[dict] | None = None):
     return t
 
 
+def incomplete_reason(doc: dict) -> str | None:
+    """Why a stored hull is incomplete (None: it is complete); older hulls lack the reason."""
+    if doc.get("complete", True):
+        return None
+    return doc.get("incomplete_reason") or (
+        f"no energy for element(s) {', '.join(doc.get('missing_elements') or [])}: "
+        "e_above_hull is relative to the lowest structure of each composition"
+    )
+
+
 def hull_json(chemsys: str, doc: dict, entries: list[dict], plot: Path | None) -> dict:
-    """``cspflow results hull --json``: the hull version, its entries and the plot path."""
+    """``cspflow results hull --json``: the hull version, its fidelity, its entries and the plot
+    path."""
     return {"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
-            "complete": doc["complete"], "stable": doc["stable"],
+            "fidelity_key": doc.get("fidelity_key"), "fidelity": doc.get("fidelity"),
+            "complete": doc["complete"], "incomplete_reason": incomplete_reason(doc),
+            "missing_elements": doc.get("missing_elements", []), "stable": doc["stable"],
             "stable_formulas": doc["stable_formulas"], "entries": entries,
             "plot": str(plot) if plot else None}  # fmt: skip
 

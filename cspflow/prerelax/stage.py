@@ -98,6 +98,7 @@ def prerelax_candidates(
     batched: bool | None = _DEFAULTS.batched,
     max_seconds: float | None = _DEFAULTS.max_seconds,
     dedup: bool = _DEFAULTS.dedup,
+    dispersion: str | None = _DEFAULTS.dispersion,
     db: Database | None = None,
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
@@ -125,6 +126,8 @@ def prerelax_candidates(
         See :func:`~cspflow.prerelax.relax.relax_structures`.
     dedup
         Deduplicate the relaxed structures.
+    dispersion
+        Dispersion correction of the model; recorded in the result's fidelity.
     db
         The cspflow database (default: from the settings).
     find_duplicate
@@ -148,6 +151,7 @@ def prerelax_candidates(
     from pymatgen.core import Structure
 
     from cspflow.mlip import committee_disagreement, load_model
+    from cspflow.schemas.fidelity import mlip_fidelity
     from cspflow.store import candidates
 
     t0 = time.monotonic()
@@ -225,6 +229,7 @@ def prerelax_candidates(
             key=keys[cid],
             device=mlip.device,
             wall_s=round(wall, 3),
+            fidelity=mlip_fidelity(mlip.model_id, dispersion),
         )
         candidates.set_mlip_result(db, cid, doc, failure_reason=out.failure_reason)
         if out.ok:

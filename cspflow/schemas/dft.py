@@ -10,11 +10,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DftEngine", "DftStatus", "DftSpec", "DftResultDoc", "DFT_SCHEMA_VERSION"]
+from cspflow.schemas.fidelity import Fidelity, dft_fidelity
 
-DFT_SCHEMA_VERSION = 1
+__all__ = [
+    "DftEngine",
+    "DftStatus",
+    "DftSpec",
+    "DftResultDoc",
+    "DFT_SCHEMA_VERSION",
+    "DEFAULT_PRESET",
+    "spec_fidelity",
+]
+
+#: 2: ``fidelity`` and ``duplicate_of`` (per fidelity)
+DFT_SCHEMA_VERSION = 2
+#: the preset an engine uses when the spec names none (cspflow.dft.presets.PRESETS)
+DEFAULT_PRESET = {"vasp": "mp", "cp2k": "fast", "gpaw": "fast", "none": "none"}
+#: settings that steer the run or its output, not the energy (left out of the fidelity hash)
+_NOT_ENERGY = {
+    "incar": {"NSW", "EDIFFG", "IBRION", "ISIF", "POTIM", "LWAVE", "LCHARG", "LAECHG", "LVTOT",
+              "NCORE", "NPAR", "KPAR", "LORBIT", "NELM", "NELMIN"},
+    "cp2k": {"activate_motion", "max_scf", "eps_scf"},
+    "gpaw": {"txt", "maxiter", "parallel", "convergence"},
+}  # fmt: skip
 
 DftEngine = Literal["vasp", "cp2k", "gpaw", "none"]
 DftStatus = Literal["converged", "unconverged", "failed"]
@@ -68,6 +88,72 @@ class DftSpec(BaseModel):
         description="VASP ENMAX per element for ENCUT scaling (FUSE2 preset) when POTCARs are "
         "not readable on the submitting machine.",
     )
+    dispersion: str | None = Field(
+        None, description="Dispersion correction (e.g. d3bj); part of the fidelity."
+    )
+    correction: Literal["mp2020"] | None = Field(
+        None,
+        description="Energy-correction scheme (mp2020: MaterialsProject2020Compatibility); "
+        "VASP only, part of the fidelity.",
+    )
+
+    @model_validator(mode="after")
+    def _correction_needs_vasp(self) -> DftSpec:
+        if self.correction is not None and self.engine != "vasp":
+            raise ValueError(
+                f"dft.correction {self.correction!r} applies to VASP energies only, not to "
+                f"engine {self.engine!r}; remove it or use engine vasp"
+            )
+        return self
+
+    def fidelity(self) -> Fidelity | None:
+        """The fidelity of this spec's DFT energies (None for engine ``none``)."""
+        return spec_fidelity(self)
+
+
+def _functional(spec: DftSpec) -> str:
+    if spec.engine == "gpaw":
+        return str(spec.gpaw.get("xc", "PBE"))
+    if spec.engine == "vasp":
+        incar = {str(k).upper(): v for k, v in spec.incar.items()}
+        if incar.get("METAGGA"):
+            return str(incar["METAGGA"]).upper()
+        gga = str(incar.get("GGA", "PE")).upper()
+        return {"PE": "PBE", "PS": "PBEsol", "RP": "RPBE", "91": "PW91"}.get(gga, gga)
+    if spec.engine == "cp2k":
+        return str(spec.cp2k.get("xc_functional", "PBE"))
+    return "none"
+
+
+def spec_fidelity(spec: DftSpec) -> Fidelity | None:
+    """The fidelity of a :class:`DftSpec`'s energies (None for engine ``none``).
+
+    The hash covers the engine, functional, preset and every override that changes the
+    energy: VASP INCAR (less run-control tags such as NSW, EDIFFG, NCORE), k-points and ENMAX;
+    CP2K input overrides (less motion/SCF-loop controls); GPAW calculator keywords and k-point
+    density; dispersion and correction. Relax mode, fmax and steps steer the optimiser only.
+    """
+    if spec.engine == "none":
+        return None
+    preset = spec.preset or DEFAULT_PRESET[spec.engine]
+    energy: dict[str, Any] = {}
+    if spec.engine == "vasp":
+        skip = _NOT_ENERGY["incar"]
+        energy = {
+            "incar": {
+                str(k).upper(): v for k, v in spec.incar.items() if str(k).upper() not in skip
+            },
+            "kpoints": spec.kpoints,
+            "enmax": spec.enmax,
+        }
+    elif spec.engine == "cp2k":
+        energy = {"cp2k": {k: v for k, v in spec.cp2k.items() if k not in _NOT_ENERGY["cp2k"]}}
+    elif spec.engine == "gpaw":
+        gpaw = {k: v for k, v in spec.gpaw.items() if k not in _NOT_ENERGY["gpaw"] and k != "xc"}
+        energy = {"gpaw": gpaw, "kpoint_density": spec.kpoint_density}
+    return dft_fidelity(
+        spec.engine, _functional(spec), preset, energy, spec.dispersion, spec.correction
+    )
 
 
 class DftResultDoc(BaseModel):
@@ -103,6 +189,14 @@ class DftResultDoc(BaseModel):
     wall_time_s: float | None = Field(None, description="Wall time of the engine job (s).")
     reused: bool = Field(
         False, description="True when a stored converged result was returned without a rerun."
+    )
+    fidelity: Fidelity | None = Field(
+        None, description="Level of theory of the energy (None only before migration)."
+    )
+    duplicate_of: str | None = Field(
+        None,
+        description="At this fidelity, the candidate whose DFT result is the same minimum at a "
+        "lower energy (DFT deduplication compares energies of one fidelity only).",
     )
 
     @property

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cspflow.schemas.fidelity import Fidelity
+
 __all__ = [
     "PrerelaxSettings",
     "SelectSettings",
@@ -76,6 +78,9 @@ class PrerelaxSettings(BaseModel):
     )
     max_seconds: float | None = Field(None, description="Wall-time limit per candidate (s).")
     dedup: bool = Field(True, description="Deduplicate the relaxed structures.")
+    dispersion: str | None = Field(
+        None, description="Dispersion correction added to the model (e.g. d3bj); in the fidelity."
+    )
 
 
 class SelectSettings(BaseModel):
@@ -139,6 +144,9 @@ class MlipRelaxDoc(BaseModel):
     schema_version: int = Field(
         MLIP_RELAX_SCHEMA_VERSION,
         description="Layout version (2: space group as a number, symbol in its own field).",
+    )
+    fidelity: Fidelity | None = Field(
+        None, description="Level of theory of the energy (the model and its dispersion)."
     )
 
 
