@@ -242,7 +242,7 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
         h = it.get("hull") or {}
         t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
                   str(it.get("duplicates")), str(it.get("dft_runs_total")),
-                  f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
+                  f"v{h.get('version')} {h.get('fidelity_key') or h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     out: list = [t]
     learning = learn_table(doc.get("iterations", []))

@@ -89,8 +89,8 @@ class RelaxedForms(BaseModel):
     mlip: MlipRelaxDoc | None = Field(None, description="MLIP pre-relaxation.")
     dft: DftResultDoc | None = Field(
         None,
-        description="The DFT result written last (any fidelity; what status and "
-        "``energy_per_atom.dft`` describe). Hulls, training sets and deduplication read "
+        description="The primary DFT result: the first fidelity that converged (what status "
+        "and ``energy_per_atom.dft`` describe). Hulls, training sets and deduplication read "
         "``dft_by_fidelity``.",
     )
     dft_by_fidelity: list[DftResultDoc] = Field(

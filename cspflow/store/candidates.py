@@ -21,7 +21,8 @@ fidelity key, only energies of that fidelity (docs/fidelity.md).
 DFT results per fidelity: ``relaxed.dft_by_fidelity`` is a list with one
 :class:`~cspflow.schemas.dft.DftResultDoc` per fidelity key; a campaign at a new functional
 adds its own entry beside another campaign's. ``relaxed.dft`` and ``energy_per_atom.dft``
-describe the result written last (what the status says); hulls, training sets, DFT
+describe the candidate's primary result, the first fidelity that converged (what the status
+says; a later fidelity never overwrites it); hulls, training sets, DFT
 deduplication and the DFT stage's reuse read the entry of their own fidelity
 (:func:`dft_result_at`). A DFT duplicate is recorded per fidelity
 (``dft_by_fidelity[].duplicate_of``, :func:`mark_dft_duplicate`).
@@ -291,10 +292,11 @@ def set_dft_result(db: Database, candidate_id: str, result: DftResultDoc) -> Non
     """Record a DFT result of one fidelity; only a converged run gives a usable energy.
 
     The result replaces the candidate's entry of the same fidelity in
-    ``relaxed.dft_by_fidelity`` and becomes ``relaxed.dft``. Converged: ``energy_per_atom.dft``
-    set and status ``dft_done``. Otherwise, when no other fidelity has a converged result, the
-    DFT energy is removed and the candidate is marked ``failed`` with ``failure_reason``; a
-    failure at one fidelity leaves another fidelity's converged result, energy and status alone.
+    ``relaxed.dft_by_fidelity``. When no other fidelity has a converged result it is also the
+    candidate's primary result: ``relaxed.dft``, and converged: ``energy_per_atom.dft`` set and
+    status ``dft_done``; otherwise the DFT energy is removed and the candidate is marked
+    ``failed`` with ``failure_reason``. A result of a second fidelity (converged or not) leaves
+    the first fidelity's ``relaxed.dft``, energy and status alone.
     """
     doc = result.model_dump(exclude={"reused"})
     key = result.fidelity.key if result.fidelity is not None else None
@@ -302,11 +304,11 @@ def set_dft_result(db: Database, candidate_id: str, result: DftResultDoc) -> Non
     converged_elsewhere = any(r.get("status") == "converged" for r in runs)
     runs.append(doc)
     update: dict[str, Any] = {"$set": {"relaxed.dft_by_fidelity": runs}}
-    if result.usable:
+    if result.usable and not converged_elsewhere:
         update["$set"].update({"relaxed.dft": doc, "energy_per_atom.dft": result.energy_per_atom,
                                "status": "dft_done"})  # fmt: skip
         update["$unset"] = {"failure_reason": ""}
-    elif not converged_elsewhere:
+    elif not result.usable and not converged_elsewhere:
         update["$set"].update(
             {"relaxed.dft": doc, "status": "failed",
              "failure_reason": f"dft {result.status}: {result.reason}"}
