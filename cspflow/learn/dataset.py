@@ -146,7 +146,8 @@ def collect_frames(
     -------
     frames, skipped
         ASE Atoms with ``REF_energy``, ``REF_forces``, ``REF_stress`` (when known),
-        ``frame_id`` and ``candidate_id``; and counts of what was left out, per reason.
+        ``frame_id``, ``candidate_id`` and (with ``fidelity``) ``fidelity_key``; and counts of
+        what was left out, per reason.
     """
     from cspflow.store import candidates
 
@@ -209,6 +210,8 @@ def collect_frames(
             if atoms.info["REF_energy"] / len(atoms) - final > max_energy_above_final:
                 skip(f"more than {max_energy_above_final:g} eV/atom above the final frame")
                 continue
+            if fidelity is not None:
+                atoms.info["fidelity_key"] = fidelity  # the labels' level of theory
             frames.append(atoms)
     return frames, skipped
 

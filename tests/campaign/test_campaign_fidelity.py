@@ -107,6 +107,7 @@ def test_pbe_then_lda_campaigns_keep_their_fidelities_apart(db, settings, tmp_pa
             frames, _ = collect_frames(db, "Si", store=store, fidelity=key, ionic_steps=0)
             assert frames
             for atoms in frames:
+                assert atoms.info["fidelity_key"] == key
                 doc = candidates.get_many(db, [atoms.info["candidate_id"]])
                 e = candidates.energy_at(doc[atoms.info["candidate_id"]], "dft", key)
                 assert atoms.info["REF_energy"] / len(atoms) == pytest.approx(e, abs=1e-6)
