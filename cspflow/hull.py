@@ -1,13 +1,16 @@
 """Convex hull of a chemical system from stored candidates (pymatgen PhaseDiagram).
 
-One fidelity per hull, never mixed: the hull is built from DFT energies when any converged DFT
-entry of the system exists, else from MLIP energies. A DFT hull with an energy-correction scheme
-(``correction="mp2020"``, VASP with the MP preset) uses the corrected energies stored with each
-result and reference (:mod:`cspflow.dft.corrections`) and lists the entries the scheme refused
-as ``excluded``, never mixing them in. Each update is stored as a new version in
-the ``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
-every candidate that has an energy at that level. :class:`HullMaker` makes the hull job of a
-campaign iteration (:func:`hull_update`, stage ``hull``).
+One fidelity per hull, never mixed (docs/fidelity.md): a hull is keyed by its chemical system
+and a fidelity key (``gpaw:PBE:fast:1a2b3c4d``, ``mlip:chgnet-0.3.0``), and built only from
+candidate energies and reference entries of that fidelity. A campaign's hull is at its DFT
+fidelity once one converged DFT entry of the system exists there, else at the MLIP fidelity of
+its pre-relaxations. Each update is stored as a new version of that (system, fidelity) in the
+``hull`` collection with the entries it used and what changed; ``e_above_hull`` is written to
+every candidate that has an energy at that fidelity. A DFT hull whose fidelity carries an
+energy-correction scheme (``mp2020``, VASP with the MP preset) uses the corrected energies
+stored with each result and reference (:mod:`cspflow.dft.corrections`) and lists the entries
+the scheme refused as ``excluded``, never mixing them in. :class:`HullMaker` makes the hull
+job of a campaign iteration (:func:`hull_update`, stage ``hull``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ __all__ = [
     "load_reference_entries",
     "read_reference_entries",
     "store_references",
+    "reference_documents",
+    "store_reference_documents",
+    "campaign_fidelity",
+    "hull_fidelities",
+    "reference_fidelity",
 ]
 
 LEVELS = ("dft", "mlip")
@@ -69,6 +77,17 @@ class HullResult:
     complete: bool
     missing_elements: list[str] = field(default_factory=list)
     phase_diagram: PhaseDiagram | None = None
+
+    def incomplete_reason(self, fidelity: str | None = None) -> str | None:
+        """Why the hull is not a full convex hull (None when it is)."""
+        if self.complete:
+            return None
+        at = f" at fidelity {fidelity}" if fidelity else ""
+        return (
+            f"no energy for element(s) {', '.join(self.missing_elements)}{at}: e_above_hull is "
+            "relative to the lowest structure of each composition; compute the elements at this "
+            "fidelity or import references of it"
+        )
 
 
 def _chemsys(elements: Iterable[str]) -> str:
@@ -128,28 +147,36 @@ def _in_system(doc: dict, system: set[str]) -> bool:
     return set(doc.get("composition", {})) <= system
 
 
-def candidate_entries(db: Database, chemsys: str, level: str) -> list[HullEntry]:
+def candidate_entries(
+    db: Database, chemsys: str, level: str, fidelity: str | None = None
+) -> list[HullEntry]:
     """Return hull entries of every usable candidate in ``chemsys`` (and its subsystems).
 
-    The usable energies of :func:`cspflow.store.candidates.usable_query`: DFT entries converged,
-    duplicates and failed candidates left out.
+    The usable energies of :func:`cspflow.store.candidates.usable_query` of fidelity key
+    ``fidelity`` (DFT entries converged, duplicates and failed candidates left out), and the
+    reference entries of that fidelity. ``fidelity`` None: every usable energy at ``level``
+    (only for databases of one fidelity; :func:`update_hull` always names one).
     """
     from cspflow.store import candidates
 
     system = set(chemsys.split("-"))
     entries = []
     fields = {"candidate_id": 1, "composition": 1, "formula": 1, "energy_per_atom": 1}
-    for doc in candidates.usable(db, level, projection=fields):
-        if _in_system(doc, system):
+    for doc in candidates.usable(db, level, projection=fields, fidelity=fidelity):
+        energy = candidates.energy_at(doc, level, fidelity)
+        if _in_system(doc, system) and energy is not None:
             entries.append(
                 HullEntry(
                     entry_id=doc["candidate_id"],
                     formula=doc["formula"],
                     composition=doc["composition"],
-                    energy_per_atom=float(doc["energy_per_atom"][level]),
+                    energy_per_atom=energy,
                 )
             )
-    for ref in db.hull_references.find({"chemsys_level": level}):
+    query: dict[str, Any] = {"chemsys_level": level}
+    if fidelity is not None:
+        query["fidelity_key"] = fidelity
+    for ref in db.hull_references.find(query):
         if set(ref["composition"]) <= system:
             entries.append(
                 HullEntry(
@@ -185,11 +212,12 @@ def _corrected(
 
 
 def corrected_entries(
-    db: Database, chemsys: str, scheme: str
+    db: Database, chemsys: str, scheme: str, fidelity: str | None = None
 ) -> tuple[list[HullEntry], list[dict]]:
     """Return (hull entries, excluded) of a DFT hull with the energy-correction ``scheme``.
 
-    Every usable DFT candidate and every reference of the system enters at the corrected energy
+    Every usable DFT candidate and every reference of the system (of fidelity key ``fidelity``
+    when given) enters at the corrected energy
     its ``correction`` record holds; one the scheme refused, or stored without the scheme, is
     left out and listed with the reason (``entry_id``, ``formula``, ``source``, ``reason``).
     """
@@ -199,14 +227,22 @@ def corrected_entries(
     entries: list[HullEntry] = []
     excluded: list[dict] = []
     fields = {"candidate_id": 1, "composition": 1, "formula": 1, "relaxed.dft.correction": 1}
-    for doc in candidates.usable(db, "dft", projection=fields):
+    for doc in candidates.usable(db, "dft", projection=fields, fidelity=fidelity):
         if _in_system(doc, system):
-            corr = ((doc.get("relaxed") or {}).get("dft") or {}).get("correction")
+            run = (
+                candidates.dft_result_at(doc, fidelity)
+                if fidelity is not None
+                else (doc.get("relaxed") or {}).get("dft")
+            )
+            corr = (run or {}).get("correction")
             entry, why = _corrected({**doc, "entry_id": doc["candidate_id"]}, corr, scheme,
                                     "candidate")  # fmt: skip
             entries.extend([entry] if entry else [])
             excluded.extend([why] if why else [])
-    for ref in db.hull_references.find({"chemsys_level": "dft"}):
+    query: dict[str, Any] = {"chemsys_level": "dft"}
+    if fidelity is not None:
+        query["fidelity_key"] = fidelity
+    for ref in db.hull_references.find(query):
         if set(ref["composition"]) <= system:
             entry, why = _corrected(ref, ref.get("correction"), scheme, "reference")
             entries.extend([entry] if entry else [])
@@ -222,6 +258,59 @@ def best_level(db: Database, chemsys: str) -> str | None:
     return _best_level(db, chemsys)
 
 
+def campaign_fidelity(db: Database, campaign: str) -> dict | None:
+    """The DFT fidelity of a stored campaign's spec (None: no such campaign, or engine none;
+    :func:`cspflow.store.reports.campaign_fidelity`)."""
+    from cspflow.store.reports import campaign_fidelity as _campaign_fidelity
+
+    return _campaign_fidelity(db, campaign)
+
+
+def hull_fidelities(db: Database, chemsys: str) -> list[str]:
+    """Fidelity keys of the stored hulls of ``chemsys``, sorted."""
+    return sorted(k for k in db.hull.distinct("fidelity_key", {"chemsys": chemsys}) if k)
+
+
+def _resolve(
+    db: Database,
+    chemsys: str,
+    level: str | None,
+    fidelity: dict | None,
+    campaign: str | None,
+) -> tuple[str, dict] | None:
+    """The (level, fidelity) a hull update of ``chemsys`` is built at (None: no entries)."""
+    from cspflow.errors import CspflowError
+    from cspflow.store import candidates
+
+    if fidelity is None and campaign is not None and level is None:
+        # the campaign's DFT fidelity; engine none: the MLIP fidelity of its relaxations
+        fidelity = campaign_fidelity(db, campaign) or candidates.campaign_mlip_fidelity(
+            db, campaign
+        )
+    if fidelity is not None:
+        # a named fidelity, or the campaign's: never another one's entries (a campaign whose
+        # DFT all failed gets no hull rather than another functional's)
+        level = fidelity.get("level", "dft")
+        if fidelity["key"] in candidates.fidelity_keys(db, chemsys, level):
+            return level, fidelity
+        own = candidates.campaign_mlip_fidelity(db, campaign) if campaign else None
+        if level == "dft" and own is not None:
+            return "mlip", own  # no DFT entry at the campaign's fidelity yet: its MLIP energies
+        return None
+    level = level or best_level(db, chemsys)
+    if level is None:
+        return None
+    keys = candidates.fidelity_keys(db, chemsys, level)
+    if not keys:
+        return None
+    if len(keys) > 1:
+        raise CspflowError(
+            f"{chemsys} has {level} energies at {len(keys)} fidelities ({', '.join(sorted(keys))}); "
+            "name the one to build a hull of"
+        )
+    return level, next(iter(keys.values()))
+
+
 def update_hull(
     db: Database,
     chemsys: str,
@@ -229,8 +318,15 @@ def update_hull(
     iteration: int | None = None,
     level: str | None = None,
     correction: str | None = None,
+    fidelity: dict | None = None,
 ) -> dict | None:
-    """Recompute the hull of ``chemsys``, store it as a new version and write ``e_above_hull``.
+    """Recompute the hull of ``chemsys`` at one fidelity, store it as a new version of that
+    (system, fidelity) and write ``e_above_hull``.
+
+    The fidelity: ``fidelity`` (a :class:`~cspflow.schemas.fidelity.Fidelity` dict) when
+    given, else the campaign's DFT fidelity (from its stored spec), falling back to the MLIP
+    fidelity of the campaign's pre-relaxations while no DFT entry exists at it; without either,
+    the one fidelity of the system at ``level`` (several: an error naming them).
 
     ``correction`` (an energy-correction scheme such as ``"mp2020"``) applies to DFT hulls:
     entries enter at their corrected energies and those the scheme refused are listed in the
@@ -242,18 +338,20 @@ def update_hull(
 
     Returns the stored hull document (None when there is nothing to build from).
     """
-    level = level or best_level(db, chemsys)
-    if level is None:
+    resolved = _resolve(db, chemsys, level, fidelity, campaign)
+    if resolved is None:
         return None
-    scheme = correction if level == "dft" else None
+    level, fid = resolved
+    key = fid["key"]
+    scheme = (correction or fid.get("correction")) if level == "dft" else None
     excluded: list[dict] = []
     if scheme:
-        entries, excluded = corrected_entries(db, chemsys, scheme)
-        if not entries:
-            return None
+        entries, excluded = corrected_entries(db, chemsys, scheme, key)
     else:
-        entries = candidate_entries(db, chemsys, level)
-    previous = latest_hull(db, chemsys)
+        entries = candidate_entries(db, chemsys, level, key)
+    if not entries:
+        return None
+    previous = latest_hull(db, chemsys, key)
     if previous is not None and _same_build(previous, entries, level, campaign, iteration, scheme):
         return previous
     result = compute_hull(entries, chemsys, level)
@@ -264,10 +362,13 @@ def update_hull(
         "chemsys": chemsys,
         "version": version,
         "level": level,
+        "fidelity_key": key,
+        "fidelity": fid,
         "correction": scheme,
         "excluded": excluded,
         "complete": result.complete,
         "missing_elements": result.missing_elements,
+        "incomplete_reason": result.incomplete_reason(key),
         "campaign": campaign,
         "iteration": iteration,
         "created_at": datetime.datetime.now(datetime.UTC),
@@ -295,7 +396,7 @@ def update_hull(
     values = {
         e.entry_id: result.e_above_hull[e.entry_id] for e in entries if e.source == "candidate"
     }
-    candidates.set_hull(db, values, level, version)
+    candidates.set_hull(db, values, level, version, key)
     doc.pop("_id", None)
     return doc
 
@@ -318,6 +419,7 @@ def hull_update(
         return None
     return {
         "chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+        "fidelity_key": doc["fidelity_key"],
         "stable": doc["stable"], "stable_formulas": doc["stable_formulas"],
         "added_to_stable": doc["added_to_stable"], "complete": doc["complete"],
         "correction": doc.get("correction"), "excluded": len(doc.get("excluded") or []),
@@ -327,7 +429,7 @@ def hull_update(
 @dataclass
 class HullMaker(Maker):
     """Make the hull job of a campaign iteration (cpu). The hull has no settings: it uses every
-    usable energy of the system at the best level available.
+    usable energy of the system at the campaign's fidelity (:func:`update_hull`).
 
     Parameters
     ----------
@@ -375,9 +477,14 @@ def _same_build(
     )
 
 
-def latest_hull(db: Database, chemsys: str) -> dict | None:
-    """Return the newest stored hull version of ``chemsys``."""
-    return db.hull.find_one({"chemsys": chemsys}, {"_id": 0}, sort=[("version", -1)])
+def latest_hull(db: Database, chemsys: str, fidelity: str | None = None) -> dict | None:
+    """Return the newest stored hull version of ``chemsys`` at fidelity key ``fidelity`` (None:
+    of any fidelity, the one stored last)."""
+    query: dict[str, Any] = {"chemsys": chemsys}
+    if fidelity is not None:
+        query["fidelity_key"] = fidelity
+        return db.hull.find_one(query, {"_id": 0}, sort=[("version", -1)])
+    return db.hull.find_one(query, {"_id": 0}, sort=[("created_at", -1), ("version", -1)])
 
 
 def read_reference_entries(path: str | Path) -> list:
@@ -395,8 +502,101 @@ def read_reference_entries(path: str | Path) -> list:
     try:
         entries = loadfn(str(path))
     except Exception as exc:
-        raise CspflowError(f"cannot read reference entries from {path}: {exc}") from None
+        raise CspflowError(
+            f"cannot read reference entries {path}: {exc}; give a JSON file of pymatgen "
+            "ComputedEntries (monty dumpfn)"
+        ) from None
     return list(entries)
+
+
+def reference_fidelity(entry: Any, fidelity: dict) -> str | None:
+    """Why a reference ComputedEntry cannot be at ``fidelity`` (None: it can).
+
+    A reference names its fidelity in ``entry.data["fidelity_key"]`` (written by cspflow), or
+    is recognisably Materials Project data (``parameters["run_type"]``: VASP, MP settings); its
+    energy carries a correction when ``entry.correction`` is not zero. A reference with none of
+    these is taken to be at the campaign's fidelity (the user's file, the user's word).
+    """
+    key = fidelity["key"]
+    named = (getattr(entry, "data", None) or {}).get("fidelity_key")
+    if named is not None:
+        return None if named == key else f"it is at fidelity {named}"
+    run_type = (getattr(entry, "parameters", None) or {}).get("run_type")
+    if run_type is not None and fidelity.get("engine") != "vasp":
+        return f"it is Materials Project VASP data (run_type {run_type})"
+    correction = float(getattr(entry, "correction", 0.0) or 0.0)
+    if correction != 0.0 and not fidelity.get("correction"):
+        return f"its energy carries a correction ({correction:+.3f} eV) and the campaign's does not"
+    if correction == 0.0 and run_type is not None and fidelity.get("correction"):
+        return f"it is uncorrected and the campaign's energies carry {fidelity['correction']}"
+    return None
+
+
+def reference_documents(
+    path: str | Path,
+    fidelity: dict | None = None,
+    level: str = "dft",
+    entries: list | None = None,
+    corrections: list | None = None,
+) -> list[dict]:
+    """Read a JSON file of pymatgen ComputedEntries (or take ``entries`` read from ``path``) as
+    ``hull_references`` documents at ``fidelity`` (a Fidelity dict; None: an explicit unknown
+    one), writing nothing.
+
+    ``corrections`` (one :class:`~cspflow.schemas.dft.EnergyCorrectionDoc` per entry, from
+    :func:`cspflow.dft.corrections.import_references`) is stored as ``correction``: a corrected
+    hull uses its corrected energy and leaves refused entries out. Entries processed by the
+    campaign's own scheme are at its fidelity by construction and are not checked.
+
+    Raises
+    ------
+    CspflowError
+        An unreadable file, or an entry that cannot be at ``fidelity``
+        (:func:`reference_fidelity`): one line naming the entry and why.
+    """
+    from cspflow.errors import CspflowError
+    from cspflow.schemas.fidelity import unknown_fidelity
+
+    if entries is None:
+        entries = read_reference_entries(path)
+    fid = fidelity or unknown_fidelity("dft").model_dump()
+    docs = []
+    for i, entry in enumerate(entries):
+        why = None if corrections is not None else reference_fidelity(entry, fid)
+        if why is not None:
+            raise CspflowError(
+                f"reference entry {getattr(entry, 'entry_id', None) or i} "
+                f"({entry.composition.reduced_formula}) in {path} cannot be at the campaign's "
+                f"fidelity {fid['key']}: {why}; give references computed with the campaign's "
+                "settings"
+            )
+        comp = entry.composition
+        doc = {
+            "entry_id": f"ref-{getattr(entry, 'entry_id', None) or i}",
+            "formula": comp.reduced_formula,
+            "composition": {str(el): float(amt) for el, amt in comp.items()},
+            "energy_per_atom": float(entry.energy_per_atom),
+            "chemsys_level": level,
+            "fidelity_key": fid["key"],
+            "fidelity": fid,
+            "source_file": str(path),
+        }
+        if corrections is not None:
+            doc["correction"] = corrections[i].model_dump()
+        docs.append(doc)
+    return docs
+
+
+def store_reference_documents(db: Database, docs: list[dict]) -> int:
+    """Upsert :func:`reference_documents` output into ``hull_references``; return how many."""
+    for doc in docs:
+        update: dict[str, Any] = {"$set": doc}
+        if "correction" not in doc:
+            update["$unset"] = {"correction": ""}
+        db.hull_references.update_one(
+            {"entry_id": doc["entry_id"], "fidelity_key": doc["fidelity_key"]}, update, upsert=True
+        )
+    return len(docs)
 
 
 def store_references(
@@ -405,43 +605,26 @@ def store_references(
     source: str | Path,
     level: str = "dft",
     corrections: list | None = None,
+    fidelity: dict | None = None,
 ) -> int:
-    """Store competing-phase references for the hulls at ``level``; return how many.
-
-    ``energy_per_atom`` is the entry's energy as given. ``corrections`` (one
-    :class:`~cspflow.schemas.dft.EnergyCorrectionDoc` per entry, from
-    :func:`cspflow.dft.corrections.import_references`) is stored as ``correction``: a corrected
-    hull uses its corrected energy and leaves refused entries out.
-    """
-    count = 0
-    for i, entry in enumerate(entries):
-        comp = entry.composition
-        doc = {
-            "entry_id": f"ref-{getattr(entry, 'entry_id', None) or i}",
-            "formula": comp.reduced_formula,
-            "composition": {str(el): float(amt) for el, amt in comp.items()},
-            "energy_per_atom": float(entry.energy_per_atom),
-            "chemsys_level": level,
-            "source_file": str(source),
-        }
-        update: dict[str, Any] = {"$set": doc}
-        if corrections is not None:
-            doc["correction"] = corrections[i].model_dump()
-        else:
-            update["$unset"] = {"correction": ""}
-        db.hull_references.update_one({"entry_id": doc["entry_id"]}, update, upsert=True)
-        count += 1
-    return count
+    """Store competing-phase references for the hulls at ``level`` and ``fidelity``; return
+    how many (:func:`reference_documents` checks every entry before anything is written)."""
+    docs = reference_documents(source, fidelity, level, entries=entries, corrections=corrections)
+    return store_reference_documents(db, docs)
 
 
-def load_reference_entries(path: str | Path, db: Database, level: str = "dft") -> int:
+def load_reference_entries(
+    path: str | Path, db: Database, level: str = "dft", fidelity: dict | None = None
+) -> int:
     """Import competing-phase references from a JSON file of pymatgen ComputedEntries.
 
-    Their energies must come from the same settings as the campaign's (corrected and uncorrected
-    energies never share a hull); a campaign with an energy-correction scheme imports through
-    :func:`cspflow.dft.corrections.import_references` instead. Returns the number stored.
+    Their energies must be at the campaign's ``fidelity`` (a Fidelity dict): an entry that
+    cannot be (:func:`reference_fidelity`) is a one-line error and nothing is stored
+    (:func:`reference_documents` checks them all first). Each stored reference carries that
+    fidelity, and only hulls of it use it; a campaign with an energy-correction scheme imports
+    through :func:`cspflow.dft.corrections.import_references` instead. Returns the number stored.
     """
-    return store_references(db, read_reference_entries(path), path, level=level)
+    return store_reference_documents(db, reference_documents(path, fidelity, level))
 
 
 def plot_hull(hull_doc: dict, path: str | Path) -> Path:
@@ -467,7 +650,10 @@ def plot_hull(hull_doc: dict, path: str | Path) -> Path:
         ax = plotter.get_plot(label_unstable=False)
         fig = ax.get_figure() if ax is not None and hasattr(ax, "get_figure") else plt.gcf()
         assert isinstance(fig, Figure)  # PDPlotter draws on a pyplot figure, not a subfigure
-        fig.suptitle(f"{hull_doc['chemsys']} hull v{hull_doc['version']} ({hull_doc['level']})")
+        fig.suptitle(
+            f"{hull_doc['chemsys']} hull v{hull_doc['version']} "
+            f"({hull_doc.get('fidelity_key') or hull_doc['level']})"
+        )
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return path
@@ -480,7 +666,10 @@ def plot_hull(hull_doc: dict, path: str | Path) -> Path:
         ax.scatter([x], [ys[0]], s=60, marker="*", color="k")
     ax.set_xticks(range(len(formulas)), formulas)
     ax.set_ylabel("E above lowest / hull (meV/atom)")
-    ax.set_title(f"{hull_doc['chemsys']} v{hull_doc['version']} ({hull_doc['level']})")
+    ax.set_title(
+        f"{hull_doc['chemsys']} v{hull_doc['version']} "
+        f"({hull_doc.get('fidelity_key') or hull_doc['level']})"
+    )
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

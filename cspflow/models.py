@@ -71,9 +71,14 @@ def register_model(db: Database, path: Path, doc: dict[str, Any]) -> ModelDoc:
     filename = f"{model_id}.model"
     with open(path, "rb") as fh:
         file_id = bucket.upload_from_stream(filename, fh, metadata={"model_id": model_id})
+    fidelity: Any = doc.get("fidelity")
+    if fidelity is not None and not isinstance(fidelity, dict):
+        fidelity = fidelity.model_dump()  # a Fidelity
     record = ModelDoc.model_validate(
         {
             **doc,
+            "fidelity": fidelity,
+            "fidelity_key": (fidelity or {}).get("key"),
             "model_id": model_id,
             "file_id": file_id,
             "filename": filename,
@@ -85,16 +90,23 @@ def register_model(db: Database, path: Path, doc: dict[str, Any]) -> ModelDoc:
     return record
 
 
-def current_model(db: Database, chemsys: str) -> dict | None:
-    """The promoted registry model of ``chemsys`` registered last, or None."""
-    return db["models"].find_one(
-        {"chemsys": chemsys, "promoted": True}, {"_id": 0}, sort=[("created_at", -1)]
-    )
+def current_model(db: Database, chemsys: str, fidelity: str | None = None) -> dict | None:
+    """The promoted registry model of ``chemsys`` registered last, or None.
+
+    With ``fidelity`` (a fidelity key) only models trained on labels of that fidelity count:
+    a model trained on LDA labels is never the current model of a PBE campaign.
+    """
+    query: dict[str, Any] = {"chemsys": chemsys, "promoted": True}
+    if fidelity is not None:
+        query["fidelity_key"] = fidelity
+    return db["models"].find_one(query, {"_id": 0}, sort=[("created_at", -1)])
 
 
-def current_model_spec(db: Database, chemsys: str, default: str | None = None) -> str | None:
-    """``registry:ID`` of the current model of ``chemsys``, else ``default``."""
-    doc = current_model(db, chemsys)
+def current_model_spec(
+    db: Database, chemsys: str, default: str | None = None, fidelity: str | None = None
+) -> str | None:
+    """``registry:ID`` of the current model of ``chemsys`` (at ``fidelity``), else ``default``."""
+    doc = current_model(db, chemsys, fidelity)
     return f"registry:{doc['model_id']}" if doc else default
 
 

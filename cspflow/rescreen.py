@@ -133,6 +133,7 @@ def rescreen_candidates(
     from cspflow.mlip import load_model
     from cspflow.prerelax.stage import prerelax_candidates
     from cspflow.schemas.candidate import ScreeningDoc
+    from cspflow.schemas.fidelity import mlip_fidelity
     from cspflow.store import candidates
 
     dispersion = PrerelaxSettings.model_validate(prerelax or {}).dispersion
@@ -151,6 +152,7 @@ def rescreen_candidates(
             campaign=campaign, model_id=loaded.model_id, single_point_energy_per_atom=e,
             previous_model_id=doc["relaxed"]["mlip"].get("model_id"),
             previous_energy_per_atom=before,
+            fidelity=mlip_fidelity(loaded.model_id, (prerelax or {}).get("dispersion")),
         )  # fmt: skip
         if e is not None:
             new.setdefault(formula, []).append((cid, e))

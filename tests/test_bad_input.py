@@ -64,6 +64,10 @@ FILES = {
     "d4_prerelax.yaml": spec("d4p", "dft: {engine: none}\nprerelax: {dispersion: d4}\n"),
     "d4_dft.yaml": spec("d4d", "dft: {engine: gpaw, dispersion: d4}\n"),
     "d3_no_dft.yaml": spec("d3n", "dft: {engine: none, dispersion: d3bj}\n"),
+    "mp_refs.json": '[{"@module": "pymatgen.entries.computed_entries", "@class": "ComputedEntry", '
+    '"energy": -10.8, "correction": 0.0, "composition": {"Si": 2}, "entry_id": "mp-149", '
+    '"parameters": {"run_type": "GGA"}}]',
+    "mp_refs.yaml": spec("refs", "dft: {engine: gpaw}\nreferences: mp_refs.json\n"),
 }
 
 
@@ -119,6 +123,11 @@ CASES = [
      ["dft.correction mp2020 is for VASP energies", "remove dft.correction"]),
     ("mp-references-non-vasp", ["campaign", "submit", "gpaw_mp_refs.yaml"], {},
      ["references pymatgen:mp are Materials Project VASP energies", "dft.engine gpaw"]),
+    ("reference-fidelity", ["campaign", "submit", "mp_refs.yaml"], {},
+     ["reference entry mp-149 (Si) in mp_refs.json cannot be at the campaign's fidelity gpaw:PBE:fast:",
+      "Materials Project VASP data (run_type GGA)"]),
+    ("unknown-fidelity", ["results", "hull", "keep", "--fidelity", "gpaw:XC:none:0"], {},
+     ["no Si hull at fidelity 'gpaw:XC:none:0'; fidelities with a hull: none"]),
     ("not-a-crystal", ["relax", "junk.cif", "-o", "out"], {},
      ["cannot read a structure from junk.cif", "give CIF, POSCAR or extxyz files"]),
     ("not-a-crystal-dft", ["dft", "relax", "junk.cif", "--out", "out"], {},

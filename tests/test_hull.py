@@ -6,8 +6,23 @@ import pytest
 
 from cspflow.hull import HullEntry, compute_hull, latest_hull, plot_hull, update_hull
 
+PBE = {"key": "gpaw:PBE:fast:00000000", "level": "dft", "engine": "gpaw", "functional": "PBE"}
+CHGNET = {"key": "mlip:chgnet-0.3.0", "level": "mlip", "model_id": "chgnet-0.3.0"}
 
-def cand(cid, comp, e_mlip=None, e_dft=None, dft_status="converged", status="dft_done", dup=None):
+
+def _relaxed(e_mlip, e_dft, dft_status, fidelity=PBE):
+    out = {}
+    if e_mlip is not None:
+        out["mlip"] = {"energy_per_atom": e_mlip, "fidelity": CHGNET}
+    if e_dft is not None:
+        run = {"status": dft_status, "energy_per_atom": e_dft, "fidelity": fidelity}
+        out["dft"] = run
+        out["dft_by_fidelity"] = [run]
+    return out
+
+
+def cand(cid, comp, e_mlip=None, e_dft=None, dft_status="converged", status="dft_done", dup=None,
+         fidelity=PBE):  # fmt: skip
     from pymatgen.core import Composition
 
     c = Composition(comp)
@@ -18,7 +33,7 @@ def cand(cid, comp, e_mlip=None, e_dft=None, dft_status="converged", status="dft
         "chemsys": "-".join(sorted(str(e) for e in c.elements)),
         "status": status,
         "energy_per_atom": {"mlip": e_mlip, "dft": e_dft},
-        "relaxed": {"dft": {"status": dft_status}} if e_dft is not None else {},
+        "relaxed": _relaxed(e_mlip, e_dft, dft_status, fidelity or PBE),
         "duplicate_of": dup,
         "fingerprint_hash": cid,
         "bucket": cid,
@@ -105,7 +120,7 @@ def test_reference_entries_complete_a_dft_hull(db, tmp_path):
     )
     from cspflow.hull import load_reference_entries
 
-    assert load_reference_entries(refs, db) == 2
+    assert load_reference_entries(refs, db, fidelity=PBE) == 2
     db.candidates.insert_many([cand("rs", "Na4Cl4", e_mlip=-3.3, e_dft=-3.4),
                                cand("cs", "NaCl", e_mlip=-3.3, e_dft=-3.3)])  # fmt: skip
     doc = update_hull(db, "Cl-Na")
@@ -125,3 +140,67 @@ def test_unreadable_reference_file_stores_nothing(db, tmp_path):
     with pytest.raises(CspflowError, match="cannot read reference entries"):
         register_campaign(db, spec)
     assert db.campaigns.count_documents({}) == 0
+
+
+LDA = {"key": "gpaw:LDA:fast:11111111", "level": "dft", "engine": "gpaw", "functional": "LDA"}
+
+
+def test_two_fidelities_give_two_hulls_each_from_its_own_entries(db):
+    from cspflow.errors import CspflowError
+
+    pbe = cand("si-pbe", "Si2", e_mlip=-5.4, e_dft=-5.42)
+    both = cand("si-both", "Si2", e_mlip=-5.3, e_dft=-5.40)
+    lda_run = {"status": "converged", "energy_per_atom": -5.95, "fidelity": LDA}
+    both["relaxed"]["dft_by_fidelity"].append(lda_run)
+    lda = cand("si-lda", "Si8", e_mlip=-5.2, e_dft=-5.90, fidelity=None)
+    lda["relaxed"] = _relaxed(-5.2, -5.90, "converged", fidelity=LDA)
+    # a failure at LDA of a PBE-converged candidate leaves it on the PBE hull
+    pbe["relaxed"]["dft_by_fidelity"].append({"status": "failed", "fidelity": LDA})
+    db.candidates.insert_many([pbe, both, lda])
+    # no campaign names the fidelity and the system has two: a one-line error naming both
+    with pytest.raises(CspflowError, match="2 fidelities .*gpaw:LDA:fast:11111111"):
+        update_hull(db, "Si")
+    h_pbe = update_hull(db, "Si", fidelity=PBE)
+    h_lda = update_hull(db, "Si", fidelity=LDA)
+    assert h_pbe["fidelity_key"] == PBE["key"] and h_lda["fidelity_key"] == LDA["key"]
+    assert {e["entry_id"]: e["energy_per_atom"] for e in h_pbe["entries"]} == {
+        "si-pbe": -5.42, "si-both": -5.40}  # fmt: skip
+    assert {e["entry_id"]: e["energy_per_atom"] for e in h_lda["entries"]} == {
+        "si-both": -5.95, "si-lda": -5.90}  # fmt: skip
+    assert h_pbe["stable"] == ["si-pbe"] and h_lda["stable"] == ["si-both"]
+    # versions count per fidelity, and each latest hull is found by its key
+    assert h_pbe["version"] == 1 and h_lda["version"] == 1
+    assert update_hull(db, "Si", fidelity=PBE, campaign="x", iteration=1)["version"] == 2
+    assert latest_hull(db, "Si", LDA["key"])["version"] == 1
+    assert h_lda["complete"] and h_lda["incomplete_reason"] is None
+
+
+def test_incomplete_hull_says_why_at_its_fidelity(db):
+    db.candidates.insert_one(cand("nacl", "NaCl", e_mlip=-3.3, e_dft=-3.4))
+    doc = update_hull(db, "Cl-Na", fidelity=PBE)
+    assert not doc["complete"] and doc["missing_elements"] == ["Cl", "Na"]
+    assert "Cl, Na at fidelity gpaw:PBE:fast:00000000" in doc["incomplete_reason"]
+
+
+def test_references_of_another_fidelity_are_refused_and_nothing_is_stored(db, tmp_path):
+    from monty.serialization import dumpfn
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from cspflow.errors import CspflowError
+    from cspflow.hull import load_reference_entries
+
+    ok = ComputedEntry("Na2", -2.6, entry_id="na")
+    tagged = ComputedEntry("Cl2", -3.6, entry_id="cl", data={"fidelity_key": LDA["key"]})
+    mp = ComputedEntry("Cl2", -3.6, entry_id="mp-22848", parameters={"run_type": "GGA"})
+    for bad, why in ((tagged, "it is at fidelity gpaw:LDA"), (mp, "Materials Project VASP")):
+        path = tmp_path / f"{bad.entry_id}.json"
+        dumpfn([ok, bad], path)
+        with pytest.raises(CspflowError, match=why) as err:
+            load_reference_entries(path, db, fidelity=PBE)
+        assert "\n" not in str(err.value)
+        assert db.hull_references.count_documents({}) == 0
+    path = tmp_path / "ok.json"
+    dumpfn([ok, ComputedEntry("Cl2", -3.6, entry_id="cl", data={"fidelity_key": PBE["key"]})],
+           path)  # fmt: skip
+    assert load_reference_entries(path, db, fidelity=PBE) == 2
+    assert set(db.hull_references.distinct("fidelity_key")) == {PBE["key"]}

@@ -80,7 +80,23 @@ def prerelax_model(spec: CampaignSpec) -> str:
     from cspflow.models import current_model_spec
 
     db = state.get_db()
-    return current_model_spec(db, spec.system(), default=spec.prerelax.model) or spec.prerelax.model
+    fidelity = spec.dft.fidelity()  # a model trained on other labels is never current here
+    key = fidelity.key if fidelity is not None else None
+    return (
+        current_model_spec(db, spec.system(), default=spec.prerelax.model, fidelity=key)
+        or spec.prerelax.model
+    )
+
+
+def _at_own_fidelity(db: Any, spec: CampaignSpec, selected: list[str]) -> list[str]:
+    """Candidates another fidelity computed that this campaign's fidelity has not: per formula
+    the ``select.top_k`` lowest (a campaign at a new functional runs its own DFT on structures
+    that deduplication kept it from generating again; docs/fidelity.md)."""
+    fidelity = spec.dft.fidelity()
+    if fidelity is None or spec.select.top_k == 0:
+        return []
+    pool = candidates.other_fidelity_pool(db, spec.formulas(), fidelity.key, spec.select.top_k)
+    return [cid for cid in pool if cid not in selected]
 
 
 @job
@@ -93,7 +109,10 @@ def dft_gate(
     db = state.get_db()
     spec = spec or state.spec_from_db(db, name)
     selected = list((selection or {}).get("selected", []))
-    if spec.dft.engine == "none" or not selected:
+    if spec.dft.engine == "none":
+        return []
+    selected += _at_own_fidelity(db, spec, selected)
+    if not selected:
         return []
     budgets = [b for b in (spec.dft.budget, spec.stop.dft_budget) if b is not None]
     if budgets:

@@ -138,23 +138,34 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         "created_at": utcnow(),
         "iteration_started_at": utcnow(),
     }
-    from cspflow.dft.corrections import MP_OFFLINE
+    refs: list[dict[str, Any]] = []
+    fid: dict[str, Any] | None = None
+    if spec.references:
+        # read and checked against the campaign's fidelity before anything is stored, so a
+        # bad file leaves the database as it was
+        from cspflow.dft.corrections import reference_entries
+        from cspflow.hull import reference_documents
 
-    if spec.references and spec.references != MP_OFFLINE:
-        # read before anything is stored, so a bad file leaves the database as it was
-        from monty.serialization import loadfn
-
-        try:
-            loadfn(spec.references)
-        except Exception as exc:
+        fidelity = spec.dft.fidelity()
+        if fidelity is None:
             raise CspflowError(
-                f"cannot read reference entries {spec.references}: {exc}; give a JSON file of "
-                f"pymatgen ComputedEntries (monty dumpfn) or {MP_OFFLINE}"
-            ) from None
+                "references are DFT energies and dft.engine is none (MLIP energies never share "
+                "a hull with them); remove references or set dft.engine"
+            )
+        fid = fidelity.model_dump()
+        entries = reference_entries(spec.references, spec.system())
+        if not spec.dft.correction:
+            refs = reference_documents(spec.references, fid, entries=entries)
+    from cspflow.hull import store_reference_documents
+
     try:
         db.campaigns.insert_one(dict(doc))
-        if spec.references:
-            _import_references(db, spec)
+        if spec.references and spec.dft.correction:
+            # processed by the campaign's correction scheme (MP2020): at its fidelity by construction
+            from cspflow.dft.corrections import import_references
+
+            import_references(spec.references, db, spec.system(), spec.dft.correction, fidelity=fid)
+        store_reference_documents(db, refs)
         return doc, True
     except DuplicateKeyError:
         existing = campaign_doc(db, spec.name)
@@ -167,21 +178,6 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
                 f"extend it with `cspflow campaign extend {spec.name}`"
             ) from None
         return existing, False
-
-
-def _import_references(db: Database, spec: CampaignSpec) -> None:
-    """Store the spec's reference entries: processed by its DFT correction scheme when it has
-    one (:func:`cspflow.dft.corrections.import_references`), else as given."""
-    if spec.dft.correction:
-        from cspflow.dft.corrections import import_references
-
-        import_references(spec.references or "", db, spec.system(), spec.dft.correction)
-    else:
-        from cspflow.dft.corrections import reference_entries
-        from cspflow.hull import store_references
-
-        source = spec.references or ""
-        store_references(db, reference_entries(source, spec.system()), source, level="dft")
 
 
 def _comparable(spec: dict) -> dict:

@@ -134,7 +134,10 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
 
     db = get_database(settings)
     doc = campaign_doc(db, name) or {}
-    hull = latest_hull(db, doc.get("chemsys", ""))
+    from cspflow.store.reports import choose_fidelity
+
+    chemsys = doc.get("chemsys", "")
+    hull = latest_hull(db, chemsys, choose_fidelity(db, name, chemsys))
     top = top_structures(db, name, n=10)
     plot = None
     if out is not None:

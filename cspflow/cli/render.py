@@ -68,8 +68,9 @@ def hull_table(doc: dict, entries: list[dict] | None = None):
     chemsys = doc["chemsys"]
     entries = entries if entries is not None else sorted(
         doc["entries"], key=lambda e: (e["formula"], e["e_above_hull"]))  # fmt: skip
+    at = doc.get("fidelity_key") or doc["level"]
     corrected = f", {doc['correction']}-corrected" if doc.get("correction") else ""
-    t = Table(title=f"{chemsys} hull v{doc['version']} ({doc['level']} energies{corrected}"
+    t = Table(title=f"{chemsys} hull v{doc['version']} at {at} ({doc['level']} energies{corrected}"
                     f"{'' if doc['complete'] else ', per composition: elemental references missing'})",
               caption=excluded_caption(doc), caption_justify="left")  # fmt: skip
     for col in ("id", "formula", "E/atom (eV)", "E_form (eV/atom)", "E_hull (meV/atom)", "stable"):
@@ -92,11 +93,24 @@ def excluded_caption(doc: dict) -> str | None:
     return "\n".join(lines)
 
 
+def incomplete_reason(doc: dict) -> str | None:
+    """Why a stored hull is incomplete (None: it is complete); older hulls lack the reason."""
+    if doc.get("complete", True):
+        return None
+    return doc.get("incomplete_reason") or (
+        f"no energy for element(s) {', '.join(doc.get('missing_elements') or [])}: "
+        "e_above_hull is relative to the lowest structure of each composition"
+    )
+
+
 def hull_json(chemsys: str, doc: dict, entries: list[dict], plot: Path | None) -> dict:
-    """``cspflow results hull --json``: the hull version, its entries and the plot path."""
+    """``cspflow results hull --json``: the hull version, its fidelity, its entries and the plot
+    path."""
     return {"chemsys": chemsys, "version": doc["version"], "level": doc["level"],
+            "fidelity_key": doc.get("fidelity_key"), "fidelity": doc.get("fidelity"),
             "correction": doc.get("correction"), "excluded": doc.get("excluded") or [],
-            "complete": doc["complete"], "stable": doc["stable"],
+            "complete": doc["complete"], "incomplete_reason": incomplete_reason(doc),
+            "missing_elements": doc.get("missing_elements", []), "stable": doc["stable"],
             "stable_formulas": doc["stable_formulas"], "entries": entries,
             "plot": str(plot) if plot else None}  # fmt: skip
 
@@ -242,7 +256,7 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
         h = it.get("hull") or {}
         t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
                   str(it.get("duplicates")), str(it.get("dft_runs_total")),
-                  f"v{h.get('version')} {h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
+                  f"v{h.get('version')} {h.get('fidelity_key') or h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     out: list = [t]
     learning = learn_table(doc.get("iterations", []))

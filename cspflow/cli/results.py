@@ -13,6 +13,14 @@ from cspflow.cli.common import JsonOpt, print_json
 app = typer.Typer(no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="Campaign name.")]
+FidelityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fidelity",
+        help="Fidelity key of the hull to show (e.g. gpaw:PBE:fast:1a2b3c4d); default: the "
+        "campaign's own, or the only one.",
+    ),
+]
 
 
 def _campaign(db, name: str) -> dict:
@@ -29,18 +37,22 @@ def _campaign(db, name: str) -> dict:
 def hull(
     name: NameArg,
     plot: Annotated[Path | None, typer.Option(help="Write the hull plot (PNG) here.")] = None,
+    fidelity: FidelityOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The latest convex hull of the campaign's chemical system, as a table or JSON."""
+    """The latest convex hull of the campaign's chemical system at one fidelity (the
+    campaign's own by default), as a table or JSON."""
     from rich.console import Console
 
     from cspflow.errors import CspflowError
     from cspflow.hull import latest_hull, plot_hull
     from cspflow.store import get_database
+    from cspflow.store.reports import choose_fidelity
 
     db = get_database()
     chemsys = _campaign(db, name)["chemsys"]
-    doc = latest_hull(db, chemsys)
+    key = choose_fidelity(db, name, chemsys, fidelity)
+    doc = latest_hull(db, chemsys, key) if key is not None else latest_hull(db, chemsys)
     if doc is None:
         raise CspflowError(
             f"no hull yet for {chemsys}: campaign {name!r} has no relaxed structures"
@@ -52,6 +64,8 @@ def hull(
         print_json(render.hull_json(chemsys, doc, entries, plot))
         return
     Console().print(render.hull_table(doc, entries))
+    if not doc.get("complete", True):
+        typer.echo(f"incomplete: {render.incomplete_reason(doc)}")
     if plot is not None:
         typer.echo(f"plot: {plot}")
 
@@ -61,6 +75,7 @@ def top(
     name: NameArg,
     n: Annotated[int, typer.Option("-n", help="How many structures.", min=1)] = 10,
     cif: Annotated[Path | None, typer.Option(help="Write each structure as a CIF here.")] = None,
+    fidelity: FidelityOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The lowest-energy unique structures (best fidelity), ranked by E above hull.
@@ -72,7 +87,7 @@ def top(
 
     db = get_database()
     _campaign(db, name)
-    rows = top_structures(db, name, n=n)
+    rows = top_structures(db, name, n=n, fidelity=fidelity)
     if cif is not None:
         from pymatgen.core import Structure
 
@@ -90,6 +105,7 @@ def top(
         return
     from rich.console import Console
 
-    Console().print(render.top_table(rows, f"{name}: lowest-energy unique structures"))
+    at = f" at {rows[0]['fidelity_key']}" if rows and rows[0].get("fidelity_key") else ""
+    Console().print(render.top_table(rows, f"{name}: lowest-energy unique structures{at}"))
     if cif is not None:
         typer.echo(f"{len(rows)} CIF file(s) in {cif}")

@@ -200,6 +200,7 @@ def fingerprint_document(
     fp: Fingerprint,
     cell: Structure | None = None,
     energy_per_atom: float | None = None,
+    fidelity: str | None = None,
 ) -> dict[str, Any]:
     """Build the ``fingerprints`` document of one stored form of a candidate.
 
@@ -214,7 +215,8 @@ def fingerprint_document(
 
     cell = cell if cell is not None else reduced_cell(structure)
     return {
-        "_id": f"{candidate_id}|{level}",
+        "_id": f"{candidate_id}|{level}" + (f"|{fidelity}" if fidelity else ""),
+        "fidelity_key": fidelity,
         "candidate_id": candidate_id,
         "level": level,
         "formula": fp.formula,
@@ -358,8 +360,12 @@ def find_relaxed_duplicate(
     exclude: str | None = None,
     cell: Structure | None = None,
     formula: str | None = None,
+    fidelity: str | None = None,
 ) -> str | None:
     """Return the id of another candidate whose relaxed form at ``level`` is this minimum.
+
+    With ``fidelity`` only forms filed at that fidelity are compared (energies of two
+    fidelities are not comparable).
 
     Compares with every relaxed form of the formula at the level whose energy is within
     :data:`RELAXED_ENERGY_WINDOW` of ``energy_per_atom``, closest energy first, by
@@ -378,6 +384,8 @@ def find_relaxed_duplicate(
     }
     if exclude is not None:
         query["candidate_id"] = {"$ne": exclude}
+    if fidelity is not None:
+        query["fidelity_key"] = fidelity
     fields = {"candidate_id": 1, "cell": 1, "energy_per_atom": 1}
     docs = sorted(
         db[FINGERPRINTS].find(query, fields),
@@ -396,6 +404,7 @@ def register_relaxed(
     structure: Structure,
     level: str,
     energy_per_atom: float | None = None,
+    fidelity: str | None = None,
 ) -> str | None:
     """File a candidate's relaxed structure for deduplication; return a duplicate's id or None.
 
@@ -417,6 +426,9 @@ def register_relaxed(
         ``"mlip"`` or ``"dft"``.
     energy_per_atom
         The relaxed energy at that level (eV/atom).
+    fidelity
+        Fidelity key of the relaxation (DFT): the form is filed per fidelity
+        (``dedup_forms["dft@KEY"]``) and the energy window compares forms of that fidelity only.
 
     Returns
     -------
@@ -429,26 +441,32 @@ def register_relaxed(
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     fp = fingerprint(structure)
     cell = reduced_cell(structure)
+    from cspflow.schemas.fidelity import field_key
+
+    form = f"{level}@{field_key(fidelity)}" if fidelity else level
     with _bucket_locks(db, [lock_key(fp), f"{fp.formula}|relaxed|{level}"]):
         dup = find_duplicate(db, structure, fp, exclude=candidate_id, cell=cell)
         if dup is None and energy_per_atom is not None:
             dup = find_relaxed_duplicate(
                 db, structure, level, energy_per_atom,
-                exclude=candidate_id, cell=cell, formula=fp.formula,
+                exclude=candidate_id, cell=cell, formula=fp.formula, fidelity=fidelity,
             )  # fmt: skip
         db["candidates"].update_one(
             {"candidate_id": candidate_id},
             {
                 "$set": {
-                    f"dedup_forms.{level}": {
+                    f"dedup_forms.{form}": {
                         "fingerprint": [round(float(x), 5) for x in fp.vector],
                         "structure": structure.as_dict(),
                         "spacegroup": fp.spacegroup,
+                        "fidelity_key": fidelity,
                     }
                 },
             },
         )
-        fdoc = fingerprint_document(candidate_id, level, structure, fp, cell, energy_per_atom)
+        fdoc = fingerprint_document(
+            candidate_id, level, structure, fp, cell, energy_per_atom, fidelity
+        )
         db[FINGERPRINTS].replace_one({"_id": fdoc["_id"]}, fdoc, upsert=True)
     if dup is None:
         return None

@@ -187,20 +187,26 @@ def reference_entries(source: str, chemsys: str) -> list[ComputedEntry]:
 
 
 def import_references(
-    source: str, db: Database, chemsys: str, scheme: CorrectionScheme, level: str = "dft"
+    source: str,
+    db: Database,
+    chemsys: str,
+    scheme: CorrectionScheme,
+    level: str = "dft",
+    fidelity: dict | None = None,
 ) -> tuple[int, list[str]]:
     """Store reference entries processed by ``scheme`` for a corrected hull.
 
     ``source`` is :data:`MP_OFFLINE` (pymatgen's shipped MP entries of ``chemsys``) or a JSON
     file of pymatgen ComputedEntries (corrected or not: ``clean=True`` replaces any
     adjustments they carry, so both sides get exactly the same scheme). Refused entries are
-    stored with their reason and never used. Returns (entries stored, refusal reasons).
+    stored with their reason and never used; every reference is stored at ``fidelity`` (the
+    campaign's Fidelity dict). Returns (entries stored, refusal reasons).
     """
     from cspflow.hull import store_references
 
     entries = reference_entries(source, chemsys)
     docs = [correct_entry(e, scheme) for e in entries]
-    store_references(db, entries, source, level=level, corrections=docs)
+    store_references(db, entries, source, level=level, corrections=docs, fidelity=fidelity)
     refused = [
         f"{e.entry_id} {e.composition.reduced_formula}: {d.reason}"
         for e, d in zip(entries, docs, strict=True)

@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from cspflow.errors import CspflowError
+from cspflow.schemas.dft import DEFAULT_PRESET
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -107,8 +108,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "none": {"none": {}},
 }
-
-DEFAULT_PRESET = {"vasp": "mp", "cp2k": "fast", "gpaw": "fast", "none": "none"}
 
 
 def _merge(base: dict, update: dict) -> dict:

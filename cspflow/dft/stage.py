@@ -4,9 +4,10 @@ Layers, top down:
 
 - :class:`DftStageMaker` makes the fan-out job; at run time it replaces itself with one
   :func:`dft_candidate` job per candidate id (``Response(replace=Flow([...]))``).
-- :func:`dft_candidate` loads the candidate, keys the work by
+- :func:`dft_candidate` loads the candidate, keys the work by its fidelity
+  (:meth:`~cspflow.schemas.dft.DftSpec.fidelity`) and
   :func:`~cspflow.dft.presets.settings_hash`, and either returns the stored converged result
-  (no code runs), marks the candidate failed with a one-line reason (missing program, unknown
+  of that fidelity (no code runs; a result of another fidelity never stands in for it), marks the candidate failed with a one-line reason (missing program, unknown
   element, ...), or replaces itself with the engine's atomate2 job followed by
   :func:`record_dft`.
 - :func:`record_dft` turns the engine's task document into a :class:`DftResultDoc` (through
@@ -72,9 +73,14 @@ def input_structure(candidate: dict) -> Structure:
 
 def write_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
     """Store ``result`` (:func:`cspflow.store.candidates.set_dft_result`: only a converged run
-    is usable) and, for a converged structure, deduplicate it against other DFT results."""
+    is usable) and, for a converged structure, deduplicate it against other DFT results of its
+    fidelity."""
+    from cspflow.schemas.fidelity import unknown_fidelity
     from cspflow.store import candidates
 
+    if result.fidelity is None:  # a result made without a spec: an explicit unknown fidelity
+        fid = unknown_fidelity("dft", result.engine, result.preset)
+        result = result.model_copy(update={"fidelity": fid})
     candidates.set_dft_result(db, candidate_id, result)
     if result.usable and result.structure:
         dedup_dft(db, candidate_id, result)
@@ -91,23 +97,29 @@ def dedup_dft(db: Database, candidate_id: str, result: DftResultDoc) -> str | No
     from cspflow.store import candidates
 
     assert result.structure is not None  # write_result passes results with a structure
+    assert result.fidelity is not None  # the stage gives every result its fidelity
+    key = result.fidelity.key
     structure = Structure.from_dict(result.structure)
-    other = register_relaxed(db, candidate_id, structure, "dft", result.energy_per_atom)
+    other = register_relaxed(
+        db, candidate_id, structure, "dft", result.energy_per_atom, fidelity=key
+    )
     if other is None:
         return None
-    doc = candidates.get_many(
-        db, [other], {"relaxed.dft.status": 1, "duplicate_of": 1, "energy_per_atom.dft": 1}
-    ).get(other, {})
-    converged = ((doc.get("relaxed") or {}).get("dft") or {}).get("status") == "converged"
-    if not converged or doc.get("duplicate_of") is not None:
-        return None  # it matched a form that is not a usable DFT result
-    theirs = (doc.get("energy_per_atom") or {}).get("dft")
+    doc = candidates.get_many(db, [other], {"relaxed.dft_by_fidelity": 1, "duplicate_of": 1})
+    theirs_run = candidates.dft_result_at(doc.get(other, {}), key) or {}
+    if (
+        theirs_run.get("status") != "converged"
+        or theirs_run.get("duplicate_of") is not None
+        or doc.get(other, {}).get("duplicate_of") is not None
+    ):
+        return None  # it matched a form that is not a usable DFT result at this fidelity
+    theirs = theirs_run.get("energy_per_atom")
     mine = result.energy_per_atom
     loser, winner = (
         (other, candidate_id) if theirs is not None and mine is not None and mine < theirs
         else (candidate_id, other)
     )  # fmt: skip
-    candidates.mark_duplicate(db, loser, winner)
+    candidates.mark_dft_duplicate(db, loser, winner, key)
     return loser
 
 
@@ -199,6 +211,7 @@ def build_engine_job(
 def _header(
     candidate_id: str, spec: DftSpec, preset: str, shash: str, campaign: str | None
 ) -> dict[str, Any]:
+    fidelity = spec.fidelity()
     return {
         "candidate_id": candidate_id,
         "campaign": campaign,
@@ -206,6 +219,7 @@ def _header(
         "preset": preset,
         "settings_hash": shash,
         "dispersion": spec.dispersion,
+        "fidelity": fidelity.model_dump() if fidelity is not None else None,
     }
 
 
@@ -277,7 +291,7 @@ def dft_candidate(
     shash = settings_hash(structure, dspec.engine, preset, settings)
     header = _header(candidate_id, dspec, preset, shash, campaign)
 
-    stored = (candidate.get("relaxed") or {}).get("dft") or {}
+    stored = candidates.dft_result_at(candidate, header["fidelity"]["key"]) or {}
     if stored.get("settings_hash") == shash and stored.get("status") == "converged":
         reused = DftResultDoc.model_validate({**stored, "reused": True})
         have = (stored.get("correction") or {}).get("scheme")

@@ -113,6 +113,7 @@ def collect_frames(
     store: JobStore | None = None,
     campaign: str | None = None,
     max_iteration: int | None = None,
+    fidelity: str | None = None,
     ionic_steps: int = 3,
     max_force: float = 10.0,
     max_energy_above_final: float = 1.0,
@@ -132,6 +133,8 @@ def collect_frames(
         Only this campaign's candidates (default: every campaign, DFT data are shared).
     max_iteration
         Only candidates of iterations up to this one.
+    fidelity
+        Only DFT results of this fidelity key (a training set never mixes fidelities).
     ionic_steps
         Ionic steps sampled per relaxation besides the final frame (-1: all).
     max_force
@@ -143,7 +146,8 @@ def collect_frames(
     -------
     frames, skipped
         ASE Atoms with ``REF_energy``, ``REF_forces``, ``REF_stress`` (when known),
-        ``frame_id`` and ``candidate_id``; and counts of what was left out, per reason.
+        ``frame_id``, ``candidate_id`` and (with ``fidelity``) ``fidelity_key``; and counts of
+        what was left out, per reason.
     """
     from cspflow.store import candidates
 
@@ -154,7 +158,9 @@ def collect_frames(
         skipped[reason] = skipped.get(reason, 0) + 1
 
     # duplicates count too (see dft_labelled)
-    for cand in candidates.dft_labelled(db, subsystems(chemsys), campaign, max_iteration):
+    for cand in candidates.dft_labelled(
+        db, subsystems(chemsys), campaign, max_iteration, fidelity=fidelity
+    ):
         cid = cand["candidate_id"]
         dft = cand["relaxed"]["dft"]
         output = _task_output(store, dft.get("task_uuid"))
@@ -204,6 +210,8 @@ def collect_frames(
             if atoms.info["REF_energy"] / len(atoms) - final > max_energy_above_final:
                 skip(f"more than {max_energy_above_final:g} eV/atom above the final frame")
                 continue
+            if fidelity is not None:
+                atoms.info["fidelity_key"] = fidelity  # the labels' level of theory
             frames.append(atoms)
     return frames, skipped
 
@@ -252,8 +260,10 @@ def build_training_set(
     settings: TrainSettings | None = None,
     campaign: str | None = None,
     max_iteration: int | None = None,
+    fidelity: dict | None = None,
 ) -> TrainingSet:
-    """Collect, filter and split the frames of ``chemsys``.
+    """Collect, filter and split the frames of ``chemsys`` (of one fidelity: ``fidelity``, a
+    Fidelity dict, when given).
 
     Raises
     ------
@@ -264,7 +274,7 @@ def build_training_set(
     s = settings or TrainSettings()
     frames, skipped = collect_frames(
         db, chemsys, store=store, campaign=campaign, max_iteration=max_iteration,
-        ionic_steps=s.ionic_steps, max_force=s.max_force,
+        fidelity=(fidelity or {}).get("key"), ionic_steps=s.ionic_steps, max_force=s.max_force,
         max_energy_above_final=s.max_energy_above_final,
     )  # fmt: skip
     if len(frames) < s.min_frames:
@@ -293,6 +303,7 @@ def build_training_set(
         set_hash=_frames_hash(frames),
         test_hash=_frames_hash(test, labels=False),
         test_fraction=s.test_fraction,
+        fidelity=fidelity,
     )
     return TrainingSet(train=train, test=test, doc=doc)
 

@@ -36,9 +36,43 @@ if TYPE_CHECKING:
     from jobflow import JobStore
     from pymongo.database import Database
 
-__all__ = ["learn", "learn_job", "LearnMaker"]
+__all__ = ["learn", "learn_job", "LearnMaker", "label_fidelity"]
 
 STAGE = "learn"
+
+
+def label_fidelity(db: Database, chemsys: str, campaign: str | None = None) -> dict | None:
+    """The fidelity of the labels a round trains on: the campaign's DFT fidelity, else the
+    only DFT fidelity of ``chemsys`` (None: no DFT data at all; the set is then empty).
+
+    Raises
+    ------
+    CspflowError
+        Data at several fidelities and no campaign to choose.
+    """
+    from cspflow.hull import campaign_fidelity
+    from cspflow.store import candidates
+
+    fid = campaign_fidelity(db, campaign) if campaign else None
+    if fid is not None:
+        return fid
+    keys = candidates.fidelity_keys(db, chemsys, "dft")
+    if len(keys) == 1:
+        return next(iter(keys.values()))
+    if not keys:
+        return None
+    raise CspflowError(
+        f"DFT labels of {chemsys} at {len(keys)} fidelities ({', '.join(sorted(keys))}); "
+        "train from one campaign's data (its fidelity)"
+    )
+
+
+def _fidelity_or_none(db: Database, chemsys: str, campaign: str | None) -> str | None:
+    try:
+        fid = label_fidelity(db, chemsys, campaign)
+    except CspflowError:
+        return None
+    return None if fid is None else str(fid["key"])
 
 
 def learn(
@@ -54,6 +88,7 @@ def learn(
     iteration: int | None = None,
     data_campaign: str | None = None,
     max_iteration: int | None = None,
+    fidelity: dict | None = None,
 ) -> LearnSummary:
     """One learning round: build the set, train, evaluate before/after, register, promote.
 
@@ -77,6 +112,10 @@ def learn(
         Recorded with the model.
     data_campaign, max_iteration
         Restrict the training data to one campaign / up to one iteration.
+    fidelity
+        The fidelity of the labels (a Fidelity dict); default: the campaign's DFT fidelity,
+        else the system's only one (:func:`label_fidelity`). Only labels of it are used, the
+        model is registered with it, and the model to beat is the current model of it.
 
     Raises
     ------
@@ -85,7 +124,9 @@ def learn(
         nothing is registered and the current model stays.
     """
     s = settings or TrainSettings()
-    current_spec = current or current_model_spec(db, chemsys, default=baseline)
+    fid = fidelity or label_fidelity(db, chemsys, campaign or data_campaign)
+    key = fid["key"] if fid is not None else None
+    current_spec = current or current_model_spec(db, chemsys, default=baseline, fidelity=key)
     foundation: Path | None = None
     foundation_label: str | None = None
     if s.foundation_model:
@@ -108,8 +149,9 @@ def learn(
     if s.finetune not in ("naive", "multihead"):
         raise CspflowError(f"unknown finetune mode {s.finetune!r}; use naive or multihead")
     tset = build_training_set(
-        db, chemsys, store=store, settings=s, campaign=data_campaign, max_iteration=max_iteration
-    )
+        db, chemsys, store=store, settings=s, campaign=data_campaign, max_iteration=max_iteration,
+        fidelity=fid,
+    )  # fmt: skip
     parent = (current_spec or "").removeprefix("registry:") or None
     reused = _stored_round(db, chemsys, tset.doc.set_hash, s, parent)
     if reused is not None:  # a rerun of a finished round: no retraining
@@ -151,6 +193,7 @@ def learn(
         "campaign": campaign,
         "iteration": iteration,
         "train_time_s": train_time,
+        "fidelity": fid,
     }
     record = register_model(
         db, files[0],
@@ -233,9 +276,11 @@ def learn_job(
             data_campaign=data_campaign,
         )  # fmt: skip
     except CspflowError as exc:
+        fid = _fidelity_or_none(db, chemsys, campaign or data_campaign)
         summary = LearnSummary(
             chemsys=chemsys, trained=False, reason=str(exc),
-            current_model=current or current_model_spec(db, chemsys, default=baseline),
+            current_model=current or current_model_spec(db, chemsys, default=baseline,
+                                                        fidelity=fid),
         )  # fmt: skip
     finally:
         store.close()

@@ -128,7 +128,7 @@ def prerelax_candidates(
         Deduplicate the relaxed structures.
     dispersion
         ``d3bj`` adds D3(BJ) to the model's energies, forces and stress (see
-        :mod:`cspflow.mlip`); part of the stored result and of its key.
+        :mod:`cspflow.mlip`); part of the stored result and of its key. Recorded in the result's fidelity.
     db
         The cspflow database (default: from the settings).
     find_duplicate
@@ -152,6 +152,7 @@ def prerelax_candidates(
     from pymatgen.core import Structure
 
     from cspflow.mlip import committee_disagreement, load_model
+    from cspflow.schemas.fidelity import mlip_fidelity
     from cspflow.store import candidates
 
     t0 = time.monotonic()
@@ -237,6 +238,7 @@ def prerelax_candidates(
             key=keys[cid],
             device=mlip.device,
             wall_s=round(wall, 3),
+            fidelity=mlip_fidelity(mlip.model_id, dispersion),
         )
         candidates.set_mlip_result(db, cid, doc, failure_reason=out.failure_reason)
         if out.ok:

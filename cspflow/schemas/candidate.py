@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cspflow.schemas.dft import DftResultDoc
+from cspflow.schemas.fidelity import Fidelity
 from cspflow.schemas.prerelax import MlipRelaxDoc
 
 __all__ = [
@@ -27,8 +28,9 @@ __all__ = [
 ]
 
 #: 2: ``screenings`` replaces ``rescreen``/``rescreen_relaxed_by``; ``relaxed.mlip.spacegroup``
-#: is a number (see :mod:`cspflow.store.migrate`)
-CANDIDATE_SCHEMA_VERSION = 2
+#: is a number; 3: every energy has a fidelity, DFT results per fidelity in
+#: ``relaxed.dft_by_fidelity`` (see :mod:`cspflow.store.migrate`)
+CANDIDATE_SCHEMA_VERSION = 3
 
 CandidateStatus = Literal["generated", "prerelaxed", "selected", "dft_done", "failed"]
 
@@ -65,6 +67,7 @@ class ScreeningDoc(BaseModel):
         "relaxed again and is usable); None otherwise.",
     )
     at: datetime = Field(default_factory=_now, description="UTC time of the re-screening.")
+    fidelity: Fidelity | None = Field(None, description="Fidelity of the model's energies.")
 
 
 class DedupForm(BaseModel):
@@ -73,6 +76,9 @@ class DedupForm(BaseModel):
     fingerprint: list[float] = Field(description="Fingerprint of the relaxed structure.")
     structure: dict[str, Any] = Field(description="The relaxed structure (pymatgen dict).")
     spacegroup: int = Field(description="Space group number (spglib, symprec 0.1).")
+    fidelity_key: str | None = Field(
+        None, description="Fidelity of the relaxation that gave this form (DFT forms: per key)."
+    )
 
 
 class RelaxedForms(BaseModel):
@@ -81,7 +87,16 @@ class RelaxedForms(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mlip: MlipRelaxDoc | None = Field(None, description="MLIP pre-relaxation.")
-    dft: DftResultDoc | None = Field(None, description="DFT relaxation.")
+    dft: DftResultDoc | None = Field(
+        None,
+        description="The primary DFT result: the first fidelity that converged (what status "
+        "and ``energy_per_atom.dft`` describe). Hulls, training sets and deduplication read "
+        "``dft_by_fidelity``.",
+    )
+    dft_by_fidelity: list[DftResultDoc] = Field(
+        default_factory=list,
+        description="One DFT result per fidelity (``fidelity.key`` unique in the list).",
+    )
 
 
 class CandidateDoc(BaseModel):
@@ -94,7 +109,8 @@ class CandidateDoc(BaseModel):
 
     schema_version: int = Field(
         CANDIDATE_SCHEMA_VERSION,
-        description="Layout version (2: re-screening as the append-only ``screenings``).",
+        description="Layout version (2: re-screening as the append-only ``screenings``; 3: "
+        "fidelities, DFT results per fidelity).",
     )
     candidate_id: str = Field(description="Unique id of the candidate.")
     campaign: str | None = Field(None, description="Campaign that generated it (its owner).")
@@ -131,6 +147,9 @@ class CandidateDoc(BaseModel):
         None, description="Level of the hull that gave e_above_hull."
     )
     hull_version: int | None = Field(None, description="Hull version that gave e_above_hull.")
+    e_above_hull_fidelity: str | None = Field(
+        None, description="Fidelity key of the hull that gave e_above_hull (written last)."
+    )
     screenings: list[ScreeningDoc] = Field(
         default_factory=list, description="Re-screenings by promoted models, oldest first."
     )

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cspflow.schemas.fidelity import Fidelity, dft_fidelity
+
 __all__ = [
     "DftEngine",
     "DftStatus",
@@ -24,9 +26,22 @@ __all__ = [
     "Dispersion",
     "DISPERSIONS",
     "check_dispersion",
+    "DEFAULT_PRESET",
+    "spec_fidelity",
 ]
 
-DFT_SCHEMA_VERSION = 1
+
+#: 2: ``fidelity`` and ``duplicate_of`` (per fidelity)
+DFT_SCHEMA_VERSION = 2
+#: the preset an engine uses when the spec names none (cspflow.dft.presets.PRESETS)
+DEFAULT_PRESET = {"vasp": "mp", "cp2k": "fast", "gpaw": "fast", "none": "none"}
+#: settings that steer the run or its output, not the energy (left out of the fidelity hash)
+_NOT_ENERGY = {
+    "incar": {"NSW", "EDIFFG", "IBRION", "ISIF", "POTIM", "LWAVE", "LCHARG", "LAECHG", "LVTOT",
+              "NCORE", "NPAR", "KPAR", "LORBIT", "NELM", "NELMIN"},
+    "cp2k": {"activate_motion", "max_scf", "eps_scf"},
+    "gpaw": {"txt", "maxiter", "parallel", "convergence"},
+}  # fmt: skip
 
 DftEngine = Literal["vasp", "cp2k", "gpaw", "none"]
 DftStatus = Literal["converged", "unconverged", "failed"]
@@ -156,6 +171,55 @@ class DftSpec(BaseModel):
             )
         return self
 
+    def fidelity(self) -> Fidelity | None:
+        """The fidelity of this spec's DFT energies (None for engine ``none``)."""
+        return spec_fidelity(self)
+
+
+def _functional(spec: DftSpec) -> str:
+    if spec.engine == "gpaw":
+        return str(spec.gpaw.get("xc", "PBE"))
+    if spec.engine == "vasp":
+        incar = {str(k).upper(): v for k, v in spec.incar.items()}
+        if incar.get("METAGGA"):
+            return str(incar["METAGGA"]).upper()
+        gga = str(incar.get("GGA", "PE")).upper()
+        return {"PE": "PBE", "PS": "PBEsol", "RP": "RPBE", "91": "PW91"}.get(gga, gga)
+    if spec.engine == "cp2k":
+        return str(spec.cp2k.get("xc_functional", "PBE"))
+    return "none"
+
+
+def spec_fidelity(spec: DftSpec) -> Fidelity | None:
+    """The fidelity of a :class:`DftSpec`'s energies (None for engine ``none``).
+
+    The hash covers the engine, functional, preset and every override that changes the
+    energy: VASP INCAR (less run-control tags such as NSW, EDIFFG, NCORE), k-points and ENMAX;
+    CP2K input overrides (less motion/SCF-loop controls); GPAW calculator keywords and k-point
+    density; dispersion and correction. Relax mode, fmax and steps steer the optimiser only.
+    """
+    if spec.engine == "none":
+        return None
+    preset = spec.preset or DEFAULT_PRESET[spec.engine]
+    energy: dict[str, Any] = {}
+    if spec.engine == "vasp":
+        skip = _NOT_ENERGY["incar"]
+        energy = {
+            "incar": {
+                str(k).upper(): v for k, v in spec.incar.items() if str(k).upper() not in skip
+            },
+            "kpoints": spec.kpoints,
+            "enmax": spec.enmax,
+        }
+    elif spec.engine == "cp2k":
+        energy = {"cp2k": {k: v for k, v in spec.cp2k.items() if k not in _NOT_ENERGY["cp2k"]}}
+    elif spec.engine == "gpaw":
+        gpaw = {k: v for k, v in spec.gpaw.items() if k not in _NOT_ENERGY["gpaw"] and k != "xc"}
+        energy = {"gpaw": gpaw, "kpoint_density": spec.kpoint_density}
+    return dft_fidelity(
+        spec.engine, _functional(spec), preset, energy, spec.dispersion, spec.correction
+    )
+
 
 class EnergyCorrectionDoc(BaseModel):
     """An energy-correction scheme's verdict on one entry (candidate or reference)."""
@@ -226,6 +290,14 @@ class DftResultDoc(BaseModel):
         None,
         description="The spec's energy-correction scheme applied to this converged result "
         "(energy and energy_per_atom stay the engine's uncorrected values); None: no scheme.",
+    )
+    fidelity: Fidelity | None = Field(
+        None, description="Level of theory of the energy (None only before migration)."
+    )
+    duplicate_of: str | None = Field(
+        None,
+        description="At this fidelity, the candidate whose DFT result is the same minimum at a "
+        "lower energy (DFT deduplication compares energies of one fidelity only).",
     )
 
     @property

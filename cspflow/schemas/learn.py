@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from cspflow.schemas.fidelity import Fidelity
+
 __all__ = [
     "LEARN_SCHEMA_VERSION",
     "TrainSettings",
@@ -54,6 +56,9 @@ class TrainingSetDoc(BaseModel):
     )
     test_hash: str = Field("", description="Hash of the held-out frames' identities.")
     test_fraction: float = Field(0.2, description="Share of candidates (by hash) held out.")
+    fidelity: Fidelity | None = Field(
+        None, description="Fidelity of the DFT labels (every frame has this one)."
+    )
 
 
 class ModelMetrics(BaseModel):
@@ -109,6 +114,12 @@ class ModelDoc(BaseModel):
     train_time_s: float | None = Field(None, description="Wall time of training (s).")
     promoted: bool = Field(False, description="Whether the model became the current one.")
     promotion_reason: str = Field("", description="Why it was (not) promoted.")
+    fidelity: Fidelity | None = Field(
+        None,
+        description="Fidelity of the DFT labels the model was trained on; it is the current "
+        "model only for campaigns at this fidelity.",
+    )
+    fidelity_key: str | None = Field(None, description="``fidelity.key``, indexed.")
 
 
 class LearnSummary(BaseModel):

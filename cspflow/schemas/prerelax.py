@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cspflow.schemas.dft import Dispersion, check_dispersion
+from cspflow.schemas.fidelity import Fidelity
 
 __all__ = [
     "PrerelaxSettings",
@@ -155,6 +156,9 @@ class MlipRelaxDoc(BaseModel):
     schema_version: int = Field(
         MLIP_RELAX_SCHEMA_VERSION,
         description="Layout version (2: space group as a number, symbol in its own field).",
+    )
+    fidelity: Fidelity | None = Field(
+        None, description="Level of theory of the energy (the model and its dispersion)."
     )
 
 

@@ -15,7 +15,17 @@ candidate goes through a function here, named after the state it records:
 
 and the stages read through the queries below it. The one rule for an energy a hull, a
 ranking or a parent pool may use is :func:`usable_query`: a number at that level, the
-candidate neither failed nor a duplicate, and at DFT level a converged result.
+candidate neither failed nor a duplicate, and at DFT level a converged result; given a
+fidelity key, only energies of that fidelity (docs/fidelity.md).
+
+DFT results per fidelity: ``relaxed.dft_by_fidelity`` is a list with one
+:class:`~cspflow.schemas.dft.DftResultDoc` per fidelity key; a campaign at a new functional
+adds its own entry beside another campaign's. ``relaxed.dft`` and ``energy_per_atom.dft``
+describe the candidate's primary result, the first fidelity that converged (what the status
+says; a later fidelity never overwrites it); hulls, training sets, DFT
+deduplication and the DFT stage's reuse read the entry of their own fidelity
+(:func:`dft_result_at`). A DFT duplicate is recorded per fidelity
+(``dft_by_fidelity[].duplicate_of``, :func:`mark_dft_duplicate`).
 
 Ownership has one answer: ``campaign`` is the campaign that generated the candidate. Another
 campaign's re-screening is a ``screenings`` entry (which campaign, which model, which of its
@@ -49,6 +59,12 @@ __all__ = [
     "mark_duplicate",
     "mark_selected",
     "set_dft_result",
+    "dft_result_at",
+    "energy_at",
+    "mark_dft_duplicate",
+    "other_fidelity_pool",
+    "campaign_mlip_fidelity",
+    "fidelity_keys",
     "set_hull",
     "add_screenings",
     "selection_pool",
@@ -85,13 +101,27 @@ def _check_level(level: str) -> None:
 # the usable-energy rule
 
 
-def usable_query(level: str) -> dict[str, Any]:
+def usable_query(level: str, fidelity: str | None = None) -> dict[str, Any]:
     """The filter of candidates whose ``level`` energy a hull, ranking or parent pool may use.
 
     A number at that level, not failed, not a duplicate of another candidate, and at DFT level
-    a converged result.
+    a converged result. With ``fidelity`` (a key): at DFT level a converged, non-duplicate
+    result of that fidelity in ``relaxed.dft_by_fidelity`` (the candidate may have failed or
+    be a duplicate at another one); at MLIP level a relaxation of that fidelity.
     """
     _check_level(level)
+    if fidelity is not None and level == "dft":
+        return {
+            "duplicate_of": {"$in": [None]},
+            "relaxed.dft_by_fidelity": {
+                "$elemMatch": {
+                    "fidelity.key": fidelity,
+                    "status": "converged",
+                    "energy_per_atom": {"$type": "number"},
+                    "duplicate_of": {"$in": [None]},
+                }
+            },
+        }
     query: dict[str, Any] = {
         f"energy_per_atom.{level}": {"$type": "number"},
         "status": {"$ne": "failed"},
@@ -99,6 +129,8 @@ def usable_query(level: str) -> dict[str, Any]:
     }
     if level == "dft":
         query["relaxed.dft.status"] = "converged"
+    if fidelity is not None:
+        query["relaxed.mlip.fidelity.key"] = fidelity
     return query
 
 
@@ -107,10 +139,61 @@ def usable(
     level: str,
     where: dict[str, Any] | None = None,
     projection: dict[str, Any] | None = None,
+    fidelity: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Candidates with a usable ``level`` energy (:func:`usable_query`) that also match
-    ``where`` (e.g. ``{"campaign": name}``)."""
-    return list(_coll(db).find({**usable_query(level), **(where or {})}, projection))
+    """Candidates with a usable ``level`` energy (:func:`usable_query`, of ``fidelity`` when
+    given) that also match ``where`` (e.g. ``{"campaign": name}``)."""
+    if projection is not None and fidelity is not None and level == "dft":
+        projection = {**projection, "relaxed.dft_by_fidelity": 1}
+    query = {**usable_query(level, fidelity), **(where or {})}
+    return list(_coll(db).find(query, projection))
+
+
+def dft_result_at(doc: dict[str, Any], fidelity: str) -> dict[str, Any] | None:
+    """The candidate document's DFT result of fidelity key ``fidelity``, or None."""
+    for run in ((doc.get("relaxed") or {}).get("dft_by_fidelity")) or []:
+        if (run.get("fidelity") or {}).get("key") == fidelity:
+            return dict(run)
+    return None
+
+
+def energy_at(doc: dict[str, Any], level: str, fidelity: str | None = None) -> float | None:
+    """A candidate's energy per atom at ``level`` (of ``fidelity`` when given; eV/atom)."""
+    if level == "dft" and fidelity is not None:
+        run = dft_result_at(doc, fidelity) or {}
+        value = run.get("energy_per_atom") if run.get("status") == "converged" else None
+    else:
+        value = (doc.get("energy_per_atom") or {}).get(level)
+    return None if value is None else float(value)
+
+
+def fidelity_keys(db: Database, chemsys: str, level: str) -> dict[str, dict[str, Any]]:
+    """Fidelities with a usable ``level`` energy in ``chemsys`` (subsystems included) or a
+    reference entry there: key -> the fidelity document."""
+    system = set(chemsys.split("-"))
+    out: dict[str, dict[str, Any]] = {}
+    query: dict[str, Any]
+    if level == "dft":
+        proj = {"composition": 1, "relaxed.dft_by_fidelity.fidelity": 1,
+                "relaxed.dft_by_fidelity.status": 1}  # fmt: skip
+        query = {"relaxed.dft_by_fidelity.status": "converged"}
+        for doc in _coll(db).find(query, proj):
+            if set(doc.get("composition", {})) <= system:
+                for run in doc["relaxed"]["dft_by_fidelity"]:
+                    fid = run.get("fidelity")
+                    if fid and run.get("status") == "converged":
+                        out.setdefault(fid["key"], fid)
+    else:
+        query = {**usable_query("mlip"), "relaxed.mlip.fidelity": {"$ne": None}}
+        for doc in _coll(db).find(query, {"composition": 1, "relaxed.mlip.fidelity": 1}):
+            if set(doc.get("composition", {})) <= system:
+                fid = doc["relaxed"]["mlip"]["fidelity"]
+                out.setdefault(fid["key"], fid)
+    for ref in db.hull_references.find({"chemsys_level": level}, {"composition": 1,
+                                                                  "fidelity": 1}):  # fmt: skip
+        if set(ref.get("composition", {})) <= system and ref.get("fidelity"):
+            out.setdefault(ref["fidelity"]["key"], ref["fidelity"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +245,11 @@ def set_mlip_result(
     """Record an MLIP relaxation: ``relaxed.mlip``, ``energy_per_atom.mlip`` and the status
     (``prerelaxed``, or ``failed`` with the reason). A new relaxation clears ``duplicate_of``:
     the prerelax stage decides it again."""
+    from cspflow.schemas.fidelity import mlip_fidelity
+
     ok = failure_reason is None
+    if doc.fidelity is None:
+        doc = doc.model_copy(update={"fidelity": mlip_fidelity(doc.model_id)})
     update = {
         "relaxed.mlip": doc.model_dump(),
         "energy_per_atom.mlip": doc.energy_per_atom if ok else None,
@@ -185,41 +272,132 @@ def mark_duplicate(db: Database, candidate_id: str, of: str) -> None:
 
 
 def mark_selected(db: Database, ids: Sequence[str]) -> None:
-    """Record that ``ids`` were chosen for DFT."""
+    """Record that ``ids`` were chosen for DFT (a candidate with a DFT result at another
+    fidelity keeps its status)."""
     if ids:
         _coll(db).update_many(
-            {"candidate_id": {"$in": list(ids)}}, {"$set": {"status": "selected"}}
+            {"candidate_id": {"$in": list(ids)}, "status": {"$in": ["prerelaxed", "generated"]}},
+            {"$set": {"status": "selected"}},
         )
+
+
+def _runs(db: Database, candidate_id: str) -> list[dict[str, Any]]:
+    cur = _coll(db).find_one({"candidate_id": candidate_id}, {"relaxed.dft_by_fidelity": 1})
+    return list(((cur or {}).get("relaxed") or {}).get("dft_by_fidelity") or [])
+
+
+def _run_key(run: dict[str, Any]) -> str | None:
+    return (run.get("fidelity") or {}).get("key")
 
 
 def set_dft_result(db: Database, candidate_id: str, result: DftResultDoc) -> None:
-    """Record a DFT result at ``relaxed.dft``; only a converged run gives a usable energy.
+    """Record a DFT result of one fidelity; only a converged run gives a usable energy.
 
-    Converged: ``energy_per_atom.dft`` set and status ``dft_done``. Otherwise the DFT energy is
-    removed and the candidate is marked ``failed`` with ``failure_reason``.
+    The result replaces the candidate's entry of the same fidelity in
+    ``relaxed.dft_by_fidelity``. When no other fidelity has a converged result it is also the
+    candidate's primary result: ``relaxed.dft``, and converged: ``energy_per_atom.dft`` set and
+    status ``dft_done``; otherwise the DFT energy is removed and the candidate is marked
+    ``failed`` with ``failure_reason``. A result of a second fidelity (converged or not) leaves
+    the first fidelity's ``relaxed.dft``, energy and status alone.
     """
     doc = result.model_dump(exclude={"reused"})
-    update: dict[str, Any] = {"$set": {"relaxed.dft": doc}}
-    if result.usable:
-        update["$set"].update({"energy_per_atom.dft": result.energy_per_atom, "status": "dft_done"})
+    key = result.fidelity.key if result.fidelity is not None else None
+    runs = [r for r in _runs(db, candidate_id) if _run_key(r) != key]
+    converged_elsewhere = any(r.get("status") == "converged" for r in runs)
+    runs.append(doc)
+    update: dict[str, Any] = {"$set": {"relaxed.dft_by_fidelity": runs}}
+    if result.usable and not converged_elsewhere:
+        update["$set"].update({"relaxed.dft": doc, "energy_per_atom.dft": result.energy_per_atom,
+                               "status": "dft_done"})  # fmt: skip
         update["$unset"] = {"failure_reason": ""}
-    else:
+    elif not result.usable and not converged_elsewhere:
         update["$set"].update(
-            {"status": "failed", "failure_reason": f"dft {result.status}: {result.reason}"}
-        )
+            {"relaxed.dft": doc, "status": "failed",
+             "failure_reason": f"dft {result.status}: {result.reason}"}
+        )  # fmt: skip
         update["$unset"] = {"energy_per_atom.dft": ""}
     _coll(db).update_one({"candidate_id": candidate_id}, update)
 
 
-def set_hull(db: Database, e_above_hull: dict[str, float], level: str, version: int) -> None:
-    """Record each candidate's energy above hull version ``version`` (built at ``level``)."""
+def mark_dft_duplicate(db: Database, candidate_id: str, of: str, fidelity: str) -> None:
+    """Record that at fidelity ``fidelity`` the DFT result of ``candidate_id`` is the minimum of
+    ``of`` (at a higher energy). The whole candidate becomes ``duplicate_of`` only when it has
+    no converged DFT result at another fidelity, so a duplicate found at one fidelity never
+    hides a candidate from another fidelity's hull."""
+    if candidate_id == of:
+        raise ValueError(f"a candidate cannot duplicate itself ({candidate_id})")
+    runs = _runs(db, candidate_id)
+    for run in runs:
+        if _run_key(run) == fidelity:
+            run["duplicate_of"] = of
+    sets: dict[str, Any] = {"relaxed.dft_by_fidelity": runs}
+    cur = _coll(db).find_one({"candidate_id": candidate_id}, {"relaxed.dft.fidelity": 1})
+    if ((((cur or {}).get("relaxed") or {}).get("dft") or {}).get("fidelity") or {}).get(
+        "key"
+    ) == fidelity:
+        sets["relaxed.dft.duplicate_of"] = of
+    _coll(db).update_one({"candidate_id": candidate_id}, {"$set": sets})
+    if not any(r.get("status") == "converged" and _run_key(r) != fidelity for r in runs):
+        mark_duplicate(db, candidate_id, of)
+
+
+def campaign_mlip_fidelity(db: Database, campaign: str) -> dict[str, Any] | None:
+    """The MLIP fidelity of the campaign's most recent usable pre-relaxation (None: none)."""
+    query: dict[str, Any] = {**usable_query("mlip"), "campaign": campaign}
+    query["relaxed.mlip.fidelity"] = {"$ne": None}
+    order = [("iteration", -1), ("created_at", -1)]
+    doc = _coll(db).find_one(query, {"relaxed.mlip.fidelity": 1}, sort=order)
+    return None if doc is None else dict(doc["relaxed"]["mlip"]["fidelity"])
+
+
+def other_fidelity_pool(
+    db: Database, formulas: Sequence[str], fidelity: str, per_formula: int
+) -> list[str]:
+    """Ids of candidates with a converged DFT result at another fidelity but none (of any
+    outcome) at ``fidelity``: per formula the ``per_formula`` lowest by their other-fidelity
+    energy. A campaign at a new fidelity computes these itself (docs/fidelity.md)."""
+    query = {
+        "formula": {"$in": list(formulas)},
+        "duplicate_of": {"$in": [None]},
+        "relaxed.dft_by_fidelity": {"$elemMatch": {"status": "converged"}},
+        "relaxed.dft_by_fidelity.fidelity.key": {"$ne": fidelity},
+    }
+    proj = {"_id": 0, "candidate_id": 1, "formula": 1, "energy_per_atom": 1}
+    best: dict[str, list[tuple[float, str]]] = {}
+    for doc in _coll(db).find(query, proj):
+        e = (doc.get("energy_per_atom") or {}).get("dft")
+        if e is None:
+            continue
+        best.setdefault(doc["formula"], []).append((float(e), doc["candidate_id"]))
+    out: list[str] = []
+    for formula in formulas:
+        out += [cid for _, cid in sorted(best.get(formula, []))[:per_formula]]
+    return out
+
+
+def set_hull(
+    db: Database,
+    e_above_hull: dict[str, float],
+    level: str,
+    version: int,
+    fidelity: str | None = None,
+) -> None:
+    """Record each candidate's energy above hull version ``version`` (built at ``level`` and
+    ``fidelity``; the hull document holds every fidelity's values, the candidate the last)."""
     from pymongo import UpdateOne
 
     _check_level(level)
     ops = [
         UpdateOne(
             {"candidate_id": cid},
-            {"$set": {"e_above_hull": e, "e_above_hull_level": level, "hull_version": version}},
+            {
+                "$set": {
+                    "e_above_hull": e,
+                    "e_above_hull_level": level,
+                    "hull_version": version,
+                    "e_above_hull_fidelity": fidelity,
+                }
+            },
         )
         for cid, e in e_above_hull.items()
     ]
@@ -364,17 +542,36 @@ def preferred_energy(doc: dict[str, Any]) -> float:
 
 
 def dft_labelled(
-    db: Database, chemsystems: list[str], campaign: str | None, max_iteration: int | None
+    db: Database,
+    chemsystems: list[str],
+    campaign: str | None,
+    max_iteration: int | None,
+    fidelity: str | None = None,
 ) -> list[dict[str, Any]]:
     """Candidates with a converged DFT relaxation (duplicates too: a candidate marked duplicate
-    after its DFT relaxation still has its own trajectory, real labelled data)."""
+    after its DFT relaxation still has its own trajectory, real labelled data).
+
+    With ``fidelity`` only those with a converged result of that fidelity, and ``relaxed.dft``
+    of each returned document is that result (never another fidelity's labels).
+    """
     query: dict[str, Any] = {"chemsys": {"$in": chemsystems}, "relaxed.dft.status": "converged"}
+    if fidelity is not None:
+        del query["relaxed.dft.status"]
+        query["relaxed.dft_by_fidelity"] = {
+            "$elemMatch": {"fidelity.key": fidelity, "status": "converged"}
+        }
     if campaign is not None:
         query["campaign"] = campaign
     if max_iteration is not None:
         query["iteration"] = {"$lte": max_iteration}
-    fields = {"candidate_id": 1, "relaxed.dft": 1}
-    return list(_coll(db).find(query, fields).sort("candidate_id", 1))
+    fields = {"candidate_id": 1, "relaxed.dft": 1, "relaxed.dft_by_fidelity": 1}
+    docs = list(_coll(db).find(query, fields).sort("candidate_id", 1))
+    if fidelity is not None:
+        for doc in docs:
+            doc["relaxed"]["dft"] = dft_result_at(doc, fidelity)
+    for doc in docs:
+        doc["relaxed"].pop("dft_by_fidelity", None)
+    return docs
 
 
 def relaxed_in_order(db: Database, campaign: str) -> list[dict[str, Any]]:
@@ -427,4 +624,6 @@ def best_energies(db: Database, campaign: str) -> dict[str, dict[str, float]]:
 def dft_runs(db: Database, campaign: str) -> int:
     """DFT calculations the campaign ran (any outcome): a result names the campaign that ran it
     (``relaxed.dft.campaign``; the migration names it for results of older versions)."""
-    return int(_coll(db).count_documents({"relaxed.dft.campaign": campaign}))
+    query = {"$or": [{"relaxed.dft.campaign": campaign},
+                     {"relaxed.dft_by_fidelity.campaign": campaign}]}  # fmt: skip
+    return int(_coll(db).count_documents(query))

@@ -45,10 +45,22 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]], dict], ...] = (
         [("formula", 1), ("level", 1), ("energy_per_atom", 1)],
         {"name": "relaxed_energy"},
     ),  # fmt: skip
-    ("hull", [("chemsys", 1), ("version", -1)], {"unique": True, "name": "chemsys_version"}),
+    (
+        "hull",
+        [("chemsys", 1), ("fidelity_key", 1), ("version", -1)],
+        {"unique": True, "name": "chemsys_fidelity_version"},
+    ),
+    ("hull_references", [("fidelity_key", 1)], {"name": "fidelity_key"}),
+    (
+        "candidates",
+        [("relaxed.dft_by_fidelity.fidelity.key", 1)],
+        {"name": "dft_fidelity_key"},
+    ),
+    ("candidates", [("relaxed.mlip.fidelity.key", 1)], {"name": "mlip_fidelity_key"}),
     ("models", [("model_id", 1)], {"unique": True, "name": "model_id"}),
     ("models", [("chemsys", 1), ("created_at", -1)], {"name": "chemsys_created"}),
     ("models", [("chemsys", 1), ("promoted", 1), ("created_at", -1)], {"name": "current_model"}),
+    ("models", [("chemsys", 1), ("fidelity_key", 1), ("promoted", 1)], {"name": "fidelity_model"}),
     ("campaigns", [("name", 1)], {"unique": True, "name": "name"}),
 )
 

@@ -16,6 +16,21 @@ reads it, and a database without it is brought to :data:`LAYOUT_VERSION`:
    between modules (:data:`cspflow.jobs.MOVED_JOB_PATHS`): every ``@module``/``@callable`` pair
    of a moved job is rewritten, so a campaign started by the earlier release resumes.
 
+Layout 3 (docs/fidelity.md) gives every stored energy a fidelity:
+
+4. ``candidates`` (to schema 3): ``relaxed.mlip`` and each ``screenings`` entry get the MLIP
+   fidelity of their model (no dispersion existed before); ``relaxed.dft`` gets the DFT
+   fidelity of the campaign that ran it, computed from that campaign's stored spec when the
+   spec's engine and preset are the result's, else an explicit unknown fidelity
+   (``unknown:dft:ENGINE:PRESET``, never equal to a known key); the result is also the one
+   entry of ``relaxed.dft_by_fidelity``. DFT forms in ``fingerprints`` get that fidelity key.
+5. ``hull``: a version gets the fidelity its candidate entries share (unknown when they mix
+   fidelities, as hulls built before this release could); the unique index on
+   (chemsys, version) is replaced by one on (chemsys, fidelity_key, version).
+6. ``hull_references``: the fidelity of the campaign whose spec imported the file, else unknown.
+7. ``models``: the DFT fidelity of the campaign that trained the model, else unknown; a model
+   of unknown fidelity is never any campaign's current model.
+
 Every step only touches documents still in the old form, so running it twice (or in two
 processes at once) changes nothing the second time.
 """
@@ -29,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LAYOUT_VERSION", "layout_version", "upgrade"]
 
-#: 2: candidates at schema 2, fingerprints with relaxed energies, job paths of the redesign
-LAYOUT_VERSION = 2
+#: 2: candidates at schema 2, fingerprints with relaxed energies, job paths of the redesign;
+#: 3: a fidelity on every stored energy (candidates at schema 3, hulls, references, models)
+LAYOUT_VERSION = 3
 META = "cspflow_meta"
 _DONE: set[tuple[str, str]] = set()  # (address, database) upgraded in this process
 
@@ -53,10 +69,16 @@ def upgrade(db: Database, *, force: bool = False) -> dict[str, int]:
     changed: dict[str, int] = {}
     version = layout_version(db)
     if force or version is None or version < LAYOUT_VERSION:
+        from cspflow.store.migrate_fidelity import fingerprints, hulls, models, references
+
         changed = {
             "candidates": _candidates(db),
             "fingerprints": _fingerprints(db),
             "fireworks": _fireworks(db),
+            "dft_fingerprints": fingerprints(db),
+            "hull": hulls(db),
+            "hull_references": references(db),
+            "models": models(db),
         }
         db[META].update_one({"_id": "layout"}, {"$set": {"version": LAYOUT_VERSION}}, upsert=True)
     _DONE.add(key)
@@ -104,9 +126,11 @@ def _candidates(db: Database) -> int:
 
     from cspflow.schemas.candidate import CANDIDATE_SCHEMA_VERSION
     from cspflow.schemas.prerelax import MLIP_RELAX_SCHEMA_VERSION
+    from cspflow.store.migrate_fidelity import fidelity_sets
 
     coll = db["candidates"]
     ops = []
+    spec_fidelities: dict[str, dict[str, Any] | None] = {}
     for doc in coll.find({"schema_version": {"$ne": CANDIDATE_SCHEMA_VERSION}}):
         sets: dict[str, Any] = {"schema_version": CANDIDATE_SCHEMA_VERSION}
         unset: dict[str, str] = {}
@@ -125,6 +149,7 @@ def _candidates(db: Database) -> int:
         if dft and not dft.get("campaign"):
             rescreen = doc.get("rescreen") or {}
             sets["relaxed.dft.campaign"] = rescreen.get("campaign") or doc.get("campaign")
+        sets.update(fidelity_sets(db, doc, sets, spec_fidelities))
         update: dict[str, Any] = {"$set": sets}
         if unset:
             update["$unset"] = unset

@@ -21,6 +21,8 @@ __all__ = [
     "candidate_counts",
     "TOP_SCHEMA_VERSION",
     "top_structures",
+    "campaign_fidelity",
+    "choose_fidelity",
 ]
 
 
@@ -108,13 +110,68 @@ def _symbol(number: int | None) -> str | None:
     return SpaceGroup.from_int_number(number).symbol if number else None
 
 
-def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
-    """The campaign's lowest-energy unique structures at the best fidelity, ranked.
+def campaign_fidelity(db: Database, campaign: str) -> dict | None:
+    """The DFT fidelity of a stored campaign's spec (None: no such campaign, or engine none)."""
+    from cspflow.schemas.dft import DftSpec
 
-    Each row is the stable ``results top --json`` record (see docs/results.md): rank,
-    candidate_id, formula, spacegroup (number) and spacegroup_symbol, nsites, level,
-    energy_per_atom (mlip/dft),
-    e_above_hull, source, iteration, and the final structure (pymatgen dict).
+    doc = db.campaigns.find_one({"name": campaign}, {"spec.dft": 1})
+    if doc is None:
+        return None
+    dft = {k: v for k, v in ((doc.get("spec") or {}).get("dft") or {}).items() if k != "budget"}
+    fid = DftSpec.model_validate(dft).fidelity()
+    return fid.model_dump() if fid is not None else None
+
+
+def choose_fidelity(
+    db: Database, campaign: str, chemsys: str, requested: str | None = None
+) -> str | None:
+    """The fidelity key whose hull ``results hull|top`` show for a campaign.
+
+    ``requested`` (``--fidelity``) when a hull of ``chemsys`` exists at it; else the campaign's
+    own (its DFT fidelity, else the MLIP fidelity of its relaxations) when a hull exists at it;
+    else the only fidelity with a hull. None when the system has no hull yet.
+
+    Raises
+    ------
+    CspflowError
+        An unknown ``requested`` key, or several hulls and none of the campaign's own: one
+        line listing the fidelities to choose from.
+    """
+    from cspflow.store import candidates
+
+    keys = sorted(k for k in db.hull.distinct("fidelity_key", {"chemsys": chemsys}) if k)
+    choices = ", ".join(keys) or "none"
+    if requested is not None:
+        if requested not in keys:
+            raise CspflowError(
+                f"no {chemsys} hull at fidelity {requested!r}; fidelities with a hull: {choices}"
+            )
+        return requested
+    if not keys:
+        return None
+    own = [campaign_fidelity(db, campaign), candidates.campaign_mlip_fidelity(db, campaign)]
+    for fid in own:
+        if fid is not None and fid["key"] in keys:
+            return str(fid["key"])
+    if len(keys) == 1:
+        return keys[0]
+    raise CspflowError(
+        f"{chemsys} has hulls at {len(keys)} fidelities and none at campaign {campaign!r}'s own; "
+        f"pick one with --fidelity: {choices}"
+    )
+
+
+def top_structures(
+    db: Database, campaign: str, n: int = 10, fidelity: str | None = None
+) -> list[dict]:
+    """The campaign's lowest-energy unique structures at one fidelity, ranked.
+
+    The fidelity is :func:`choose_fidelity`'s (``fidelity`` when given); its latest hull gives
+    ``e_above_hull``. The campaign's structures are those it generated and, at DFT level, those
+    whose DFT result at that fidelity it ran. Each row is the stable ``results top --json``
+    record (see docs/results.md): rank, candidate_id, formula, spacegroup (number) and
+    spacegroup_symbol, nsites, level, fidelity_key, energy_per_atom (mlip/dft, the DFT one
+    of that fidelity), e_above_hull, source, iteration, and the final structure (pymatgen dict).
     """
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
@@ -123,11 +180,25 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
         )
     from cspflow.store import candidates
 
-    level = best_level(db, doc["chemsys"]) or "mlip"
+    key = choose_fidelity(db, campaign, doc["chemsys"], fidelity)
+    hull = None
+    if key is not None:
+        hull = db.hull.find_one({"chemsys": doc["chemsys"], "fidelity_key": key},
+                                {"level": 1, "entries": 1}, sort=[("version", -1)])  # fmt: skip
+    level = hull["level"] if hull else (best_level(db, doc["chemsys"]) or "mlip")
+    ehull = {e["entry_id"]: e["e_above_hull"] for e in (hull or {}).get("entries", [])}
+    where: dict = {"campaign": campaign}
+    if key is not None and level == "dft":
+        where = {"$or": [{"campaign": campaign}, {"relaxed.dft_by_fidelity.campaign": campaign}]}
     rows = []
-    for c in candidates.usable(db, level, {"campaign": campaign}):
-        relaxed = (c.get("relaxed") or {}).get(level) or {}
+    for c in candidates.usable(db, level, where, fidelity=key):
+        if level == "dft" and key is not None:
+            relaxed = candidates.dft_result_at(c, key) or {}
+        else:
+            relaxed = (c.get("relaxed") or {}).get(level) or {}
         spacegroup = relaxed.get("spacegroup") or c.get("spacegroup")
+        energies = {k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")}
+        energies[level] = candidates.energy_at(c, level, key)
         rows.append(
             {
                 "candidate_id": c["candidate_id"],
@@ -136,17 +207,15 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
                 "spacegroup": spacegroup,
                 "spacegroup_symbol": _symbol(spacegroup),
                 "level": level,
-                "energy_per_atom": {
-                    k: (c.get("energy_per_atom") or {}).get(k) for k in ("mlip", "dft")
-                },
-                "e_above_hull": c.get("e_above_hull")
-                if c.get("e_above_hull_level") == level
-                else None,
+                "fidelity_key": key,
+                "energy_per_atom": energies,
+                "e_above_hull": ehull.get(c["candidate_id"]) if hull else (
+                    c.get("e_above_hull") if c.get("e_above_hull_level") == level else None),
                 "source": c.get("source"),
                 "iteration": c.get("iteration"),
                 "structure": relaxed.get("structure") or c.get("structure"),
             }
-        )
+        )  # fmt: skip
     rows.sort(key=lambda r: (r["e_above_hull"] if r["e_above_hull"] is not None else 1e9,
                              r["energy_per_atom"][level]))  # fmt: skip
     for i, r in enumerate(rows[:n], start=1):

@@ -63,10 +63,15 @@ def _register_chgnet_labelled_model(db, tmp_path) -> str:
         frames.append(a)
     e0s = fit_e0s(frames)
     path = train_mace(frames, tmp_path / "pre", e0s=e0s, settings=TrainSettings(epochs=8, seed=3))
+    from cspflow.schemas.dft import DftSpec
+
+    # registered at the campaign's fidelity: the current model is looked up per fidelity
+    fidelity = DftSpec.model_validate(SPEC["dft"]).fidelity()
     rec = register_model(db, path, {
         "chemsys": "Si", "elements": ["Si"], "parent": "chgnet", "e0s": e0s,
         "training_set": {"chemsys": "Si", "n_frames": len(frames)}, "promoted": True,
         "promotion_reason": "test: CHGNet-labelled model registered as the current one",
+        "fidelity": fidelity,
     })  # fmt: skip
     return rec.model_id
 

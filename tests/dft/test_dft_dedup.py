@@ -40,3 +40,48 @@ def test_same_dft_minimum_marks_the_higher_energy_duplicate(db):
     write_result(db, b, _result(_diamond(rotate=True), -5.302))
     assert {d["candidate_id"]: d.get("duplicate_of") for d in db.candidates.find()} == dups
     print(f"DFT-level duplicates: {sum(v is not None for v in dups.values())} of {len(dups)}")
+
+
+def _at(result, xc: str):
+    from cspflow.schemas.dft import DftSpec
+
+    fid = DftSpec(engine="gpaw", gpaw={"xc": xc}).fidelity()
+    return result.model_copy(update={"fidelity": fid}), fid.key
+
+
+def test_dft_duplicates_and_results_stay_within_one_fidelity(db):
+    from pymatgen.core import Lattice, Structure
+
+    from cspflow.dft.stage import write_result
+    from cspflow.schemas.dft import DftResultDoc
+    from cspflow.store import candidates
+    from cspflow.testing import insert_candidate
+
+    start = Structure(Lattice.cubic(3.0), ["Si", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    a, b = insert_candidate(db, start), insert_candidate(db, start)
+    beta = Structure(Lattice.tetragonal(4.8, 2.65), ["Si", "Si"], [[0, 0, 0], [0, 0.5, 0.25]])
+    # PBE: two different minima
+    pbe_a, pbe = _at(_result(_diamond(), -5.42), "PBE")
+    write_result(db, a, pbe_a)
+    write_result(db, b, _at(_result(beta, -5.20), "PBE")[0])
+    # LDA: b relaxes into a's diamond, 2 meV/atom lower: a is the duplicate at LDA only
+    lda_a, lda = _at(_result(_diamond(5.40), -5.95), "LDA")
+    write_result(db, a, lda_a)
+    write_result(db, b, _at(_result(_diamond(5.40, rotate=True), -5.952), "LDA")[0])
+    docs = candidates.get_many(db, [a, b])
+    assert candidates.dft_result_at(docs[a], lda)["duplicate_of"] == b
+    assert candidates.dft_result_at(docs[a], pbe)["duplicate_of"] is None
+    assert docs[a].get("duplicate_of") is None  # still on the PBE hull
+    assert {d["candidate_id"] for d in candidates.usable(db, "dft", fidelity=pbe)} == {a, b}
+    assert {d["candidate_id"] for d in candidates.usable(db, "dft", fidelity=lda)} == {b}
+    # the first fidelity stays the primary result; the LDA energies sit beside it
+    assert docs[a]["energy_per_atom"]["dft"] == -5.42 and docs[a]["status"] == "dft_done"
+    assert candidates.energy_at(docs[a], "dft", lda) == -5.95
+    # a failed run at a third fidelity leaves the converged ones and the status alone
+    failed = DftResultDoc(engine="gpaw", preset="fast", settings_hash="h", status="failed",
+                          reason="scf")  # fmt: skip
+    failed, pbe0 = _at(failed, "PBE0")
+    write_result(db, b, failed)
+    doc = candidates.get_many(db, [b])[b]
+    assert doc["status"] == "dft_done" and doc["energy_per_atom"]["dft"] == -5.20
+    assert [r["fidelity"]["key"] for r in doc["relaxed"]["dft_by_fidelity"]] == [pbe, lda, pbe0]
