@@ -20,7 +20,10 @@ whether the five lowest unique minima are those of the full relaxation (``today`
 5 meV/atom (StructureMatcher with cspflow's dedup tolerances).
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/relax_engine.py --n 64 \\
-        [--modes today,ase,new] [--formula Al2O3 --atoms 10] [--seed 0] [--json]
+        [--modes "today;ase;new"] [--parallel] [--formula Al2O3 --atoms 10] [--seed 0] [--json]
+
+``--parallel`` runs each mode in its own process at the same time (on a shared machine: more
+CPU share, same CPU-seconds per relaxation); run it from the repository root.
 """
 
 from __future__ import annotations
@@ -182,50 +185,91 @@ def parse_mode(text: str) -> tuple[str, dict]:
     return name, over
 
 
+def run_mode(mode: str, structures, mlip, args) -> tuple[dict, list]:
+    """One mode on ``structures``: its figures and its five lowest unique minima."""
+    name, over = parse_mode(mode)
+    c0, w0 = time.process_time(), time.monotonic()
+    if name == "today":
+        rows, evals = run_today(structures, mlip, args.baseline_commit)
+    elif name == "ase":
+        rows, evals = run_ase(structures, mlip)
+    elif name == "new":
+        rows, evals = run_new(structures, mlip, over)
+    else:
+        raise SystemExit(f"error: unknown mode {name!r}")
+    cpu, wall = time.process_time() - c0, time.monotonic() - w0
+    minima = lowest_unique(rows)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    summary = {
+        "evaluations": evals, "evaluations_per_relaxation": round(evals / args.n, 1),
+        "cpu_s_per_relaxation": round(cpu / args.n, 2), "wall_s": round(wall, 1),
+        "statuses": statuses, "lowest5": [round(e, 4) for e, _ in minima],
+    }  # fmt: skip
+    return summary, minima
+
+
+def run_parallel(modes: list[str], argv: list[str]) -> tuple[dict, dict]:
+    """Each mode in its own child process at the same time (same candidates: same seed)."""
+    import tempfile
+
+    from pymatgen.core import Structure
+
+    tmp = Path(tempfile.mkdtemp(prefix="relax_engine_"))
+    rest = [a for a in argv if a not in ("--parallel", "--json")]
+    procs = []
+    for k, mode in enumerate(modes):
+        cmd = [sys.executable, __file__, *rest, "--modes", mode, "--save", str(tmp / f"{k}.json")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+    if any(p.wait() for p in procs):
+        raise SystemExit("error: a mode failed; see its output above")
+    summaries, minima = {}, {}
+    for k, mode in enumerate(modes):
+        saved = json.loads((tmp / f"{k}.json").read_text())
+        summaries[mode] = saved["summary"]
+        minima[mode] = [(e, Structure.from_dict(d)) for e, d in saved["minima"]]
+    return summaries, minima
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=64, help="number of candidates")
     p.add_argument("--formula", default="Al2O3")
     p.add_argument("--atoms", type=int, default=10, help="atoms per candidate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default="today,ase,new", help="comma list; new:KEY=VALUE;...")
+    p.add_argument("--modes", default="today;ase;new", help="';' list; new:KEY=VALUE,...")
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    p.add_argument("--parallel", action="store_true", help="each mode in its own process")
+    p.add_argument("--save", help=argparse.SUPPRESS)  # a child of --parallel writes here
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
-
-    import torch
-
-    from cspflow.mlip import load_model
-
-    torch.set_num_threads(1)
-    structures = make_candidates(args.formula, args.atoms, args.n, args.seed)
-    mlip = load_model("chgnet", device="cpu")
+    modes = args.modes.split(";")
     results: dict = {"n": args.n, "formula": args.formula, "atoms": args.atoms,
                      "seed": args.seed, "modes": {}}  # fmt: skip
-    minima: dict = {}
-    for mode in args.modes.split(";" if ";" in args.modes else ","):
-        name, over = parse_mode(mode)
-        c0, w0 = time.process_time(), time.monotonic()
-        if name == "today":
-            rows, evals = run_today(structures, mlip, args.baseline_commit)
-        elif name == "ase":
-            rows, evals = run_ase(structures, mlip)
-        elif name == "new":
-            rows, evals = run_new(structures, mlip, over)
-        else:
-            raise SystemExit(f"error: unknown mode {name!r}")
-        cpu, wall = time.process_time() - c0, time.monotonic() - w0
-        minima[mode] = lowest_unique(rows)
-        statuses: dict[str, int] = {}
-        for r in rows:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        results["modes"][mode] = {
-            "evaluations": evals, "evaluations_per_relaxation": round(evals / args.n, 1),
-            "cpu_s_per_relaxation": round(cpu / args.n, 2), "wall_s": round(wall, 1),
-            "statuses": statuses, "lowest5": [round(e, 4) for e, _ in minima[mode]],
-        }  # fmt: skip
-        if not args.json:
-            print(mode, json.dumps(results["modes"][mode]), file=sys.stderr, flush=True)
+    if args.parallel:
+        results["modes"], minima = run_parallel(modes, argv)
+    else:
+        import torch
+
+        from cspflow.mlip import load_model
+
+        torch.set_num_threads(1)
+        structures = make_candidates(args.formula, args.atoms, args.n, args.seed)
+        mlip = load_model("chgnet", device="cpu")
+        minima = {}
+        for mode in modes:
+            results["modes"][mode], minima[mode] = run_mode(mode, structures, mlip, args)
+            if not args.json:
+                print(mode, json.dumps(results["modes"][mode]), file=sys.stderr, flush=True)
+        if args.save:
+            (mode,) = modes
+            Path(args.save).write_text(json.dumps({
+                "summary": results["modes"][mode],
+                "minima": [(e, st.as_dict()) for e, st in minima[mode]],
+            }))  # fmt: skip
+            return results
     ref_mode = next((m for m in minima if m.startswith("today")), next(iter(minima)))
     ref = minima[ref_mode]
     base = results["modes"][ref_mode]

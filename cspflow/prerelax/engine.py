@@ -109,8 +109,8 @@ def prune_verdict(
 ) -> PruneVerdict:
     """Whether a running structure at ``energy`` (eV/atom) can still end within the window.
 
-    ``best`` is the lowest energy per atom a structure of the batch has relaxed to so far
-    (to ``fmax_screen`` or ``fmax``).
+    ``best`` is the lowest energy per atom a structure of the same composition in the batch
+    has relaxed to so far (to ``fmax_screen`` or ``fmax``).
     """
     bound, harmonic, slope = descent_bound(forces, stress, volume, recent_drop, settings)
     return PruneVerdict(energy, bound, harmonic, slope, best, settings.window)

@@ -82,6 +82,16 @@ def _to_atoms(obj: Structure | Atoms) -> Atoms:
     return atoms
 
 
+def _formula_key(atoms: Atoms) -> tuple[tuple[int, int], ...]:
+    """The reduced composition (Z, count) pairs: energies per atom compare only within one."""
+    from collections import Counter
+    from math import gcd
+
+    counts = Counter(int(z) for z in atoms.numbers)
+    g = gcd(*counts.values()) if counts else 1
+    return tuple(sorted((z, c // g) for z, c in counts.items()))
+
+
 def _to_structure(atoms: Atoms) -> Structure:
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -221,7 +231,8 @@ def relax_structures(
         Relax first with the starting structure's space group held (ASE ``FixSymmetry``,
         symprec 0.01), then release it and finish unconstrained.
     prune
-        The early-stopping rule (:class:`~cspflow.schemas.prerelax.PruneSettings`; None: off).
+        The early-stopping rule (:class:`~cspflow.schemas.prerelax.PruneSettings`; None: off);
+        "the best so far" is per reduced composition.
     batch_atoms
         Atoms in flight per model call (default: the model's ``batch_atoms``).
 
@@ -249,7 +260,9 @@ def relax_structures(
     cap = chunk_size or len(atoms_list) or 1
 
     outcomes: list[RelaxOutcome | None] = [None] * len(atoms_list)
-    best = np.inf  # lowest energy per atom relaxed to fmax_screen or fmax so far
+    # per composition: the lowest energy per atom relaxed to fmax_screen or fmax so far
+    best: dict[tuple[tuple[int, int], ...], float] = {}
+    formulas = [_formula_key(a) for a in atoms_list]
 
     def finish(run: _Run | None, index: int, outcome: RelaxOutcome) -> None:
         if run is not None:
@@ -336,13 +349,14 @@ def relax_structures(
                 gradient = run.opt.optimizable.get_gradient()
                 converged = run.opt.optimizable.converged(gradient, run.target)
             run.fmax = float(run.opt.optimizable.gradient_norm(gradient))
+            key = formulas[run.index]
             if converged and run.target > fmax:
-                best = min(best, e_atom)
+                low = best[key] = min(best.get(key, np.inf), e_atom)
                 assert rule is not None  # a screening tolerance is only used with pruning on
-                if e_atom > best + rule.window:
+                if e_atom > low + rule.window:
                     fail(
                         f"pruned at step {steps}: reached fmax_screen {run.target:g} at E "
-                        f"{e_atom:.4f} eV/atom > best {best:.4f} + window {rule.window:g}",
+                        f"{e_atom:.4f} eV/atom > best {low:.4f} + window {rule.window:g}",
                         pruned=True,
                     )
                     continue
@@ -354,20 +368,20 @@ def relax_structures(
                     fail(f"{reason} at step {steps}")
                     continue
             if converged:
-                best = min(best, e_atom)
+                best[key] = min(best.get(key, np.inf), e_atom)
                 struct = _to_structure(atoms)
                 finish(run, run.index, RelaxOutcome(struct, e_atom, steps, True, run.fmax))
                 continue
             if (
                 rule is not None
-                and np.isfinite(best)
+                and key in best
                 and steps >= rule.min_steps
                 and steps % rule.every == 0
             ):
                 past = run.history[-rule.every - 1] if len(run.history) > rule.every else None
                 verdict = prune_verdict(
                     e_atom, ev.forces, ev.stress, atoms.get_volume(),
-                    0.0 if past is None else past - e_atom, float(best), rule,
+                    0.0 if past is None else past - e_atom, best[key], rule,
                 )  # fmt: skip
                 if verdict.prune:
                     fail(verdict.reason(steps), pruned=True)

@@ -64,7 +64,7 @@ class PruneSettings(BaseModel):
 
     Every ``every`` steps (from ``min_steps`` on) a running structure is stopped and recorded as
     ``pruned`` when even the most it could still descend cannot bring it within ``window`` of
-    the lowest relaxed energy of its batch so far::
+    the lowest relaxed energy of its composition in the batch so far::
 
         E_now - max(slope_factor * (E_{t-every} - E_now), sum|F|^2 / (2 stiffness N)
                     + (V/N) |sigma|^2 / (2 bulk_modulus))  >  E_best + window

@@ -212,3 +212,15 @@ def test_stage_stores_status_evaluations_and_wall_and_the_summary_counts_them(db
     stats = iteration_summary(db, "test", 0)["relaxations"]
     assert (stats["converged"], stats["pruned"], stats["failed"]) == (4, 2, 0)
     assert stats["evaluations"] == evaluations and stats["steps"] == summary.steps
+
+
+def test_pruning_compares_energies_within_one_composition_only():
+    # a simple cubic Ni cell ends about 0.3 eV/atom above fcc Cu, far outside the window, but
+    # is never judged against the Cu cells' best: alone in its composition, it relaxes fully
+    cells = cu_cells(3, seed=3)
+    ni = bulk("Ni", "sc", 2.35).repeat((2, 1, 1))
+    ni.positions += np.random.default_rng(0).normal(0, 0.03, ni.positions.shape)
+    rule = PruneSettings(window=0.001, every=5, min_steps=5)
+    outs = relax_structures([*cells, ni], EmtModel(), fmax=0.02, prune=rule, fmax_screen=0.2)
+    assert outs[-1].status == "converged" and outs[-1].energy_per_atom > 0.1
+    assert outs[2].status == "pruned"  # the simple cubic Cu cell, against the fcc Cu best
