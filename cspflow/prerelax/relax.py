@@ -166,6 +166,12 @@ class _Run:
     history: list[float] = field(default_factory=list)  # energy per atom at each step
 
 
+def _verdict(run: _Run, e_atom: float, ev: Any, volume: float, best: float, rule: PruneSettings):
+    """The pruning test of ``run`` now (recent drop: over the last ``rule.every`` steps)."""
+    past = run.history[-rule.every - 1] if len(run.history) > rule.every else run.history[0]
+    return prune_verdict(e_atom, ev.forces, ev.stress, volume, past - e_atom, best, rule)
+
+
 def _optimizer(name: str) -> Any:
     from ase.optimize import BFGS, FIRE, FIRE2, LBFGS
 
@@ -353,12 +359,12 @@ def relax_structures(
             if converged and run.target > fmax:
                 low = best[key] = min(best.get(key, np.inf), e_atom)
                 assert rule is not None  # a screening tolerance is only used with pruning on
-                if e_atom > low + rule.window:
-                    fail(
-                        f"pruned at step {steps}: reached fmax_screen {run.target:g} at E "
-                        f"{e_atom:.4f} eV/atom > best {low:.4f} + window {rule.window:g}",
-                        pruned=True,
-                    )
+                # the same test as every k steps: at fmax_screen the forces are small, but a
+                # structure still sliding down a soft direction keeps its recent slope
+                verdict = _verdict(run, e_atom, ev, atoms.get_volume(), low, rule)
+                if verdict.prune:
+                    fail(f"reached fmax_screen {run.target:g}; {verdict.reason(steps)}",
+                         pruned=True)  # fmt: skip
                     continue
                 run.target = fmax
                 converged = run.opt.optimizable.converged(gradient, fmax)
@@ -378,11 +384,7 @@ def relax_structures(
                 and steps >= rule.min_steps
                 and steps % rule.every == 0
             ):
-                past = run.history[-rule.every - 1] if len(run.history) > rule.every else None
-                verdict = prune_verdict(
-                    e_atom, ev.forces, ev.stress, atoms.get_volume(),
-                    0.0 if past is None else past - e_atom, best[key], rule,
-                )  # fmt: skip
+                verdict = _verdict(run, e_atom, ev, atoms.get_volume(), best[key], rule)
                 if verdict.prune:
                     fail(verdict.reason(steps), pruned=True)
                     continue

@@ -102,7 +102,7 @@ def test_pruning_never_stops_the_structure_that_ends_lowest():
     assert pruned[lowest].energy_per_atom == pytest.approx(full[lowest].energy_per_atom, abs=1e-3)
     stopped = [o for o in pruned if o.status == "pruned"]
     assert len(stopped) == 3, "the simple cubic cells end 0.27 eV/atom above: pruned"
-    assert all(o.failure_reason.startswith("pruned at step") for o in stopped)
+    assert all("pruned at step" in o.failure_reason for o in stopped)
     assert all("best" in o.failure_reason and "window 0.05" in o.failure_reason for o in stopped)
     assert sum(o.evaluations for o in pruned) < sum(o.evaluations for o in full)
 
@@ -205,7 +205,7 @@ def test_stage_stores_status_evaluations_and_wall_and_the_summary_counts_them(db
         want = "pruned" if cid in summary.pruned else "converged"
         assert rec["status"] == want
         assert rec["evaluations"] == rec["steps"] + 1 and rec["relax_wall_s"] > 0
-        assert (rec["reason"] or "").startswith("pruned") == (want == "pruned")
+        assert ("pruned at step" in (rec["reason"] or "")) == (want == "pruned")
         assert docs[cid]["status"] == ("failed" if want == "pruned" else "prerelaxed")
         evaluations += rec["evaluations"]
     assert summary.evaluations == evaluations
