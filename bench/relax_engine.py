@@ -206,6 +206,8 @@ def run_mode(mode: str, structures, mlip, args) -> tuple[dict, list]:
         "evaluations": evals, "evaluations_per_relaxation": round(evals / args.n, 1),
         "cpu_s_per_relaxation": round(cpu / args.n, 2), "wall_s": round(wall, 1),
         "statuses": statuses, "lowest5": [round(e, 4) for e, _ in minima],
+        "rows": [{"status": r["status"], "steps": r["steps"], "reason": r.get("reason"),
+                  "energy_per_atom": r["energy_per_atom"]} for r in rows],
     }  # fmt: skip
     return summary, minima
 
