@@ -164,6 +164,8 @@ class LoadedModel:
         Most structures per forward pass (CHGNet on CPU gets slower with very large batches).
     dispersion
         Dispersion correction added to every evaluation (``d3bj``), or None.
+    batch_atoms
+        Atoms the relaxation engine keeps in flight per model call (:func:`batch_atoms_for`).
     """
 
     spec: ModelSpec
@@ -173,6 +175,7 @@ class LoadedModel:
     elements: frozenset[int] | None = None
     batched: bool = True
     chunk_size: int = 16
+    batch_atoms: int = 256
     _backend: Any = field(default=None, repr=False)
     dispersion: str | None = None
     _d3: Any = field(default=None, repr=False)
@@ -288,6 +291,25 @@ class LoadedModel:
         ]
 
 
+#: GPU memory model: bytes of GPU memory one atom in flight takes (graph, activations and the
+#: autograd tape for forces and stress); an estimate, not measured here (no GPU was lent):
+#: set ``prerelax.batch_atoms`` where a measurement says otherwise
+GPU_BYTES_PER_ATOM = 1 << 20
+#: the most atoms per call on a GPU, whatever the memory (past this the GPU is saturated)
+GPU_MAX_BATCH_ATOMS = 16384
+
+
+def batch_atoms_for(device: str) -> int:
+    """Atoms per model call: 256 on the CPU (docs/relax.md), on a GPU half its free memory
+    over :data:`GPU_BYTES_PER_ATOM`, capped at :data:`GPU_MAX_BATCH_ATOMS`."""
+    if not device.startswith("cuda"):
+        return 256
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(max(64, min(GPU_MAX_BATCH_ATOMS, free // 2 // GPU_BYTES_PER_ATOM)))
+
+
 def _sha12(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -347,6 +369,7 @@ def _load_model(parsed: ModelSpec, dev: str, db: Database | None) -> LoadedModel
             chgnet_calc,
             elements=None,
             chunk_size=16 if dev == "cpu" else 128,
+            batch_atoms=batch_atoms_for(dev),
             _backend=model,
         )
 
@@ -382,6 +405,7 @@ def _load_model(parsed: ModelSpec, dev: str, db: Database | None) -> LoadedModel
         calc,
         elements=elements,
         chunk_size=32 if dev == "cpu" else 256,
+        batch_atoms=batch_atoms_for(dev),
         _backend=calc.models[0],
     )
 

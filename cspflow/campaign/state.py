@@ -198,8 +198,11 @@ def dft_runs(db: Database, name: str) -> int:
 
 
 def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]:
-    """Counts per status and best energies of one iteration (what ``campaign status`` shows)."""
+    """Counts per status, how the MLIP relaxations ended (``relaxations``: converged / pruned /
+    failed, total steps, model evaluations, wall s) and best energies of one iteration (what
+    ``campaign status`` shows)."""
     return {"iteration": iteration,
             "counts": candidates.status_counts(db, name, iteration),
             "duplicates": candidates.count_duplicates(db, name, iteration),
+            "relaxations": candidates.relax_stats(db, name, iteration),
             "best_energy_per_atom": candidates.best_energies(db, name)}  # fmt: skip

@@ -45,7 +45,7 @@ def _take_run_lock(db, name: str) -> None:
 
 
 def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
-    from cspflow.store.reports import candidate_counts, firework_counts
+    from cspflow.store.reports import candidate_counts, firework_counts, relax_totals
 
     running = [fw["name"] for fw in db.fireworks.find(
         {"fw_id": {"$in": nodes}, "state": "RUNNING"}, {"name": 1})]  # fmt: skip
@@ -56,6 +56,7 @@ def _progress_rows(db, name: str, nodes: list[int]) -> dict[str, Any]:
         "candidates": candidate_counts(db, name),
         "fireworks": firework_counts(db, nodes),
         "running": running,
+        "relaxations": relax_totals(db, name),
     }
 
 

@@ -23,7 +23,9 @@ def relax(
     ] = "chgnet",
     fmax: Annotated[float, typer.Option("--fmax", help="Force convergence (eV/A).")] = 0.05,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Steps per structure.")] = 300,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="FIRE or BFGS.")] = "FIRE",
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="FIRE, FIRE2, BFGS or LBFGS.")
+    ] = "FIRE",
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda (default: settings).")
     ] = None,
@@ -42,10 +44,12 @@ def relax(
     from cspflow.chem import read_named_structures
     from cspflow.errors import CspflowError
     from cspflow.mlip import load_model
-    from cspflow.prerelax.relax import relax_structures
+    from cspflow.prerelax.relax import OPTIMIZERS, relax_structures
 
-    if optimizer.upper() not in ("FIRE", "BFGS"):
-        raise CspflowError(f"unknown optimizer {optimizer!r}; use --optimizer FIRE or BFGS")
+    if optimizer.upper() not in OPTIMIZERS:
+        raise CspflowError(
+            f"unknown optimizer {optimizer!r}; use --optimizer FIRE, FIRE2, BFGS or LBFGS"
+        )
     from cspflow.schemas.dft import check_dispersion
 
     try:

@@ -250,12 +250,14 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
     from rich.table import Table
 
     t = Table(title=f"campaign {name}: {doc.get('state')} ({doc.get('stop_reason')})")
-    for col in ("iteration", "candidates", "duplicates", "DFT runs (total)", "hull", "wall s"):
+    for col in ("iteration", "candidates", "duplicates", "MLIP relaxations", "DFT runs (total)",
+                "hull", "wall s"):  # fmt: skip
         t.add_column(col)
     for it in doc.get("iterations", []):
         h = it.get("hull") or {}
         t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
-                  str(it.get("duplicates")), str(it.get("dft_runs_total")),
+                  str(it.get("duplicates")), relaxations_cell(it.get("relaxations")),
+                  str(it.get("dft_runs_total")),
                   f"v{h.get('version')} {h.get('fidelity_key') or h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     out: list = [t]
@@ -277,13 +279,23 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
     return out
 
 
+def relaxations_cell(stats: dict | None) -> str:
+    """One cell: how an iteration's MLIP relaxations ended and what they cost."""
+    if not stats:
+        return "-"
+    return (f"{stats.get('converged', 0)} converged, {stats.get('pruned', 0)} pruned, "
+            f"{stats.get('failed', 0)} failed; {stats.get('evaluations', 0)} evaluations, "
+            f"{stats.get('steps', 0)} steps, {stats.get('wall_s', 0)} s")  # fmt: skip
+
+
 def campaign_status_json(name: str, doc: dict, wf: dict, p: dict, reruns: dict,
                          top: list[dict]) -> dict:  # fmt: skip
     """``cspflow campaign status --json``."""
     return {"campaign": name, "state": doc["state"], "stop_reason": doc.get("stop_reason"),
             "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
             "candidates": p["candidates"], "fireworks": p["fireworks"],
-            "running": p["running"], "iterations": doc.get("iterations", []),
+            "running": p["running"], "relaxations": p.get("relaxations"),
+            "iterations": doc.get("iterations", []),
             "reruns": reruns, "top": top_json(top)}  # fmt: skip
 
 
@@ -300,6 +312,7 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
     t.add_row("candidates", "  ".join(f"{k} {v}" for k, v in sorted(p["candidates"].items())))
     t.add_row("fireworks", "  ".join(f"{k} {v}" for k, v in sorted(p["fireworks"].items())))
     t.add_row("running", "\n".join(p["running"]) or "-")
+    t.add_row("MLIP relaxations", relaxations_cell(p.get("relaxations")))
     t.add_row("reruns", reruns_line(reruns))
     last = (doc.get("iterations") or [{}])[-1]
     for formula, rec in sorted((last.get("rediscovery") or {}).items()):

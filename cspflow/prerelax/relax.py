@@ -1,9 +1,10 @@
 """The pure batched MLIP relaxer: safety filters, lock-step relaxation, in-batch deduplication.
 
 Pure functions on pymatgen/ASE objects, no database: :func:`check_geometry`,
-:func:`relax_structures` (a batch relaxed in lock step: one batched model evaluation per step for
-every structure still running, each structure with its own ASE FIRE/BFGS optimizer on a
-``FrechetCellFilter``) and :func:`deduplicate_batch`. The database stage that uses them is
+:func:`relax_structures` (a batch relaxed in flight: one batched model evaluation per step for
+every structure in the batch, each with its own ASE optimizer on a ``FrechetCellFilter``; a
+structure that converges, is pruned (:mod:`cspflow.prerelax.engine`) or fails gives its place
+to the next pending one) and :func:`deduplicate_batch`. The database stage that uses them is
 :mod:`cspflow.prerelax.stage`.
 
 Models come from :mod:`cspflow.mlip`, the only module that imports torch.
@@ -12,13 +13,15 @@ Models come from :mod:`cspflow.mlip`, the only module that imports torch.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from cspflow.schemas.prerelax import PrerelaxSettings, RelaxFilters
+from cspflow.prerelax.engine import CPU_BATCH_ATOMS, batch_budget, prune_verdict
+from cspflow.schemas.prerelax import PrerelaxSettings, PruneSettings, RelaxFilters
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -33,14 +36,18 @@ __all__ = [
     "deduplicate_batch",
 ]
 
-OPTIMIZERS = ("FIRE", "BFGS")
+OPTIMIZERS = ("FIRE", "FIRE2", "BFGS", "LBFGS")
 #: the prerelax stage's defaults (fmax, max_steps, optimizer), written once in the schema
 _DEFAULTS = PrerelaxSettings()
 
 
 @dataclass
 class RelaxOutcome:
-    """Result of relaxing one structure (``failure_reason`` is None when it is usable)."""
+    """Result of relaxing one structure (``failure_reason`` is None when it is usable).
+
+    ``status`` is ``converged``, ``pruned`` (stopped early as hopeless; ``failure_reason``
+    holds the numbers that decided it) or ``failed``.
+    """
 
     structure: Structure | None
     energy_per_atom: float | None
@@ -50,10 +57,19 @@ class RelaxOutcome:
     failure_reason: str | None = None
     spacegroup: str | None = None  # Hermann-Mauguin symbol (symprec 0.1)
     spacegroup_number: int | None = None
+    pruned: bool = False
+    evaluations: int = 0  # model evaluations of this structure
+    wall_s: float = 0.0  # from entering the batch to leaving it
 
     @property
     def ok(self) -> bool:
         return self.failure_reason is None
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "converged"
+        return "pruned" if self.pruned else "failed"
 
 
 def _to_atoms(obj: Structure | Atoms) -> Atoms:
@@ -64,6 +80,16 @@ def _to_atoms(obj: Structure | Atoms) -> Atoms:
     atoms.calc = None
     atoms.info.clear()  # pymatgen leaves charges/properties there; the models need none
     return atoms
+
+
+def _formula_key(atoms: Atoms) -> tuple[tuple[int, int], ...]:
+    """The reduced composition (Z, count) pairs: energies per atom compare only within one."""
+    from collections import Counter
+    from math import gcd
+
+    counts = Counter(int(z) for z in atoms.numbers)
+    g = gcd(*counts.values()) if counts else 1
+    return tuple(sorted((z, c // g) for z, c in counts.items()))
 
 
 def _to_structure(atoms: Atoms) -> Structure:
@@ -129,9 +155,30 @@ class _Run:
     atoms: Atoms
     opt: Any
     volume0: float
+    target: float  # the force tolerance it is relaxing to now (fmax_screen, then fmax)
+    started: float
+    symmetric: bool = False  # still in the symmetry-constrained first stage
+    steps: int = 0
+    evaluations: int = 0
     energy0: float | None = None
     fmax: float | None = None
     energy: float | None = None
+    history: list[float] = field(default_factory=list)  # energy per atom at each step
+
+
+def _verdict(run: _Run, e_atom: float, ev: Any, volume: float, best: float, rule: PruneSettings):
+    """The pruning test of ``run`` now (recent drop: over the last ``rule.every`` steps)."""
+    past = run.history[-rule.every - 1] if len(run.history) > rule.every else run.history[0]
+    return prune_verdict(e_atom, ev.forces, ev.stress, volume, past - e_atom, best, rule)
+
+
+def _optimizer(name: str) -> Any:
+    from ase.optimize import BFGS, FIRE, FIRE2, LBFGS
+
+    classes = {"FIRE": FIRE, "FIRE2": FIRE2, "BFGS": BFGS, "LBFGS": LBFGS}
+    if name.upper() not in classes:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {name!r}")
+    return classes[name.upper()]
 
 
 def relax_structures(
@@ -146,14 +193,19 @@ def relax_structures(
     chunk_size: int | None = None,
     max_seconds: float | None = None,
     progress: Callable[[int, RelaxOutcome], None] | None = None,
+    fmax_screen: float | None = _DEFAULTS.fmax_screen,
+    symmetry_stage: bool = _DEFAULTS.symmetry_stage,
+    prune: PruneSettings | None = None,
+    batch_atoms: int | None = _DEFAULTS.batch_atoms,
 ) -> list[RelaxOutcome]:
-    """Relax positions and cell of every structure with one loaded model.
+    """Relax positions and cell of every structure with one loaded model, batch kept full.
 
-    All structures step in lock step: each step evaluates every structure still running in one
-    batched model call (or a loop over the calculator when ``batched`` is False), then advances
-    each structure's own optimizer (FIRE or BFGS on ASE's ``FrechetCellFilter``). A structure
-    leaves the batch when it converges, fails a filter, or hits ``max_steps``/``max_seconds``;
-    a failure never stops the others.
+    The structures run in flight: each step evaluates every structure in the batch in one
+    model call (or a loop over the calculator when ``batched`` is False), then advances each
+    structure's own optimizer on ASE's ``FrechetCellFilter``. A structure leaves the batch when
+    it converges, is pruned, fails a filter, or hits ``max_steps``/``max_seconds``, and the
+    next pending structure takes its place, so every call is full (``batch_atoms`` atoms, or
+    ``chunk_size`` structures) until the queue is empty. A failure never stops the others.
 
     Parameters
     ----------
@@ -166,17 +218,29 @@ def relax_structures(
     max_steps
         Optimizer steps per structure; not converged by then means failed.
     optimizer
-        ``FIRE`` or ``BFGS``.
+        ``FIRE``, ``FIRE2``, ``BFGS`` or ``LBFGS``.
     filters
         Safety thresholds (:class:`~cspflow.schemas.prerelax.RelaxFilters`).
     batched
         Evaluate the running structures in one model call (default: when the model can).
     chunk_size
-        Largest number of structures per model call (default: the model's own).
+        Most structures in flight (default: no limit but ``batch_atoms``).
     max_seconds
-        Wall-time limit per structure, counted from the start of the batch.
+        Wall-time limit per structure, counted from when it enters the batch.
     progress
         Called as ``progress(index, outcome)`` when a structure finishes.
+    fmax_screen
+        Loose tolerance: a structure that reaches it goes on to ``fmax`` only while within
+        ``prune.window`` of the best so far, else it is pruned (None, or pruning off: ``fmax``
+        for every structure).
+    symmetry_stage
+        Relax first with the starting structure's space group held (ASE ``FixSymmetry``,
+        symprec 0.01), then release it and finish unconstrained.
+    prune
+        The early-stopping rule (:class:`~cspflow.schemas.prerelax.PruneSettings`; None: off);
+        "the best so far" is per reduced composition.
+    batch_atoms
+        Atoms in flight per model call (default: the model's ``batch_atoms``).
 
     Returns
     -------
@@ -189,20 +253,27 @@ def relax_structures(
         When the model does not cover an element of some structure (before any work).
     """
     from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS, FIRE
 
     filters = filters or RelaxFilters()
-    opt_name = optimizer.upper()
-    if opt_name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {optimizer!r}")
-    opt_cls = FIRE if opt_name == "FIRE" else BFGS
+    opt_cls = _optimizer(optimizer)
+    rule = prune if prune is not None and prune.enabled else None
+    screen = fmax_screen if rule is not None and fmax_screen and fmax_screen > fmax else fmax
     atoms_list = [_to_atoms(s) for s in structures]
     model.check_elements({int(z) for a in atoms_list for z in a.numbers})
+    budget = batch_atoms or getattr(model, "batch_atoms", None) or CPU_BATCH_ATOMS
+    cap = chunk_size or len(atoms_list) or 1
 
     outcomes: list[RelaxOutcome | None] = [None] * len(atoms_list)
+    # per composition: the lowest energy per atom relaxed to fmax_screen or fmax so far
+    best: dict[tuple[tuple[int, int], ...], float] = {}
+    formulas = [_formula_key(a) for a in atoms_list]
 
     def finish(run: _Run | None, index: int, outcome: RelaxOutcome) -> None:
+        if run is not None:
+            outcome.evaluations = run.evaluations
+            outcome.wall_s = time.monotonic() - run.started
         if outcome.structure is not None and outcome.ok:
             found = _spacegroup(outcome.structure)
             if found is not None:
@@ -211,35 +282,47 @@ def relax_structures(
         if progress is not None:
             progress(index, outcome)
 
-    active: list[_Run] = []
+    pending: deque[int] = deque()
     for k, atoms in enumerate(atoms_list):
         reason = check_geometry(atoms, filters)
         if reason is not None:
             finish(None, k, RelaxOutcome(_to_structure(atoms), None, 0, False, None, reason))
-            continue
+        else:
+            pending.append(k)
+
+    def admit(k: int) -> _Run:
+        atoms = atoms_list[k]
+        if symmetry_stage:
+            atoms.set_constraint(FixSymmetry(atoms, symprec=0.01))
         # ASE types an optimizer's atoms as Atoms; a cell filter is its documented input too
         opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
-        active.append(_Run(k, atoms, opt, atoms.get_volume()))
+        return _Run(k, atoms, opt, atoms.get_volume(), screen, time.monotonic(), symmetry_stage)
 
-    start = time.monotonic()
-    size = chunk_size or model.chunk_size
-    while active:
-        evals = []
-        for lo in range(0, len(active), size):
-            evals += model.evaluate([r.atoms for r in active[lo : lo + size]], batched=batched)
+    active: list[_Run] = []
+    while active or pending:
+        in_flight = sum(len(r.atoms) for r in active)
+        room = batch_budget([len(atoms_list[k]) for k in pending], budget, in_flight)
+        for _ in range(min(room, cap - len(active))):
+            active.append(admit(pending.popleft()))
+        evals = model.evaluate([r.atoms for r in active], batched=batched)
         still: list[_Run] = []
         for run, ev in zip(active, evals, strict=True):
             atoms = run.atoms
             n = len(atoms)
+            run.evaluations += 1
             atoms.calc = SinglePointCalculator(
                 atoms, energy=ev.energy, free_energy=ev.energy, forces=ev.forces, stress=ev.stress
             )
-            steps = run.opt.nsteps
+            steps = run.steps
 
-            def fail(reason: str, run: _Run = run, steps: int = steps) -> None:
+            def fail(
+                reason: str, run: _Run = run, steps: int = steps, pruned: bool = False
+            ) -> None:
+                run.atoms.set_constraint()
                 e = run.energy / len(run.atoms) if run.energy is not None else None
                 struct = _to_structure(run.atoms)
-                finish(run, run.index, RelaxOutcome(struct, e, steps, False, run.fmax, reason))
+                out = RelaxOutcome(struct, e, steps, False, run.fmax, reason, pruned=pruned)
+                finish(run, run.index, out)
 
             if not (np.isfinite(ev.energy) and np.all(np.isfinite(ev.forces))):
                 fail(f"non-finite energy or forces at step {steps}")
@@ -247,6 +330,8 @@ def relax_structures(
             if run.energy0 is None:
                 run.energy0 = ev.energy
             run.energy = ev.energy
+            e_atom = ev.energy / n
+            run.history.append(e_atom)
             fnorm = float(np.sqrt((ev.forces**2).sum(axis=1)).max()) if n else 0.0
             if fnorm > filters.max_force:
                 fail(f"exploding forces: {fnorm:.3g} eV/A at step {steps}")
@@ -261,25 +346,63 @@ def relax_structures(
                 fail(f"volume {what}: {ratio:.2f}x the start at step {steps}")
                 continue
             gradient = run.opt.optimizable.get_gradient()
+            converged = run.opt.optimizable.converged(gradient, run.target)
+            if converged and run.symmetric:
+                # the symmetric stage is done: release the space group, finish unconstrained
+                atoms.set_constraint()
+                run.symmetric = False
+                run.opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
+                gradient = run.opt.optimizable.get_gradient()
+                converged = run.opt.optimizable.converged(gradient, run.target)
             run.fmax = float(run.opt.optimizable.gradient_norm(gradient))
-            converged = run.opt.optimizable.converged(gradient, fmax)
+            key = formulas[run.index]
+            if converged and run.target > fmax:
+                low = best[key] = min(best.get(key, np.inf), e_atom)
+                assert rule is not None  # a screening tolerance is only used with pruning on
+                # the same test as every k steps: at fmax_screen the forces are small, but a
+                # structure still sliding down a soft direction keeps its recent slope
+                verdict = _verdict(run, e_atom, ev, atoms.get_volume(), low, rule)
+                if verdict.prune:
+                    fail(f"reached fmax_screen {run.target:g}; {verdict.reason(steps)}",
+                         pruned=True)  # fmt: skip
+                    continue
+                run.target = fmax
+                converged = run.opt.optimizable.converged(gradient, fmax)
             if converged or (steps and steps % filters.check_every == 0):
                 reason = check_geometry(atoms, filters)
                 if reason is not None:
                     fail(f"{reason} at step {steps}")
                     continue
             if converged:
+                best[key] = min(best.get(key, np.inf), e_atom)
                 struct = _to_structure(atoms)
-                finish(run, run.index, RelaxOutcome(struct, ev.energy / n, steps, True, run.fmax))
+                finish(run, run.index, RelaxOutcome(struct, e_atom, steps, True, run.fmax))
                 continue
+            if (
+                rule is not None
+                and key in best
+                and steps >= rule.min_steps
+                and steps % rule.every == 0
+            ):
+                verdict = _verdict(run, e_atom, ev, atoms.get_volume(), best[key], rule)
+                if verdict.prune:
+                    fail(verdict.reason(steps), pruned=True)
+                    continue
             if steps >= max_steps:
                 fail(f"not converged in {max_steps} steps (fmax {run.fmax:.3g} eV/A)")
                 continue
-            if max_seconds is not None and time.monotonic() - start > max_seconds:
+            if max_seconds is not None and time.monotonic() - run.started > max_seconds:
                 fail(f"time limit {max_seconds:g} s reached after {steps} steps")
                 continue
-            run.opt.step()
+            # the step reuses this gradient: FrechetCellFilter's matrix exponential is the
+            # costliest part of a step outside the model (docs/relax.md)
+            run.opt.optimizable.get_gradient = lambda g=gradient: g
+            try:
+                run.opt.step()
+            finally:
+                del run.opt.optimizable.get_gradient
             run.opt.nsteps += 1
+            run.steps += 1
             still.append(run)
         active = still
     return [o for o in outcomes if o is not None]

@@ -28,6 +28,7 @@ from cspflow.schemas.prerelax import (
     MlipRelaxDoc,
     PrerelaxSettings,
     PrerelaxSummary,
+    PruneSettings,
     RelaxFilters,
 )
 
@@ -99,6 +100,10 @@ def prerelax_candidates(
     max_seconds: float | None = _DEFAULTS.max_seconds,
     dedup: bool = _DEFAULTS.dedup,
     dispersion: str | None = _DEFAULTS.dispersion,
+    fmax_screen: float | None = _DEFAULTS.fmax_screen,
+    symmetry_stage: bool = _DEFAULTS.symmetry_stage,
+    prune: PruneSettings | dict | None = None,
+    batch_atoms: int | None = _DEFAULTS.batch_atoms,
     db: Database | None = None,
     find_duplicate: FindDuplicate | None = None,
     device: str | None = None,
@@ -122,8 +127,13 @@ def prerelax_candidates(
     committee
         Further model specs; with any, the disagreement of ``[model, *committee]`` on each
         relaxed structure is stored under ``relaxed.mlip.committee``.
-    fmax, max_steps, optimizer, filters, batched, max_seconds
+    fmax, max_steps, optimizer, filters, batched, max_seconds, fmax_screen, symmetry_stage, \
+    batch_atoms
         See :func:`~cspflow.prerelax.relax.relax_structures`.
+    prune
+        The early-stopping rule (default: :class:`~cspflow.schemas.prerelax.PruneSettings`'s);
+        a pruned candidate is stored ``failed`` with the reason, ``relaxed.mlip.status``
+        ``pruned``.
     dedup
         Deduplicate the relaxed structures.
     dispersion
@@ -161,6 +171,7 @@ def prerelax_candidates(
 
         db = get_database()
     filters = RelaxFilters.model_validate(filters or {})
+    rule = PruneSettings.model_validate(prune or {})
     ids = list(dict.fromkeys(candidate_ids))
     docs = candidates.require(db, ids)
     mlip = loaded or load_model(model, device=device, db=db, dispersion=dispersion)
@@ -181,6 +192,9 @@ def prerelax_candidates(
         "optimizer": optimizer.upper(),
         "filters": filters.model_dump(),
         "committee": [m.model_id for m in members[1:]],
+        "fmax_screen": fmax_screen,
+        "symmetry_stage": symmetry_stage,
+        "prune": rule.model_dump(),
     }
     if dispersion is not None:  # only when set: keys of runs without it stay as they were
         run_settings["dispersion"] = dispersion
@@ -211,6 +225,10 @@ def prerelax_candidates(
         filters=filters,
         batched=batched,
         max_seconds=max_seconds,
+        fmax_screen=fmax_screen,
+        symmetry_stage=symmetry_stage,
+        prune=rule,
+        batch_atoms=batch_atoms,
     )
     wall = time.monotonic() - t0
     good = [(cid, o) for cid, o in zip(todo, outcomes, strict=True) if o.ok]
@@ -239,12 +257,20 @@ def prerelax_candidates(
             device=mlip.device,
             wall_s=round(wall, 3),
             fidelity=mlip_fidelity(mlip.model_id, dispersion),
+            status=out.status,  # type: ignore[arg-type]  # converged | pruned | failed
+            reason=out.failure_reason,
+            evaluations=out.evaluations,
+            relax_wall_s=round(out.wall_s, 3),
         )
         candidates.set_mlip_result(db, cid, doc, failure_reason=out.failure_reason)
         if out.ok:
             summary.relaxed.append(cid)
         else:
             summary.failed[cid] = out.failure_reason or "failed"
+            if out.pruned:
+                summary.pruned[cid] = summary.failed[cid]
+        summary.evaluations += out.evaluations
+        summary.steps += out.steps
 
     if dedup and good:
         ordered = sorted(good, key=lambda g: _relaxed(g[1])[1])
@@ -295,8 +321,8 @@ class PrerelaxMaker(Maker):
         Job name.
     settings
         The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
-        max_steps, optimizer, filters, batched, max_seconds, dedup); a campaign passes its spec's
-        ``prerelax`` block.
+        max_steps, optimizer, filters, batched, max_seconds, dedup, fmax_screen, symmetry_stage,
+        prune, batch_atoms); a campaign passes its spec's ``prerelax`` block.
     """
 
     name: str = "prerelax"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cspflow.schemas.dft import Dispersion, check_dispersion
 from cspflow.schemas.fidelity import Fidelity
@@ -22,6 +22,7 @@ __all__ = [
     "SelectSettings",
     "RescreenSettings",
     "RelaxFilters",
+    "PruneSettings",
     "CommitteeDoc",
     "MlipRelaxDoc",
     "PrerelaxSummary",
@@ -61,6 +62,53 @@ class RelaxFilters(BaseModel):
     check_every: int = Field(10, description="Steps between geometry checks during relaxation.")
 
 
+class PruneSettings(BaseModel):
+    """Early stopping of hopeless candidates during an MLIP relaxation (LAQA-style).
+
+    Every ``every`` steps (from ``min_steps`` on) a running structure is stopped and recorded as
+    ``pruned`` when even the most it could still descend cannot bring it within ``window`` of
+    the lowest relaxed energy of its composition in the batch so far::
+
+        E_now - max(slope_factor * (E_{t-every} - E_now), sum|F|^2 / (2 stiffness N)
+                    + (V/N) |sigma|^2 / (2 bulk_modulus))  >  E_best + window
+
+    (energies per atom; the force and stress terms are the energy above the minimum of a
+    harmonic well as soft as ``stiffness`` and ``bulk_modulus``). The defaults are deliberately
+    soft and the window wide (docs/relax.md). A structure that reaches ``fmax_screen`` outside
+    the window is also pruned rather than relaxed to the tight ``fmax``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    enabled: bool = Field(
+        False,
+        description="Stop hopeless candidates early. Off by default: on random Al2O3 starts the "
+        "rule pruned a structure that ends at the third-lowest minimum (docs/relax.md).",
+    )
+    window: float = Field(
+        0.3,
+        gt=0,
+        description="eV/atom above the best relaxed energy of the batch so far beyond which a "
+        "structure that cannot come down any further is stopped.",
+    )
+    every: int = Field(10, ge=1, description="Steps between pruning checks (k).")
+    min_steps: int = Field(20, ge=0, description="No structure is pruned before this step.")
+    slope_factor: float = Field(
+        5.0,
+        ge=0,
+        description="The descent still possible is at least this many times the descent of "
+        "the last `every` steps.",
+    )
+    stiffness: float = Field(
+        1.0, gt=0, description="Softest force constant assumed for the remaining descent (eV/A^2)."
+    )
+    bulk_modulus: float = Field(
+        0.05,
+        gt=0,
+        description="Softest bulk modulus assumed for the remaining cell descent (eV/A^3).",
+    )
+
+
 class PrerelaxSettings(BaseModel):
     """Scientific settings of the prerelax stage (one relaxation of a batch of candidates)."""
 
@@ -70,14 +118,33 @@ class PrerelaxSettings(BaseModel):
     committee: list[str] = Field(default_factory=list, description="Extra models for disagreement.")
     fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
     max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")
-    optimizer: Literal["FIRE", "BFGS"] = Field(
-        "FIRE", description="FIRE or BFGS (on ASE's FrechetCellFilter)."
+    optimizer: Literal["FIRE", "FIRE2", "BFGS", "LBFGS"] = Field(
+        "FIRE", description="ASE optimizer on a FrechetCellFilter: FIRE, FIRE2, BFGS or LBFGS."
+    )
+    fmax_screen: float | None = Field(
+        0.15,
+        gt=0,
+        description="Loose force tolerance (eV/A) for screening: a structure that reaches it "
+        "goes on to fmax only while within prune.window of the best (None: fmax for all).",
+    )
+    symmetry_stage: bool = Field(
+        False,
+        description="Relax first with the candidate's space group held (ASE FixSymmetry), "
+        "then without it.",
+    )
+    prune: PruneSettings = Field(
+        default_factory=PruneSettings, description="Early stopping of hopeless candidates."
+    )
+    batch_atoms: int | None = Field(
+        None,
+        ge=1,
+        description="Atoms in flight per model call (None: the model's default, docs/relax.md).",
     )
     filters: RelaxFilters = Field(default_factory=RelaxFilters, description="Safety filters.")
     batched: bool | None = Field(
         None, description="Batched model evaluation (None: when the model supports it)."
     )
-    max_seconds: float | None = Field(None, description="Wall-time limit per candidate (s).")
+    max_seconds: float | None = Field(None, gt=0, description="Wall-time limit per candidate (s).")
     dedup: bool = Field(True, description="Deduplicate the relaxed structures.")
     dispersion: Dispersion | None = Field(
         None,
@@ -90,6 +157,14 @@ class PrerelaxSettings(BaseModel):
     @classmethod
     def _dispersion_name(cls, value: Any) -> Any:
         return check_dispersion(value)
+
+    @model_validator(mode="after")
+    def _screen_looser_than_fmax(self) -> PrerelaxSettings:
+        if self.fmax_screen is not None and self.fmax_screen < self.fmax:
+            raise ValueError(
+                f"fmax_screen ({self.fmax_screen:g}) must be at least fmax ({self.fmax:g})"
+            )
+        return self
 
 
 class SelectSettings(BaseModel):
@@ -153,6 +228,16 @@ class MlipRelaxDoc(BaseModel):
     key: str = Field(description="Content hash of structure + settings + model id.")
     device: str | None = Field(None, description="cpu or cuda.")
     wall_s: float | None = Field(None, description="Wall time of the batch it belonged to (s).")
+    status: Literal["converged", "pruned", "failed"] | None = Field(
+        None, description="How the relaxation ended (None: recorded before statuses existed)."
+    )
+    reason: str | None = Field(
+        None, description="Why it was pruned or failed, with the numbers that decided it."
+    )
+    evaluations: int | None = Field(None, description="Model evaluations of this structure.")
+    relax_wall_s: float | None = Field(
+        None, description="Wall time from entering the batch to leaving it (s)."
+    )
     schema_version: int = Field(
         MLIP_RELAX_SCHEMA_VERSION,
         description="Layout version (2: space group as a number, symbol in its own field).",
@@ -177,6 +262,11 @@ class PrerelaxSummary(BaseModel):
         default_factory=list, description="Ids whose stored result had the same key (not redone)."
     )
     failed: dict[str, str] = Field(default_factory=dict, description="Id -> failure reason.")
+    pruned: dict[str, str] = Field(
+        default_factory=dict, description="Id -> why it was stopped early (also in failed)."
+    )
+    evaluations: int = Field(0, description="Model evaluations of the structures relaxed here.")
+    steps: int = Field(0, description="Optimizer steps of the structures relaxed here.")
     duplicates: dict[str, str] = Field(
         default_factory=dict, description="Id -> id of the candidate it relaxed into."
     )

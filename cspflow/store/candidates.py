@@ -78,6 +78,7 @@ __all__ = [
     "count_relaxed",
     "status_counts",
     "count_duplicates",
+    "relax_stats",
     "best_energies",
     "dft_runs",
     "insert_raw",
@@ -599,6 +600,31 @@ def count_duplicates(db: Database, campaign: str, iteration: int) -> int:
     """Candidates of a campaign iteration that relaxed into another candidate's minimum."""
     query = {"campaign": campaign, "iteration": iteration, "duplicate_of": {"$ne": None}}
     return int(_coll(db).count_documents(query))
+
+
+def relax_stats(db: Database, campaign: str, iteration: int | None = None) -> dict[str, Any]:
+    """How a campaign's (or one iteration's) MLIP relaxations ended, and what they cost.
+
+    Returns ``{"converged": n, "pruned": n, "failed": n, "steps": total, "evaluations": total,
+    "wall_s": total}`` over the candidates with a ``relaxed.mlip`` record; a record written
+    before statuses existed counts by its ``converged`` flag (and adds no evaluations).
+    """
+    match: dict[str, Any] = {"campaign": campaign, "relaxed.mlip": {"$ne": None}}
+    if iteration is not None:
+        match["iteration"] = iteration
+    out: dict[str, Any] = {"converged": 0, "pruned": 0, "failed": 0, "steps": 0,
+                           "evaluations": 0, "wall_s": 0.0}  # fmt: skip
+    for doc in _coll(db).find(match, {"relaxed.mlip.status": 1, "relaxed.mlip.converged": 1,
+                                      "relaxed.mlip.steps": 1, "relaxed.mlip.evaluations": 1,
+                                      "relaxed.mlip.relax_wall_s": 1}):  # fmt: skip
+        rec = (doc.get("relaxed") or {}).get("mlip") or {}
+        status = rec.get("status") or ("converged" if rec.get("converged") else "failed")
+        out[status] = out.get(status, 0) + 1
+        out["steps"] += int(rec.get("steps") or 0)
+        out["evaluations"] += int(rec.get("evaluations") or 0)
+        out["wall_s"] += float(rec.get("relax_wall_s") or 0.0)
+    out["wall_s"] = round(out["wall_s"], 1)
+    return out
 
 
 def best_energies(db: Database, campaign: str) -> dict[str, dict[str, float]]:

@@ -7,7 +7,7 @@ campaign runner polls; nothing here writes. Every function takes an explicit dat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cspflow.errors import CspflowError
 
@@ -19,6 +19,7 @@ __all__ = [
     "firework_counts",
     "rerun_summary",
     "candidate_counts",
+    "relax_totals",
     "TOP_SCHEMA_VERSION",
     "top_structures",
     "campaign_fidelity",
@@ -81,6 +82,14 @@ def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
     from cspflow.store import candidates
 
     return candidates.status_counts(db, campaign)
+
+
+def relax_totals(db: Database, campaign: str) -> dict[str, Any]:
+    """How a campaign's MLIP relaxations ended (converged / pruned / failed) and their total
+    steps, model evaluations and wall time (:func:`cspflow.store.candidates.relax_stats`)."""
+    from cspflow.store import candidates
+
+    return candidates.relax_stats(db, campaign)
 
 
 #: 2: ``spacegroup`` is a number at every level (it was the symbol at MLIP level), with
