@@ -12,7 +12,7 @@ from cspflow.errors import CspflowError
 __all__ = ["BenchOptions", "check_options", "plan_iterations", "bench_campaign_spec"]
 
 #: sources a benchmark may use ("external" would read user files: it could be handed the answer)
-BENCH_SOURCES = ("random_symmetric", "prototype", "mutation")
+BENCH_SOURCES = ("random_symmetric", "prototype", "mutation", "template")
 
 
 class BenchOptions(BaseModel):
@@ -37,6 +37,10 @@ class BenchOptions(BaseModel):
         "in the top-k (USPEX-style: relaxations to success), instead of spending the budget.",
     )  # fmt: skip
     workers: int = Field(1, ge=1, description="Campaigns run at once (each its own workers).")
+    leave_out_reference: bool = Field(
+        False, description="Remove the reference's own structure type(s) from the template "
+        "library of its entry (anonymous StructureMatcher): a leave-one-out score.",
+    )  # fmt: skip
 
 
 def check_options(options: BenchOptions) -> None:
@@ -50,6 +54,15 @@ def check_options(options: BenchOptions) -> None:
         )
     if sum(options.sources.values()) <= 0 or any(w < 0 for w in options.sources.values()):
         raise CspflowError("source weights must be >= 0 and not all zero")
+    if options.leave_out_reference and "template" not in options.sources:
+        raise CspflowError(
+            "--leave-out-reference needs the template source; add template to --sources"
+        )
+    if options.leave_out_reference and "prototype" in options.sources:
+        raise CspflowError(
+            "--leave-out-reference removes types from the template library only; drop prototype "
+            "from --sources (the template library holds the built-in prototypes)"
+        )
     spec = parse_model_spec(options.model)
     if spec.kind == "registry":
         raise CspflowError(
@@ -72,8 +85,17 @@ def plan_iterations(
     return n, budget // n
 
 
-def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, seed: int) -> Any:
-    """The MLIP-only campaign for one entry: composition and max_atoms only, no DFT."""
+def bench_campaign_spec(
+    name: str,
+    entry: PreparedEntry,
+    options: BenchOptions,
+    seed: int,
+    left_out: list[str] | None = None,
+) -> Any:
+    """The MLIP-only campaign for one entry: composition and max_atoms only, no DFT.
+
+    ``left_out`` lists template ids the template source must not use (leave-one-out).
+    """
     from cspflow.schemas.campaign import CampaignSpec
 
     iterations, per = plan_iterations(options.budget, options.per_iteration)
@@ -82,7 +104,12 @@ def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, 
             "name": name,
             "compositions": [entry.formula],
             "max_atoms": entry.max_atoms,
-            "generate": {"per_iteration": per, "sources": dict(options.sources), "seed": seed},
+            "generate": {
+                "per_iteration": per,
+                "sources": dict(options.sources),
+                "seed": seed,
+                "template": {"exclude": list(left_out or [])},
+            },
             "prerelax": {
                 "model": options.model,
                 "max_steps": options.max_steps,

@@ -73,6 +73,12 @@ def generate_candidates(
             candidate_ids=done, n_new=0, seed=seed,
         ).model_dump()  # fmt: skip
     weights = sources or None
+    if weights and "template" in weights:
+        from cspflow.generate.templates import with_stored_templates
+
+        weights, source_options = with_stored_templates(
+            db, target, dict(weights), n - len(done), source_options
+        )
     context = SourceContext(
         constraints=Constraints(**(constraints or {})),
         parents=load_parents(db, target.formula, parent_pool)
@@ -144,8 +150,9 @@ class GenerateMaker(Maker):
             constraints=dict(s.constraints),
             time_limit=s.time_limit,
             parent_pool=s.parent_pool,
-            source_options=dict(s.source_options),
-        )
+            source_options={**s.source_options, "template": {**s.template.model_dump(),
+                            **s.source_options.get("template", {})}},
+        )  # fmt: skip
         j.name = self.name
         j.metadata.update(stage_metadata("generate", campaign, iteration))
         return j

@@ -19,6 +19,8 @@ the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation ag
   lowest-energy unique structures already stored (parents come in the context).
 - :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories;
   :func:`cspflow.chem.read_structures`).
+- :class:`~cspflow.generate.templates.Template`: every AFLOW, built-in and stored structure
+  type of the target's stoichiometry (:mod:`cspflow.generate.templates`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cspflow.chem import read_structures
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
+from cspflow.generate.templates import Template
 from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
 
 __all__ = [
@@ -562,6 +565,7 @@ SOURCES: dict[str, type] = {
     "prototype": Prototype,
     "mutation": Mutation,
     "external": External,
+    "template": Template,
 }
 
 

@@ -108,13 +108,20 @@ def _symbol(number: int | None) -> str | None:
     return SpaceGroup.from_int_number(number).symbol if number else None
 
 
+def _template_label(c: dict) -> str | None:
+    params = c.get("params") or {}
+    if c.get("source") != "template" or "template" not in params:
+        return None
+    return f"{params.get('template_name')} ({params['template']})"
+
+
 def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
     """The campaign's lowest-energy unique structures at the best fidelity, ranked.
 
     Each row is the stable ``results top --json`` record (see docs/results.md): rank,
     candidate_id, formula, spacegroup (number) and spacegroup_symbol, nsites, level,
     energy_per_atom (mlip/dft),
-    e_above_hull, source, iteration, and the final structure (pymatgen dict).
+    e_above_hull, source, template (name and id for a template candidate), iteration, and the final structure (pymatgen dict).
     """
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
@@ -143,6 +150,8 @@ def top_structures(db: Database, campaign: str, n: int = 10) -> list[dict]:
                 if c.get("e_above_hull_level") == level
                 else None,
                 "source": c.get("source"),
+                # the structure type a template candidate was made from (name, id)
+                "template": _template_label(c),
                 "iteration": c.get("iteration"),
                 "structure": relaxed.get("structure") or c.get("structure"),
             }
