@@ -194,3 +194,26 @@ def test_leave_out_reference_needs_the_template_source():
     with pytest.raises(CspflowError, match="drop prototype"):
         check_options(BenchOptions(leave_out_reference=True,
                                    sources={"template": 1, "prototype": 1}))  # fmt: skip
+
+
+def test_spec_fields_reach_the_source_and_bad_values_are_refused():
+    from pydantic import ValidationError
+
+    from cspflow.schemas.generate import GenerateSettings
+    from cspflow.schemas.template import TemplateSettings
+
+    # every spec field is a keyword of the source (the generate job passes them all)
+    src = Template(**TemplateSettings(ranking="random", per_iteration=4).model_dump())
+    assert src.ranking == "random" and src.per_iteration == 4
+    with pytest.raises(ValidationError, match="ranking"):
+        GenerateSettings(template={"ranking": "best"})
+    with pytest.raises(ValidationError, match="unknown source"):
+        GenerateSettings(sources={"templates": 1.0})
+
+
+def test_per_iteration_count_sets_the_template_share():
+    from cspflow.generate.templates import template_counts
+
+    w = template_counts({"random_symmetric": 0.8, "template": 0.2}, 20, 5)
+    assert w == pytest.approx({"random_symmetric": 0.75, "template": 0.25})
+    assert template_counts({"random_symmetric": 1.0}, 20, 5) == {"random_symmetric": 1.0}
