@@ -79,3 +79,23 @@ def test_results_top_counts_template_structures():
             for i, src in enumerate(["template", "random_symmetric", "template"], 1)]  # fmt: skip
     table = render.top_table(rows, "t")
     assert table.caption == "2 of these 3 came from templates"
+
+
+def test_iteration_summary_counts_templates_among_the_best(db):
+    from pymatgen.core import Lattice, Structure
+
+    from cspflow.campaign.state import iteration_summary
+    from cspflow.testing import insert_candidate
+
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ids = [insert_candidate(db, s, status="prerelaxed", mlip_energy=e, campaign="c")
+           for e in (-3.0, -2.9, -2.8, -1.0)]  # fmt: skip
+    for cid, src in zip(ids, ["template", "random_symmetric", "template", "template"], strict=True):
+        db.candidates.update_one({"candidate_id": cid}, {"$set": {"source": src}})
+    best = iteration_summary(db, "c", 0)["best_sources"]
+    assert best == {"level": "mlip", "top": 4, "template": 3,
+                    "by_source": {"template": 3, "random_symmetric": 1}}  # fmt: skip
+    from cspflow.store.candidates import best_sources
+
+    assert best_sources(db, "c", 2) == {"level": "mlip", "top": 2, "template": 1,
+                                        "by_source": {"template": 1, "random_symmetric": 1}}  # fmt: skip
