@@ -78,8 +78,8 @@ class TemplateType:
     Attributes
     ----------
     id
-        AFLOW label (``LABEL/2``, ``/3`` for later entries sharing a label), ``builtin:NAME`` for a built-in type AFLOW lacks, or the stored
-        candidate id.
+        AFLOW label (``LABEL/2``, ``/3`` for later entries sharing a label), ``builtin:NAME``
+        for a built-in type AFLOW lacks, or the stored candidate id.
     name
         Mineral or common name (AFLOW), the built-in name, or the stored formula.
     origin
@@ -158,8 +158,8 @@ def library_templates(
     """AFLOW and built-in templates of one stoichiometry (any cell size), one per type.
 
     A built-in prototype that an AFLOW one of the same stoichiometry matches (same space group
-    at symprec 0.1 and an anonymous StructureMatcher fit, cspflow's tolerances) is dropped; the AFLOW entry records its name under
-    ``tags["builtin"]``.
+    at symprec 0.1 and an anonymous StructureMatcher fit, cspflow's tolerances) is dropped;
+    the AFLOW entry records its name under ``tags["builtin"]``.
     """
     from cspflow.generate.sources import builtin_prototypes
 
@@ -184,7 +184,7 @@ def library_templates(
             )  # fmt: skip
             if twin is None:
                 kept.append(TemplateType(f"builtin:{name}", name, "builtin", prim, {}))
-            elif aflow:
+            else:
                 t = kept[twin]
                 kept[twin] = TemplateType(t.id, t.name, t.origin, t.structure,
                                           {**t.tags, "builtin": name})  # fmt: skip
