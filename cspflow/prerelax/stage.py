@@ -244,7 +244,15 @@ def prerelax_candidates(
             for cid, o in ordered:
                 other = finder(db, cid, _relaxed(o)[0])
                 if other is not None and other != cid:
-                    dups[cid] = dups.get(other, other)  # point at the batch's representative
+                    rep = dups.get(other, other)  # point at the batch's representative
+                    if rep == cid:
+                        # two of this batch found each other (a start already at the other's
+                        # minimum, as template starts are): the lower-energy one, seen first,
+                        # stays and takes over whatever pointed at this one
+                        del dups[other]
+                        dups = {k: other if v == cid else v for k, v in dups.items()}
+                        rep = other
+                    dups[cid] = rep
         for cid, other in dups.items():
             candidates.mark_duplicate(db, cid, other)
         summary.duplicates = dups
