@@ -12,7 +12,7 @@ from cspflow.errors import CspflowError
 __all__ = ["BenchOptions", "check_options", "plan_iterations", "bench_campaign_spec"]
 
 #: sources a benchmark may use ("external" would read user files: it could be handed the answer)
-BENCH_SOURCES = ("random_symmetric", "prototype", "mutation")
+BENCH_SOURCES = ("random_symmetric", "prototype", "mutation", "template")
 
 
 class BenchOptions(BaseModel):
@@ -41,6 +41,10 @@ class BenchOptions(BaseModel):
         "uniform", description="random_symmetric's space-group prior: uniform or aflow."
     )
     wyckoff: str = Field("pyxtal", description="Wyckoff choice: pyxtal or fewest_sites.")
+    leave_out_reference: bool = Field(
+        False, description="Remove the reference's own structure type(s) from the template "
+        "library of its entry (anonymous StructureMatcher): a leave-one-out score.",
+    )  # fmt: skip
 
 
 def check_options(options: BenchOptions) -> None:
@@ -65,6 +69,15 @@ def check_options(options: BenchOptions) -> None:
         raise CspflowError(
             f"unknown wyckoff choice {options.wyckoff!r}; use pyxtal or fewest_sites"
         )
+    if options.leave_out_reference and "template" not in options.sources:
+        raise CspflowError(
+            "--leave-out-reference needs the template source; add template to --sources"
+        )
+    if options.leave_out_reference and "prototype" in options.sources:
+        raise CspflowError(
+            "--leave-out-reference removes types from the template library only; drop prototype "
+            "from --sources (the template library holds the built-in prototypes)"
+        )
     spec = parse_model_spec(options.model)
     if spec.kind == "registry":
         raise CspflowError(
@@ -87,8 +100,17 @@ def plan_iterations(
     return n, budget // n
 
 
-def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, seed: int) -> Any:
-    """The MLIP-only campaign for one entry: composition and max_atoms only, no DFT."""
+def bench_campaign_spec(
+    name: str,
+    entry: PreparedEntry,
+    options: BenchOptions,
+    seed: int,
+    left_out: list[str] | None = None,
+) -> Any:
+    """The MLIP-only campaign for one entry: composition and max_atoms only, no DFT.
+
+    ``left_out`` lists template ids the template source must not use (leave-one-out).
+    """
     from cspflow.schemas.campaign import CampaignSpec
 
     iterations, per = plan_iterations(options.budget, options.per_iteration)
@@ -103,7 +125,8 @@ def bench_campaign_spec(name: str, entry: PreparedEntry, options: BenchOptions, 
                 "seed": seed,
                 "spacegroup_prior": options.spacegroup_prior,
                 "wyckoff": options.wyckoff,
-            },  # fmt: skip
+                "template": {"exclude": list(left_out or [])},
+            },
             "prerelax": {
                 "model": options.model,
                 "max_steps": options.max_steps,

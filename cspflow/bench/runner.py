@@ -21,6 +21,7 @@ from cspflow.bench.score import (
     BenchRunDoc,
     count_relaxed,
     evaluate_run,
+    left_out_types,
     library_match,
     relaxed_candidates,
     scores_budget_left,
@@ -114,6 +115,7 @@ def run_entry(
     on_progress: Callable[[int], None] | None = None,
     interrupted: Callable[[], bool] | None = None,
     in_library: str | None = None,
+    left_out: list[str] | None = None,
 ) -> BenchRunDoc:
     """Run one campaign on its own fresh database of the benchmark server and score it.
 
@@ -127,7 +129,7 @@ def run_entry(
     seed = options.seed + 1000 * repeat
     name = f"bench-{entry.formula}-r{repeat}"
     run_settings = settings.model_copy(update={"db_name": f"bench_{index}_{repeat}"})
-    spec = bench_campaign_spec(name, entry, options, seed)
+    spec = bench_campaign_spec(name, entry, options, seed, left_out)
     db = get_database(run_settings)
     t0 = time.monotonic()
     error = None
@@ -162,6 +164,7 @@ def run_entry(
         seed=seed,
         max_atoms=entry.max_atoms,
         reference_in_library=in_library,
+        left_out=list(left_out or []),
         iterations=spec.stop.max_iterations,
         per_iteration=spec.generate.per_iteration,
         wall_s=round(wall, 1),
@@ -179,6 +182,7 @@ def _run_parallel(
     match: MatchSpec,
     on_run_end: Callable[[BenchRunDoc], None] | None,
     lookups: dict[int, str | None],
+    left: dict[int, list[str]],
 ) -> list[BenchRunDoc]:
     """``options.workers`` campaigns at once (threads waiting on worker processes).
 
@@ -199,7 +203,8 @@ def _run_parallel(
     def one(task: tuple[int, int, PreparedEntry]) -> BenchRunDoc:
         repeat, index, entry = task
         run = run_entry(entry, repeat, index, settings, options, top_k, match,
-                        interrupted=stop.is_set, in_library=lookups[index])  # fmt: skip
+                        interrupted=stop.is_set, in_library=lookups[index],
+                        left_out=left[index])  # fmt: skip
         if on_run_end:
             with lock:
                 on_run_end(run)
@@ -243,8 +248,12 @@ def run_benchmark(
     t0 = time.monotonic()
     tasks = [(repeat, index, entry) for repeat in range(options.repeats)
              for index, entry in enumerate(entries)]  # fmt: skip
-    # a run with the prototype source may find the reference by lookup: label it (score.py)
-    lookups = {index: library_match(entry, bset.match) if "prototype" in options.sources else None
+    # leave-one-out: the reference's own type leaves its entry's template library
+    left = {index: left_out_types(entry) if options.leave_out_reference else []
+            for index, entry in enumerate(entries)}  # fmt: skip
+    # a run with a library source may find the reference by lookup: label it (score.py)
+    lookups = {index: library_match(entry, bset.match, options.sources, left[index])
+               if {"prototype", "template"} & set(options.sources) else None
                for index, entry in enumerate(entries)}  # fmt: skip
     with bench_server() as (settings, info):
         report.server = {"pid": info.pid, "uri": info.uri, "data_dir": str(info.data_dir)}
@@ -253,13 +262,14 @@ def run_benchmark(
                 if on_run_start:
                     on_run_start(entry, repeat)
                 run = run_entry(entry, repeat, index, settings, options, top_k, bset.match,
-                                on_progress, in_library=lookups[index])  # fmt: skip
+                                on_progress, in_library=lookups[index],
+                                left_out=left[index])  # fmt: skip
                 report.runs.append(run)
                 if on_run_end:
                     on_run_end(run)
         else:
             report.runs.extend(_run_parallel(tasks, settings, options, top_k, bset.match,
-                                             on_run_end, lookups))  # fmt: skip
+                                             on_run_end, lookups, left))  # fmt: skip
     report.total_s = round(time.monotonic() - t0, 1)
     report.summary = summarize(report.runs, options.repeats)
     return report

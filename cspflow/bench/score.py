@@ -55,6 +55,11 @@ class BenchRunDoc(BaseModel):
         "the run used the prototype source: the run could look the answer up, and the summary "
         "counts it apart from the searches.",
     )
+    left_out: list[str] = Field(
+        default_factory=list,
+        description="Template ids removed from the template library because they are the "
+        "reference's structure type (--leave-out-reference).",
+    )
     iterations: int = Field(description="Iterations run.")
     per_iteration: int = Field(description="Candidates generated per iteration.")
     relaxations: int = Field(0, description="Candidates relaxed (including failed ones).")
@@ -210,21 +215,39 @@ def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:
     return scores["relaxations"] < spec.stop.max_iterations * spec.generate.per_iteration
 
 
-def library_match(entry: Any, match: MatchSpec) -> str | None:
-    """The prototype library's structure type that is ``entry``'s reference, or None.
+def library_match(
+    entry: Any, match: MatchSpec, sources: Any = ("prototype",), exclude: Any = ()
+) -> str | None:
+    """The library structure type that is ``entry``'s reference, or None.
 
-    Built the way the ``prototype`` source builds candidates (every element assignment of every
-    built-in prototype, at the entry's ``max_atoms``) and compared with the set's matcher.
+    Built the way the ``prototype`` source (and, when ``sources`` holds it, the ``template``
+    source without the ids in ``exclude``) builds candidates at the entry's ``max_atoms``, and
+    compared with the set's matcher. A template hit is named ``template:NAME (ID)``.
     """
     from cspflow.generate.composition import parse_target
     from cspflow.generate.sources import Prototype, SourceContext
+    from cspflow.generate.templates import Template
 
     sm = _matcher(match)
     target = parse_target(entry.formula, entry.max_atoms)
-    for gen in Prototype().attempts(target, 0, SourceContext()):
-        if gen is not None and sm.fit(entry.reference, gen.structure):
-            return str(gen.params["prototype"])
+    if "prototype" in sources:
+        for gen in Prototype().attempts(target, 0, SourceContext()):
+            if gen is not None and sm.fit(entry.reference, gen.structure):
+                return str(gen.params["prototype"])
+    if "template" in sources:
+        source = Template(exclude=list(exclude), database=False)
+        for gen in source.attempts(target, 0, SourceContext()):
+            if gen is not None and sm.fit(entry.reference, gen.structure):
+                return f"template:{gen.params['template_name']} ({gen.params['template']})"
     return None
+
+
+def left_out_types(entry: Any) -> list[str]:
+    """Template ids that are the reference's structure type (removed by leave-one-out)."""
+    from cspflow.generate.composition import parse_target
+    from cspflow.generate.templates import reference_templates
+
+    return reference_templates(entry.reference, parse_target(entry.formula, entry.max_atoms))
 
 
 def _rates(runs: list[BenchRunDoc]) -> dict[str, Any]:
@@ -236,8 +259,10 @@ def _rates(runs: list[BenchRunDoc]) -> dict[str, Any]:
 def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
     """Success rate, median relaxations to success and the spread over repeats.
 
-    ``search_only`` and ``lookup`` split the runs by whether the prototype library held the
-    reference's structure type (:func:`library_match`): only the first measure a search.
+    ``search_only`` and ``lookup`` split the runs by whether the prototype or template library
+    held the reference's structure type (:func:`library_match`): only the first measure a
+    search. ``template_lookup`` are the lookups the template library made possible,
+    ``leave_one_out`` the runs whose template library lost the reference's own type.
     """
     found = [r for r in runs if r.found]
     to_success = [r.first_found for r in found if r.first_found is not None]
@@ -263,4 +288,8 @@ def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
         "per_entry": per_entry,
         "search_only": _rates([r for r in runs if r.reference_in_library is None]),
         "lookup": _rates([r for r in runs if r.reference_in_library is not None]),
+        "template_lookup": _rates(
+            [r for r in runs if (r.reference_in_library or "").startswith("template:")]
+        ),
+        "leave_one_out": _rates([r for r in runs if r.left_out]),
     }

@@ -205,4 +205,6 @@ def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]
             "counts": candidates.status_counts(db, name, iteration),
             "duplicates": candidates.count_duplicates(db, name, iteration),
             "relaxations": candidates.relax_stats(db, name, iteration),
-            "best_energy_per_atom": candidates.best_energies(db, name)}  # fmt: skip
+            "best_energy_per_atom": candidates.best_energies(db, name),
+            # how many of the 10 best so far came from each generator (templates among them)
+            "best_sources": candidates.best_sources(db, name, 10)}  # fmt: skip

@@ -55,6 +55,14 @@ def csp(
     workers: Annotated[
         int, typer.Option(help="Campaigns run at once (each with its own cpu+gpu worker).", min=1)
     ] = 1,
+    leave_out_reference: Annotated[
+        bool,
+        typer.Option(
+            "--leave-out-reference",
+            help="Remove each reference's own structure type from the template library "
+            "(anonymous StructureMatcher): a leave-one-out score. Needs the template source.",
+        ),
+    ] = False,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (JSON) to this file.")
     ] = None,
@@ -81,6 +89,7 @@ def csp(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,
         repeats=repeats, seed=seed, top_k=top_k, until_found=until_found, workers=workers,
         spacegroup_prior=spacegroup_prior, wyckoff=wyckoff,
+        leave_out_reference=leave_out_reference,
     )  # fmt: skip
     only_list = [o.strip() for o in only.split(",") if o.strip()] if only else None
     # bad input: one line, nothing started

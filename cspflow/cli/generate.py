@@ -14,15 +14,20 @@ from cspflow.cli.common import JsonOpt, print_json
 def generate(
     composition: Annotated[str, typer.Argument(help="Formula with integer amounts, e.g. MgAl2O4.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for the CIFs and summary.json.")
-    ],
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the CIFs and summary.json (required unless --list-templates).",
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", "-n", help="Number of unique structures wanted.")] = 20,
     max_atoms: Annotated[int, typer.Option("--max-atoms", help="Largest cell (atoms).")] = 20,
     sources: Annotated[
         str | None,
         typer.Option(
             "--sources",
-            help="Weighted sources: random_symmetric, prototype, mutation, external "
+            help="Weighted sources: random_symmetric, prototype, mutation, external, template "
             "(e.g. random_symmetric:0.8,prototype:0.2, the default: DEFAULT_SOURCES of "
             "cspflow.generate.batch).",
         ),
@@ -58,6 +63,20 @@ def generate(
     wyckoff: Annotated[
         str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")
     ] = "pyxtal",
+    list_templates: Annotated[
+        bool,
+        typer.Option(
+            "--list-templates",
+            help="Only list the structure types the template source would use (AFLOW, "
+            "built-in, and with --register the database's), best-ranked first; write nothing.",
+        ),
+    ] = False,
+    ranking: Annotated[
+        str,
+        typer.Option(
+            "--ranking", help="Template ranking: substitution, electronegativity, random."
+        ),
+    ] = "substitution",
     json_out: JsonOpt = False,
 ) -> None:
     """Generate unique candidate structures and write them as CIFs plus summary.json."""
@@ -71,6 +90,15 @@ def generate(
 
     # Validate everything before touching --out: a user error leaves nothing behind.
     target = parse_target(composition, max_atoms)
+    if ranking not in ("substitution", "electronegativity", "random"):
+        raise CspflowError(
+            f"--ranking {ranking!r} is unknown; choose substitution, electronegativity or random"
+        )
+    if list_templates:
+        _list_templates(target, ranking, register, json_out)
+        return
+    if out is None:
+        raise CspflowError("--out is required; give a directory for the CIFs (or --list-templates)")
     if n < 1:
         raise CspflowError(f"--n must be at least 1 (got {n}); ask for one or more structures")
     weights = parse_sources(sources)
@@ -91,6 +119,11 @@ def generate(
         # a bad prior or Wyckoff choice stops here, before anything is written
         RandomSymmetric(spacegroup_prior=spacegroup_prior, wyckoff=wyckoff)
         options["random_symmetric"] = {"spacegroup_prior": spacegroup_prior, "wyckoff": wyckoff}
+    if "template" in weights:
+        from cspflow.generate.templates import require_templates
+
+        require_templates(target)  # none of this stoichiometry: one line, nothing written
+        options["template"] = {"ranking": ranking, "database": register}
     if out.exists() and not out.is_dir():
         raise CspflowError(f"--out {out} is a file; give a directory")
 
@@ -106,6 +139,10 @@ def generate(
         else [],
     )
     index = MongoIndex(db) if db is not None else MemoryIndex()
+    if db is not None and "template" in weights:
+        from cspflow.generate.templates import with_stored_templates
+
+        weights, options = with_stored_templates(db, target, weights, n, options)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -148,6 +185,27 @@ def generate(
     typer.echo(line)
     if warning is not None:
         typer.echo(warning, err=True)
+
+
+def _list_templates(target, ranking: str, register: bool, json_out: bool) -> None:
+    """Print the templates that fit the target (``--list-templates``)."""
+    from cspflow.cli import render_templates
+    from cspflow.generate.templates import Template, describe, require_templates, stored_templates
+
+    stored = []
+    if register:
+        from cspflow.store import get_database
+
+        stored = stored_templates(get_database(), target)
+    require_templates(target, stored=stored)
+    info = describe(Template(ranking=ranking, stored=stored), target)
+    if json_out:
+        print_json(info)
+        return
+    from cspflow.cli.common import console
+
+    console().print(render_templates.template_table(info))
+    typer.echo(render_templates.template_line(info))
 
 
 def _stderr():

@@ -137,14 +137,18 @@ def top_table(rows: list[dict], title: str):
         "level",
         "E/atom (eV)",
         "E_hull (meV/atom)",
+        "source",
     ):
         t.add_column(col)
     for r in rows:
         e = r["energy_per_atom"][r["level"]]
         eh = r["e_above_hull"]
+        src = str(r.get("source")) + (f": {r['template']}" if r.get("template") else "")
         t.add_row(str(r["rank"]), r["candidate_id"], r["formula"], str(r["spacegroup"]),
                   str(r["nsites"]), r["level"], f"{e:.4f}",
-                  "-" if eh is None else f"{eh * 1000:.1f}")  # fmt: skip
+                  "-" if eh is None else f"{eh * 1000:.1f}", src)  # fmt: skip
+    n_tpl = sum(1 for r in rows if r.get("source") == "template")
+    t.caption = f"{n_tpl} of these {len(rows)} came from templates"
     return t
 
 
@@ -251,13 +255,16 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
 
     t = Table(title=f"campaign {name}: {doc.get('state')} ({doc.get('stop_reason')})")
     for col in ("iteration", "candidates", "duplicates", "MLIP relaxations", "DFT runs (total)",
+                "best from templates",
                 "hull", "wall s"):  # fmt: skip
         t.add_column(col)
     for it in doc.get("iterations", []):
         h = it.get("hull") or {}
+        b = it.get("best_sources") or {}
         t.add_row(str(it["iteration"]), " ".join(f"{k}:{v}" for k, v in sorted(it["counts"].items())),
                   str(it.get("duplicates")), relaxations_cell(it.get("relaxations")),
                   str(it.get("dft_runs_total")),
+                  f"{b['template']}/{b['top']}" if b else "-",
                   f"v{h.get('version')} {h.get('fidelity_key') or h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
     out: list = [t]
@@ -514,7 +521,8 @@ def bench_table(report: BenchReportDoc) -> Table:
 
     opts = report.options
     title = (f"{report.set_name}: {opts.model}, sources {','.join(opts.sources)}, "
-             f"budget {opts.budget}, top {report.top_k}, {opts.repeats} repeat(s)")  # fmt: skip
+             f"budget {opts.budget}, top {report.top_k}, {opts.repeats} repeat(s)"
+             + (", reference type left out" if opts.leave_out_reference else ""))  # fmt: skip
     t = Table(title=title)
     for col in ("entry", "found", "rank", "first found (relaxations)", "relaxations", "unique",
                 "dE ref (meV/atom)", "wall s"):  # fmt: skip
@@ -533,6 +541,8 @@ def bench_table(report: BenchReportDoc) -> Table:
             flag += " (error)"
         if any(r.reference_in_library for r in runs):  # found by lookup, not by search
             flag += f" (lookup: {runs[0].reference_in_library})"
+        if runs[0].left_out:
+            flag += f" (left out: {', '.join(runs[0].left_out)})"
         t.add_row(formula, flag, join(r.rank for r in runs), join(r.first_found for r in runs),
                   join(r.relaxations for r in runs), join(r.unique for r in runs),
                   join(r.reference_delta_mev for r in runs), join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
@@ -548,7 +558,10 @@ def bench_summary_line(report) -> str:
     if lookup.get("runs"):
         search = s["search_only"]
         split = (f"; search only {search['runs_found']}/{search['runs']}, by lookup in the "
-                 f"prototype library {lookup['runs_found']}/{lookup['runs']}")  # fmt: skip
+                 f"prototype/template library {lookup['runs_found']}/{lookup['runs']}")  # fmt: skip
+    loo = s.get("leave_one_out") or {}
+    if loo.get("runs"):
+        split += f"; leave-one-out {loo['runs_found']}/{loo['runs']}"
     return (
         f"success rate {s['runs_found']}/{s['runs']} = {100 * (s['success_rate'] or 0):.0f}%  "
         f"(entries found in every repeat {s['entries_found_every_repeat']}/{s['entries']}); "

@@ -107,6 +107,10 @@ def generate_candidates(
         fu_shares = shares["formula_units"]
         if fu_shares:
             rs["fu_weights"] = fu_shares
+    if weights and "template" in weights:
+        from cspflow.generate.templates import with_stored_templates
+
+        weights, options = with_stored_templates(db, target, dict(weights), n - len(done), options)
     context = SourceContext(
         constraints=Constraints(**(constraints or {})),
         parents=parents,
@@ -241,7 +245,10 @@ class GenerateMaker(Maker):
             constraints=dict(s.constraints),
             time_limit=s.time_limit,
             parent_pool=s.parent_pool,
-            source_options=dict(s.source_options),
+            source_options={
+                **s.source_options,
+                "template": {**s.template.model_dump(), **s.source_options.get("template", {})},
+            },
             spacegroup_prior=s.spacegroup_prior,
             prior_mix=s.prior_mix,
             wyckoff=s.wyckoff,

@@ -21,6 +21,8 @@ the same reduction (:func:`primitive_cell`), so sources, dedup and relaxation ag
   :mod:`cspflow.generate.evolve`).
 - :class:`External`: structures read from files (CIF, POSCAR, extxyz, directories;
   :func:`cspflow.chem.read_structures`).
+- :class:`~cspflow.generate.templates.Template`: every AFLOW, built-in and stored structure
+  type of the target's stoichiometry (:mod:`cspflow.generate.templates`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
 from cspflow.generate.evolve import heredity, permute, rattle, softmode, strain
+from cspflow.generate.templates import Template
 from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
 
 __all__ = [
@@ -564,6 +567,7 @@ SOURCES: dict[str, type] = {
     "prototype": Prototype,
     "mutation": Mutation,
     "external": External,
+    "template": Template,
 }
 
 

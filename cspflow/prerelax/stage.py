@@ -283,10 +283,15 @@ def prerelax_candidates(
             dups = {}
             for cid, o in ordered:
                 other = finder(db, cid, _relaxed(o)[0])
-                rep = dups.get(other, other) if other is not None else None
-                # point at the batch's representative; a match back to an earlier member that
-                # already points here would make the candidate its own duplicate: it stays one
-                if rep is not None and rep != cid:
+                if other is not None and other != cid:
+                    rep = dups.get(other, other)  # point at the batch's representative
+                    if rep == cid:
+                        # two of this batch found each other (a start already at the other's
+                        # minimum, as template starts are): the lower-energy one, seen first,
+                        # stays and takes over whatever pointed at this one
+                        del dups[other]
+                        dups = {k: other if v == cid else v for k, v in dups.items()}
+                        rep = other
                     dups[cid] = rep
         for cid, other in dups.items():
             candidates.mark_duplicate(db, cid, other)

@@ -11,13 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cspflow.schemas.template import TemplateSettings
+
 __all__ = ["GenerateSettings", "SOURCE_NAMES", "SPACEGROUP_PRIORS"]
 
 #: named space-group priors of random_symmetric (cspflow.generate.priors)
 SPACEGROUP_PRIORS = ("uniform", "aflow")
 
 #: generator names a weight may be given for
-SOURCE_NAMES = ("random_symmetric", "prototype", "mutation", "external")
+SOURCE_NAMES = ("random_symmetric", "prototype", "mutation", "external", "template")
 
 
 class GenerateSettings(BaseModel):
@@ -39,6 +41,10 @@ class GenerateSettings(BaseModel):
     time_limit: float = Field(10.0, gt=0, description="Seconds allowed per PyXtal structure.")
     parent_pool: int = Field(
         20, ge=1, description="Lowest-energy stored structures mutation draws parents from."
+    )
+    template: TemplateSettings = Field(
+        default_factory=TemplateSettings,
+        description="The template source: ranking, initial volume, stored templates, count.",
     )
     source_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -35,7 +35,7 @@ iterations the candidate joined), and a DFT result names the campaign that ran i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cspflow.errors import CspflowError
@@ -72,6 +72,8 @@ __all__ = [
     "parent_pool",
     "source_records",
     "minima_hits",
+    "template_pool",
+    "best_sources",
     "preferred_energy",
     "dft_labelled",
     "relaxed_in_order",
@@ -653,3 +655,52 @@ def dft_runs(db: Database, campaign: str) -> int:
     query = {"$or": [{"relaxed.dft.campaign": campaign},
                      {"relaxed.dft_by_fidelity.campaign": campaign}]}  # fmt: skip
     return int(_coll(db).count_documents(query))
+
+
+def template_pool(
+    db: Database,
+    level: str,
+    exclude_formula: str,
+    accept: Callable[[str], bool],
+    per_formula: int,
+) -> list[dict[str, Any]]:
+    """Relaxed structures of other formulas that a template source may substitute.
+
+    Usable candidates at ``level`` (:func:`usable_query`: a converged DFT relaxation at
+    ``"dft"``) of any campaign whose formula is not ``exclude_formula`` and passes ``accept``
+    (e.g. the same anonymized stoichiometry), the ``per_formula`` lowest in energy of each
+    formula, sorted by (formula, energy). Each document holds ``candidate_id``, ``formula``,
+    ``campaign``, ``energy_per_atom`` and ``relaxed.<level>.structure``.
+    """
+    key = f"energy_per_atom.{level}"
+    query = {**usable_query(level), "formula": {"$ne": exclude_formula}}
+    picked: dict[str, list[tuple[float, str]]] = {}
+    for doc in _coll(db).find(query, {"_id": 0, "candidate_id": 1, "formula": 1, key: 1}):
+        if not accept(doc["formula"]):
+            continue
+        picked.setdefault(doc["formula"], []).append(
+            (float(doc["energy_per_atom"][level]), doc["candidate_id"])
+        )
+    ids = [cid for rows in picked.values() for _, cid in sorted(rows)[:per_formula]]
+    if not ids:
+        return []
+    proj = {"_id": 0, "candidate_id": 1, "formula": 1, "campaign": 1, "energy_per_atom": 1,
+            f"relaxed.{level}.structure": 1}  # fmt: skip
+    docs = list(_coll(db).find({"candidate_id": {"$in": ids}}, proj))
+    return sorted(docs, key=lambda d: (d["formula"], d["energy_per_atom"][level]))
+
+
+def best_sources(db: Database, campaign: str, n: int = 10) -> dict[str, Any]:
+    """Which generators made the campaign's ``n`` lowest-energy usable structures.
+
+    The level is DFT when the campaign has a usable DFT energy, else MLIP. Returns
+    ``{"level", "top", "by_source": {source: count}, "template": count}``.
+    """
+    level = "dft" if _coll(db).find_one({**usable_query("dft"), "campaign": campaign}) else "mlip"
+    key = f"energy_per_atom.{level}"
+    query = {**usable_query(level), "campaign": campaign}
+    docs = list(_coll(db).find(query, {"_id": 0, "source": 1}).sort(key, 1).limit(n))
+    by: dict[str, int] = {}
+    for d in docs:
+        by[str(d.get("source"))] = by.get(str(d.get("source")), 0) + 1
+    return {"level": level, "top": len(docs), "by_source": by, "template": by.get("template", 0)}

@@ -170,6 +170,13 @@ def choose_fidelity(
     )
 
 
+def _template_label(c: dict) -> str | None:
+    params = c.get("params") or {}
+    if c.get("source") != "template" or "template" not in params:
+        return None
+    return f"{params.get('template_name')} ({params['template']})"
+
+
 def top_structures(
     db: Database, campaign: str, n: int = 10, fidelity: str | None = None
 ) -> list[dict]:
@@ -180,7 +187,8 @@ def top_structures(
     whose DFT result at that fidelity it ran. Each row is the stable ``results top --json``
     record (see docs/results.md): rank, candidate_id, formula, spacegroup (number) and
     spacegroup_symbol, nsites, level, fidelity_key, energy_per_atom (mlip/dft, the DFT one
-    of that fidelity), e_above_hull, source, iteration, and the final structure (pymatgen dict).
+    of that fidelity), e_above_hull, source, template (name and id for a template candidate),
+    iteration, and the final structure (pymatgen dict).
     """
     doc = db.campaigns.find_one({"name": campaign}, {"chemsys": 1})
     if doc is None:
@@ -221,6 +229,8 @@ def top_structures(
                 "e_above_hull": ehull.get(c["candidate_id"]) if hull else (
                     c.get("e_above_hull") if c.get("e_above_hull_level") == level else None),
                 "source": c.get("source"),
+                # the structure type a template candidate was made from (name, id)
+                "template": _template_label(c),
                 "iteration": c.get("iteration"),
                 "structure": relaxed.get("structure") or c.get("structure"),
             }
