@@ -193,7 +193,7 @@ def test_stage_stores_status_evaluations_and_wall_and_the_summary_counts_them(db
            for a in cells]  # fmt: skip
     summary = prerelax_candidates(
         ids, loaded=EmtModel(), db=db, dedup=False, fmax=0.02,
-        prune={"window": 0.05, "every": 5, "min_steps": 5},
+        prune={"enabled": True, "window": 0.05, "every": 5, "min_steps": 5},
     )  # fmt: skip
     # the two simple cubic cells end 0.27 eV/atom above fcc: pruned, the rest converge
     assert sorted(summary.pruned) == sorted(ids[2::3])
