@@ -183,10 +183,10 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
     """The campaign's relaxed candidates in generation order, as :func:`evaluate_run` takes them."""
     from pymatgen.core import Structure
 
-    from cspflow.store import candidates
+    from cspflow.store import candidate_stats
 
     rows = []
-    for d in candidates.relaxed_in_order(db, campaign):
+    for d in candidate_stats.relaxed_in_order(db, campaign):
         mlip = (d.get("relaxed") or {}).get("mlip") or {}
         failed = d.get("status") == "failed" or mlip.get("structure") is None
         rows.append(
@@ -205,9 +205,9 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
 
 def count_relaxed(db: Any, campaign: str) -> int:
     """Candidates of the campaign relaxed so far (progress)."""
-    from cspflow.store import candidates
+    from cspflow.store import candidate_stats
 
-    return candidates.count_relaxed(db, campaign)
+    return candidate_stats.count_relaxed(db, campaign)
 
 
 def scores_budget_left(spec: Any, scores: dict[str, Any]) -> bool:

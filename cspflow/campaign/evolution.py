@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cspflow.store import candidates
+from cspflow.store import candidate_stats
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -32,7 +32,7 @@ def operator_summary(db: Database, spec: CampaignSpec, iteration: int) -> dict[s
     from cspflow.generate.batch import load_parents
     from cspflow.generate.evolve import operator_stats
 
-    docs = candidates.source_records(db, spec.name, iteration=iteration)
+    docs = candidate_stats.source_records(db, spec.name, iteration=iteration)
     g = spec.generate
     population: list[str] = []
     top: list[str] = []
@@ -50,7 +50,7 @@ def rediscovery(minima: list[dict[str, Any]]) -> dict[str, Any]:
     ----------
     minima
         ``{"candidate_id", "energy_per_atom", "hits"}`` per minimum, lowest first
-        (:func:`cspflow.store.candidates.minima_hits`).
+        (:func:`cspflow.store.candidate_stats.minima_hits`).
 
     Returns
     -------
@@ -80,7 +80,7 @@ def rediscovery_summary(db: Database, spec: CampaignSpec) -> dict[str, Any]:
     out = {}
     for composition in spec.formulas():
         formula = parse_target(composition, spec.max_atoms).formula
-        out[formula] = rediscovery(candidates.minima_hits(db, spec.name, formula))
+        out[formula] = rediscovery(candidate_stats.minima_hits(db, spec.name, formula))
     return out
 
 

@@ -13,7 +13,7 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 from cspflow.schemas.campaign import CampaignSpec, StopSpec
-from cspflow.store import candidates
+from cspflow.store import candidate_stats
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -192,9 +192,9 @@ def set_campaign_state(db: Database, name: str, state: str) -> None:
 
 def dft_runs(db: Database, name: str) -> int:
     """Number of candidates the campaign sent through DFT (any outcome): its own, and those of
-    earlier campaigns it re-screened and selected (:func:`cspflow.store.candidates.dft_runs`:
+    earlier campaigns it re-screened and selected (:func:`cspflow.store.candidate_stats.dft_runs`:
     a result names the campaign that ran it, and counts for that one only)."""
-    return candidates.dft_runs(db, name)
+    return candidate_stats.dft_runs(db, name)
 
 
 def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]:
@@ -202,9 +202,9 @@ def iteration_summary(db: Database, name: str, iteration: int) -> dict[str, Any]
     failed, total steps, model evaluations, wall s) and best energies of one iteration (what
     ``campaign status`` shows)."""
     return {"iteration": iteration,
-            "counts": candidates.status_counts(db, name, iteration),
-            "duplicates": candidates.count_duplicates(db, name, iteration),
-            "relaxations": candidates.relax_stats(db, name, iteration),
-            "best_energy_per_atom": candidates.best_energies(db, name),
+            "counts": candidate_stats.status_counts(db, name, iteration),
+            "duplicates": candidate_stats.count_duplicates(db, name, iteration),
+            "relaxations": candidate_stats.relax_stats(db, name, iteration),
+            "best_energy_per_atom": candidate_stats.best_energies(db, name),
             # how many of the 10 best so far came from each generator (templates among them)
-            "best_sources": candidates.best_sources(db, name, 10)}  # fmt: skip
+            "best_sources": candidate_stats.best_sources(db, name, 10)}  # fmt: skip

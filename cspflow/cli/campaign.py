@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cspflow.cli import render
+from cspflow.cli import render, render_campaign
 from cspflow.cli.common import JsonOpt, print_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -33,9 +33,9 @@ def submit(spec_file: SpecArg, json_out: JsonOpt = False) -> None:
     spec = load_spec(spec_file)
     doc, created, nodes = _submit(spec, get_settings())
     if json_out:
-        print_json(render.submit_json(spec.name, created, nodes, doc["state"]))
+        print_json(render_campaign.submit_json(spec.name, created, nodes, doc["state"]))
     else:
-        typer.echo(render.submit_line(spec.name, created, nodes))
+        typer.echo(render_campaign.submit_line(spec.name, created, nodes))
 
 
 def _take_run_lock(db, name: str) -> None:
@@ -88,7 +88,7 @@ def run(
                            "first")  # fmt: skip
 
     def on_start(lost: list[int]) -> None:
-        console.print(render.campaign_start_line(spec, doc, created, lost))
+        console.print(render_campaign.campaign_start_line(spec, doc, created, lost))
         if live:
             live.start()
 
@@ -98,9 +98,9 @@ def run(
         nonlocal last_line
         p = _progress_rows(db, spec.name, nodes)
         if live:
-            live.update(render.progress_table(p, elapsed))
+            live.update(render_campaign.progress_table(p, elapsed))
         else:
-            line = render.progress_line(p, elapsed)
+            line = render_campaign.progress_line(p, elapsed)
             if line.split("]", 1)[1] != last_line.split("]", 1)[-1]:
                 console.print(line, highlight=False)
             last_line = line
@@ -108,7 +108,7 @@ def run(
     def on_reconcile(report) -> None:
         for lost in report.lost:
             if lost.fw_id in report.rerun:
-                console.print(render.lost_run_line(lost), highlight=False)
+                console.print(render_campaign.lost_run_line(lost), highlight=False)
 
     t0 = time.monotonic()
     live = (
@@ -149,10 +149,10 @@ def _report(name: str, settings, out: Path | None, json_out: bool, elapsed: floa
             plot = str(plot_hull(hull, out / "hull.png"))
         (out / "top.json").write_text(json.dumps(render.top_json(top), indent=2, default=str))
     if json_out:
-        print_json(render.campaign_report_json(name, doc, top, plot, elapsed))
+        print_json(render_campaign.campaign_report_json(name, doc, top, plot, elapsed))
         return
     console = Console()
-    for part in render.campaign_report(name, doc, hull, top, plot, elapsed):
+    for part in render_campaign.campaign_report(name, doc, hull, top, plot, elapsed):
         console.print(part)
 
 
@@ -176,10 +176,10 @@ def status(name: NameArg, json_out: JsonOpt = False) -> None:
     reruns = rerun_summary(db, list(wf.get("nodes", [])))
     top = top_structures(db, name, n=5)
     if json_out:
-        print_json(render.campaign_status_json(name, doc, wf, p, reruns, top))
+        print_json(render_campaign.campaign_status_json(name, doc, wf, p, reruns, top))
         return
     console = Console()
-    for part in render.campaign_status(name, doc, wf, p, reruns, top):
+    for part in render_campaign.campaign_status(name, doc, wf, p, reruns, top):
         console.print(part)
 
 

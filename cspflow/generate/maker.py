@@ -177,11 +177,11 @@ def adapted_shares(
     """
     from cspflow.generate.evolve import adapt_weights, formula_unit_stats, operator_stats
     from cspflow.generate.sources import Mutation
-    from cspflow.store import candidates
+    from cspflow.store import candidate_stats
 
     docs = [
         d
-        for d in candidates.source_records(db, campaign, max_iteration=iteration - 1)
+        for d in candidate_stats.source_records(db, campaign, max_iteration=iteration - 1)
         if d.get("formula") == formula
     ]
     stats = operator_stats(docs, population=population)

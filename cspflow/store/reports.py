@@ -79,17 +79,17 @@ def rerun_summary(db: Database, fw_ids: list[int]) -> dict:
 
 def candidate_counts(db: Database, campaign: str) -> dict[str, int]:
     """Number of a campaign's candidates per status."""
-    from cspflow.store import candidates
+    from cspflow.store import candidate_stats
 
-    return candidates.status_counts(db, campaign)
+    return candidate_stats.status_counts(db, campaign)
 
 
 def relax_totals(db: Database, campaign: str) -> dict[str, Any]:
     """How a campaign's MLIP relaxations ended (converged / pruned / failed) and their total
-    steps, model evaluations and wall time (:func:`cspflow.store.candidates.relax_stats`)."""
-    from cspflow.store import candidates
+    steps, model evaluations and wall time (:func:`cspflow.store.candidate_stats.relax_stats`)."""
+    from cspflow.store import candidate_stats
 
-    return candidates.relax_stats(db, campaign)
+    return candidate_stats.relax_stats(db, campaign)
 
 
 #: 2: ``spacegroup`` is a number at every level (it was the symbol at MLIP level), with

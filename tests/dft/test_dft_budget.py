@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 from cspflow.dft.stage import DftStageMaker
 from cspflow.schemas.dft import DftSpec
 from cspflow.store import get_jobstore
-from cspflow.store.candidates import dft_runs
+from cspflow.store.candidate_stats import dft_runs
 from cspflow.testing import insert_candidate
 
 

@@ -95,7 +95,7 @@ def test_iteration_summary_counts_templates_among_the_best(db):
     best = iteration_summary(db, "c", 0)["best_sources"]
     assert best == {"level": "mlip", "top": 4, "template": 3,
                     "by_source": {"template": 3, "random_symmetric": 1}}  # fmt: skip
-    from cspflow.store.candidates import best_sources
+    from cspflow.store.candidate_stats import best_sources
 
     assert best_sources(db, "c", 2) == {"level": "mlip", "top": 2, "template": 1,
                                         "by_source": {"template": 1, "random_symmetric": 1}}  # fmt: skip
