@@ -1,5 +1,5 @@
-"""Tables of ``cspflow generate --list-templates`` (beside :mod:`cspflow.cli.render`, which is
-at the project's module-size limit)."""
+"""Tables of ``cspflow generate --list-templates`` (beside :mod:`cspflow.cli.render` and
+:mod:`cspflow.cli.render_campaign`)."""
 
 from __future__ import annotations
 
