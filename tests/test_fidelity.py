@@ -69,7 +69,7 @@ def test_correction_is_for_vasp_only():
     from cspflow.schemas.campaign import parse_spec
     from cspflow.schemas.dft import DftSpec
 
-    with pytest.raises(ValidationError, match="applies to VASP energies only"):
+    with pytest.raises(ValidationError, match="dft.correction mp2020 is for VASP energies"):
         DftSpec(engine="gpaw", correction="mp2020")
     assert DftSpec(engine="vasp", correction="mp2020").correction == "mp2020"
     from cspflow.errors import SpecError
@@ -78,8 +78,8 @@ def test_correction_is_for_vasp_only():
         parse_spec({"name": "x", "compositions": ["Si"],
                     "dft": {"engine": "cp2k", "correction": "mp2020"}})  # fmt: skip
     assert err.value.problems == [
-        "dft: dft.correction 'mp2020' applies to VASP energies only, not to engine 'cp2k'; "
-        "remove it or use engine vasp"
+        "dft: dft.correction mp2020 is for VASP energies (MP-compatible inputs); dft.engine "
+        "cp2k has no correction scheme: remove dft.correction"
     ]
 
 
@@ -142,7 +142,8 @@ def test_cli_fidelity_errors_are_one_line_and_store_nothing(db, settings, tmp_pa
     spec.write_text("name: si\ncompositions: [Si]\ndft: {engine: gpaw, correction: mp2020}\n")
     out = _cli(env, "campaign", "submit", str(spec))
     assert out.returncode == 2 and out.stderr.startswith("error:"), out.stderr
-    assert "VASP energies only" in out.stderr
+    assert "dft.correction mp2020 is for VASP energies" in out.stderr
+    assert "dft.engine gpaw" in out.stderr
     assert db.campaigns.count_documents({}) == 0
     assert db.hull_references.count_documents({}) == 0
     assert db.fireworks.count_documents({}) == 0

@@ -7,8 +7,10 @@ Layers, top down:
 - :func:`dft_candidate` loads the candidate, keys the work by its fidelity
   (:meth:`~cspflow.schemas.dft.DftSpec.fidelity`) and
   :func:`~cspflow.dft.presets.settings_hash`, and either returns the stored converged result
-  of that fidelity (no code runs; a result of another fidelity never stands in for it), marks the candidate failed with a one-line reason (missing program, unknown
-  element, ...), or replaces itself with the engine's atomate2 job followed by
+  of that fidelity (no code runs; a result of another fidelity never stands in for it, except
+  the same calculation stored under another correction scheme, which is re-corrected and
+  stored at this fidelity), marks the candidate failed with a one-line reason (missing
+  program, unknown element, ...), or replaces itself with the engine's atomate2 job followed by
   :func:`record_dft`.
 - :func:`record_dft` turns the engine's task document into a :class:`DftResultDoc` (through
   :func:`cspflow.dft.taskdoc.result_from_task_doc`) and writes it
@@ -35,6 +37,7 @@ from cspflow.dft.taskdoc import result_from_task_doc
 from cspflow.errors import CspflowError
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.dft import CorrectionScheme, DftResultDoc, DftSpec
+from cspflow.schemas.fidelity import Fidelity
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -298,6 +301,11 @@ def dft_candidate(
         if dspec.correction and have != dspec.correction:
             reused = _recorrect(db, cs, reused, dspec.correction, candidate_id)
         return reused
+    same_run = _same_calculation(candidate, dspec, shash)
+    if same_run is not None:
+        # the same calculation stored under another correction scheme: the engine energy is
+        # the same, only the correction differs; VASP does not run again
+        return _recorrect(db, cs, same_run, dspec.correction, candidate_id, header["fidelity"])
 
     try:
         engine_job = build_engine_job(dspec, settings, structure, cs)
@@ -325,17 +333,51 @@ def dft_candidate(
     return Response(replace=Flow([engine_job, recorder], output=recorder.output))
 
 
+def _same_calculation(candidate: dict, dspec: DftSpec, shash: str) -> DftResultDoc | None:
+    """A converged result of the same DFT calculation stored at a fidelity that differs from
+    ``dspec``'s only in its energy-correction scheme (same settings hash), or None.
+
+    The correction is applied after the run, to the engine's energy, so such a result is the
+    same work: :func:`dft_candidate` re-corrects it instead of running the engine again.
+    """
+    from typing import get_args
+
+    from cspflow.store import candidates
+
+    own = dspec.fidelity()
+    if own is None:
+        return None
+    for scheme in (None, *get_args(CorrectionScheme)):
+        if scheme == dspec.correction:
+            continue
+        other = dspec.model_copy(update={"correction": scheme}).fidelity()
+        run = candidates.dft_result_at(candidate, other.key) if other is not None else None
+        if run and run.get("settings_hash") == shash and run.get("status") == "converged":
+            return DftResultDoc.model_validate({**run, "reused": True})
+    return None
+
+
 def _recorrect(
     db: Database,
     cs: CspflowSettings,
     result: DftResultDoc,
-    scheme: CorrectionScheme,
+    scheme: CorrectionScheme | None,
     candidate_id: str,
+    fidelity: dict | None = None,
 ) -> DftResultDoc:
     """A reused result stored without ``scheme``: correct it from its TaskDoc in the JobStore
-    (no DFT reruns) and store the correction with it."""
+    (no DFT reruns) and store the correction with it; with ``fidelity`` (a Fidelity dict),
+    stored as the result of that fidelity (the one of another scheme stays as it was)."""
     from cspflow.store import candidates, get_jobstore
 
+    if fidelity is not None:
+        result = result.model_copy(
+            update={"fidelity": Fidelity.model_validate(fidelity), "correction": None}
+        )
+    if scheme is None:
+        out = result.model_copy(update={"reused": False})
+        candidates.set_dft_result(db, candidate_id, out)
+        return out.model_copy(update={"reused": True})
     store = get_jobstore(cs)
     store.connect()
     try:

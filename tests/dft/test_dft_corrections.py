@@ -29,6 +29,15 @@ FAKE_VASP = Path(__file__).with_name("fake_vasp.py")
 OXIDE = "MP2020 anion correction (oxide)"
 
 
+def _fid(**spec) -> dict:
+    """The fidelity of the VASP spec ``_run`` uses (what a campaign with it stores energies at)."""
+    return DftSpec(engine="vasp", potcar_spec=True, **spec).fidelity().model_dump()
+
+
+MP = _fid()  # vasp:PBE:mp:...+mp2020
+RAW = _fid(correction=None)  # the same calculation without the scheme
+
+
 @pytest.fixture
 def vasp_env(settings, monkeypatch):
     """Settings with the fake VASP as vasp_cmd; energies shifted near MP's for Mg-Al-O."""
@@ -88,10 +97,13 @@ def test_mp2020_corrected_hull_equals_pymatgen_on_the_same_entries(db, vasp_env,
     ids = [insert_candidate(db, s, mlip_energy=-6.0) for s in (_rocksalt(), _zincblende(),
                                                               _spinel())]  # fmt: skip
     _run(settings, ids, tmp_path)
-    stored, refused = import_references(MP_OFFLINE, db, "Al-Mg-O", "mp2020")
+    # the references at the campaign's fidelity, the hull at it (as a campaign's hull job)
+    assert MP["correction"] == "mp2020" and MP["key"].endswith("+mp2020")
+    stored, refused = import_references(MP_OFFLINE, db, "Al-Mg-O", "mp2020", fidelity=MP)
     assert stored == 6 and refused == []  # Mg, Al, O2, MgO, Al2O3, MgAl2O4
-    doc = update_hull(db, "Al-Mg-O", campaign="test", iteration=0, correction="mp2020")
+    doc = update_hull(db, "Al-Mg-O", campaign="test", iteration=0, fidelity=MP)
     assert doc["correction"] == "mp2020" and doc["excluded"] == [] and doc["complete"]
+    assert doc["fidelity_key"] == MP["key"]
 
     # pymatgen on its own: emmet's structure entries of the stored TaskDocs + the shipped entries
     tasks = _task_docs(settings, db, ids)
@@ -141,7 +153,8 @@ def test_mp2020_corrected_hull_equals_pymatgen_on_the_same_entries(db, vasp_env,
 
 def test_refused_vasp_result_is_reported_and_left_out_of_the_corrected_hull(db, vasp_env, tmp_path):
     """An r2SCAN run (not GGA/GGA+U) cannot take MP2020: stored with the reason, left out of
-    the hull, and listed by the hull output; the GGA result beside it stays in."""
+    its fidelity's hull, and listed by the hull output; the GGA result stays in its own hull
+    (r2SCAN and PBE are two fidelities, never one hull)."""
     from cspflow.cli import render
 
     settings = vasp_env
@@ -154,10 +167,18 @@ def test_refused_vasp_result_is_reported_and_left_out_of_the_corrected_hull(db, 
     assert dft["correction"]["status"] == "refused"
     assert "invalid run type r2SCAN" in dft["correction"]["reason"]
     assert dft["correction"]["corrected_energy_per_atom"] is None
-    import_references(MP_OFFLINE, db, "Mg-O", "mp2020")
-    doc = update_hull(db, "Mg-O", campaign="test", iteration=0, correction="mp2020")
+    scan_fid = _fid(incar={"METAGGA": "R2scan"}, correction="mp2020")
+    assert dft["fidelity"]["key"] == scan_fid["key"] != MP["key"]
+    # the GGA campaign's hull: its result in, the r2SCAN one never mixed in
+    import_references(MP_OFFLINE, db, "Mg-O", "mp2020", fidelity=MP)
+    gga_doc = update_hull(db, "Mg-O", campaign="test", iteration=0, fidelity=MP)
+    ids = {e["entry_id"] for e in gga_doc["entries"]}
+    assert gga in ids and scan not in ids and gga_doc["excluded"] == []
+    # the r2SCAN campaign's hull: the refused result left out and listed with the reason
+    import_references(MP_OFFLINE, db, "Mg-O", "mp2020", fidelity=scan_fid)
+    doc = update_hull(db, "Mg-O", campaign="test", iteration=0, fidelity=scan_fid)
     ids = {e["entry_id"] for e in doc["entries"]}
-    assert gga in ids and scan not in ids
+    assert scan not in ids and gga not in ids and doc["correction"] == "mp2020"
     assert doc["excluded"] == [{"entry_id": scan, "formula": "MgO", "source": "candidate",
                                 "reason": dft["correction"]["reason"]}]  # fmt: skip
     assert "e_above_hull" not in db.candidates.find_one({"candidate_id": scan})
@@ -206,60 +227,105 @@ def test_refused_reference_is_stored_reported_and_never_mixed(db, tmp_path):
     reference stored without the scheme never enters a corrected hull."""
     from monty.serialization import dumpfn
 
+    from cspflow.errors import CspflowError
     from cspflow.hull import load_reference_entries
 
     path = tmp_path / "refs.json"
     dumpfn([_entry("Mg", -1.6, ["PBE Mg_pv"]), _entry("O2", -4.95, ["PBE O"]),
             _entry("MgO", -5.98, ["PBE Mg", "PBE O"])], path)  # fmt: skip
-    stored, refused = import_references(str(path), db, "Mg-O", "mp2020")
+    stored, refused = import_references(str(path), db, "Mg-O", "mp2020", fidelity=MP)
     assert stored == 3 and len(refused) == 1 and refused[0].startswith("MgO MgO: mp2020")
-    db.candidates.insert_one(_candidate("c-rs", -6.40))
-    doc = update_hull(db, "Mg-O", correction="mp2020")
+    # the candidate's result at the mp2020 fidelity, and the same calculation uncorrected
+    db.candidates.insert_one(_candidate("c-rs", -6.40, raw=True))
+    doc = update_hull(db, "Mg-O", fidelity=MP)
+    assert doc["correction"] == "mp2020" and doc["fidelity_key"] == MP["key"]
     assert {e["entry_id"] for e in doc["entries"]} == {"c-rs", "ref-Mg", "ref-O2"}
+    assert {e["entry_id"]: e["energy_per_atom"] for e in doc["entries"]}["c-rs"] == -6.40
     assert [(x["entry_id"], x["source"]) for x in doc["excluded"]] == [("ref-MgO", "reference")]
     assert "Incompatible POTCAR" in doc["excluded"][0]["reason"]
-    # the same file imported without the scheme: every reference is left out, and said so
-    load_reference_entries(path, db)
-    doc = update_hull(db, "Mg-O", correction="mp2020")
+    # the same (uncorrected MP-type) file imported without the scheme at the mp2020 fidelity:
+    # refused whole, one line, nothing written
+    before = list(db.hull_references.find({}, {"_id": 0}))
+    with pytest.raises(CspflowError, match="uncorrected and the campaign's energies carry mp2020"):
+        load_reference_entries(path, db, fidelity=MP)
+    assert list(db.hull_references.find({}, {"_id": 0})) == before
+    # a user's file without run parameters is taken at the campaign's fidelity, but stored
+    # without the scheme: every such reference is left out of the corrected hull, and said so
+    plain_refs = tmp_path / "plain.json"
+    dumpfn([ComputedEntry("Mg", -1.6, entry_id="Mg"), ComputedEntry("O2", -9.9, entry_id="O2"),
+            ComputedEntry("MgO", -11.96, entry_id="MgO")], plain_refs)  # fmt: skip
+    assert load_reference_entries(plain_refs, db, fidelity=MP) == 3
+    doc = update_hull(db, "Mg-O", fidelity=MP)
     assert {e["entry_id"] for e in doc["entries"]} == {"c-rs"}
+    assert {x["entry_id"] for x in doc["excluded"]} == {"ref-Mg", "ref-O2", "ref-MgO"}
     assert all("without the mp2020 scheme" in x["reason"] for x in doc["excluded"])
-    # an uncorrected hull of the same database uses the stored engine energies only
-    plain = update_hull(db, "Mg-O")
+    # the uncorrected hull is the fidelity without the scheme: stored engine energies only,
+    # none of the mp2020 fidelity's references
+    plain = update_hull(db, "Mg-O", fidelity=RAW)
     assert plain["correction"] is None and plain["excluded"] == []
-    assert {e["entry_id"]: e["energy_per_atom"] for e in plain["entries"]}["c-rs"] == -6.0
+    assert plain["fidelity_key"] == RAW["key"] != MP["key"]
+    assert {e["entry_id"]: e["energy_per_atom"] for e in plain["entries"]} == {"c-rs": -6.0}
 
 
-def _candidate(cid: str, corrected: float | None, reason: str | None = None) -> dict:
+def _candidate(
+    cid: str, corrected: float | None, reason: str | None = None, raw: bool = False
+) -> dict:
+    """A DFT-done MgO candidate as set_dft_result stores it: its VASP result (-6.0 eV/atom) at
+    the mp2020 fidelity with this correction record; ``raw``: also the same calculation at the
+    fidelity without the scheme (as a ``correction: null`` campaign stores it)."""
     correction = {"scheme": "mp2020", "status": "refused" if reason else "applied",
                   "reason": reason, "uncorrected_energy_per_atom": -6.0,
                   "correction_per_atom": None if corrected is None else corrected + 6.0,
                   "corrected_energy_per_atom": corrected, "adjustments": []}  # fmt: skip
+    run = {"candidate_id": cid, "engine": "vasp", "status": "converged", "energy_per_atom": -6.0,
+           "fidelity": MP, "correction": correction, "duplicate_of": None}  # fmt: skip
+    runs = [run] + ([{**run, "fidelity": RAW, "correction": None}] if raw else [])
     return {
         "candidate_id": cid, "composition": {"Mg": 1.0, "O": 1.0}, "formula": "MgO",
         "chemsys": "Mg-O", "status": "dft_done", "fingerprint_hash": cid, "bucket": cid,
         "energy_per_atom": {"mlip": -6.1, "dft": -6.0}, "duplicate_of": None,
-        "relaxed": {"dft": {"status": "converged", "correction": correction}},
+        "relaxed": {"dft": run, "dft_by_fidelity": runs},
     }  # fmt: skip
 
 
 def test_stored_result_gets_the_correction_without_rerunning_vasp(db, vasp_env, tmp_path,
                                                                   monkeypatch):  # fmt: skip
     """A result recorded without a scheme (``correction: null``) is corrected from its stored
-    TaskDoc when a spec with mp2020 reuses it: VASP does not run again."""
+    TaskDoc when a spec with mp2020 reuses it: VASP does not run again. The two specs are two
+    fidelities (``...`` and ``...+mp2020``): the corrected copy is stored at the mp2020 one and
+    the uncorrected result stays as it was at its own."""
     counter = tmp_path / "calls.txt"
     monkeypatch.setenv("FAKE_VASP_COUNTER", str(counter))
     cid = insert_candidate(db, _rocksalt())
     _run(vasp_env, [cid], tmp_path / "plain", correction=None)
     first = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
     assert first["correction"] is None and len(counter.read_text().splitlines()) == 1
+    assert first["fidelity"]["key"] == RAW["key"]
     _run(vasp_env, [cid], tmp_path / "again")  # the mp preset's default: mp2020
     assert len(counter.read_text().splitlines()) == 1  # reused, not rerun
-    dft = db.candidates.find_one({"candidate_id": cid})["relaxed"]["dft"]
+    from cspflow.store.candidates import dft_result_at
+
+    cand = db.candidates.find_one({"candidate_id": cid})
+    assert [r["fidelity"]["key"] for r in cand["relaxed"]["dft_by_fidelity"]] == [
+        RAW["key"], MP["key"]]  # fmt: skip
+    assert cand["relaxed"]["dft"]["correction"] is None  # the primary (first) result: as it was
+    assert dft_result_at(cand, RAW["key"])["correction"] is None
+    dft = dft_result_at(cand, MP["key"])
     assert dft["settings_hash"] == first["settings_hash"] and dft["energy"] == first["energy"]
+    assert dft["task_uuid"] == first["task_uuid"]
     assert dft["correction"]["status"] == "applied"
     assert dft["correction"]["corrected_energy_per_atom"] == pytest.approx(
         first["energy_per_atom"] - 0.687 / 2
     )
+    # the other way round: an mp2020 result serves a `correction: null` spec, uncorrected
+    other = insert_candidate(db, _zincblende())
+    _run(vasp_env, [other], tmp_path / "mp-first")
+    _run(vasp_env, [other], tmp_path / "raw-second", correction=None)
+    assert len(counter.read_text().splitlines()) == 2  # one VASP run for the new candidate
+    cand = db.candidates.find_one({"candidate_id": other})
+    done, raw = dft_result_at(cand, MP["key"]), dft_result_at(cand, RAW["key"])
+    assert done["correction"]["status"] == "applied" and raw["correction"] is None
+    assert raw["energy"] == done["energy"] and raw["task_uuid"] == done["task_uuid"]
 
 
 def test_campaign_imports_mp_references_through_its_scheme_and_mlip_hulls_stay_raw(db):
@@ -278,10 +344,18 @@ def test_campaign_imports_mp_references_through_its_scheme_and_mlip_hulls_stay_r
     assert refs["MgO"]["energy_per_atom"] == pytest.approx(-5.98398714)  # as shipped: raw
     assert refs["MgO"]["correction"]["corrected_energy_per_atom"] == pytest.approx(-6.32748714)
     assert all(r["correction"]["status"] == "applied" for r in refs.values())
+    assert {r["fidelity_key"] for r in refs.values()} == {spec.dft.fidelity().key}
     db.hull_references.delete_many({})  # (references alone make a DFT hull)
-    insert_candidate(db, _spinel(), mlip_energy=-7.4, status="prerelaxed")
-    doc = update_hull(db, "Al-Mg-O", correction="mp2020")
+    from cspflow.schemas.prerelax import MlipRelaxDoc
+    from cspflow.store.candidates import set_mlip_result
+
+    cid = insert_candidate(db, _spinel(), campaign="spinel")
+    set_mlip_result(db, cid, MlipRelaxDoc(structure=_spinel().as_dict(), energy_per_atom=-7.4,
+                                          model_id="chgnet-0.3.0", key=cid))  # fmt: skip
+    # as the campaign's hull job calls it: no DFT entry at its fidelity yet, its MLIP one
+    doc = update_hull(db, "Al-Mg-O", campaign="spinel", iteration=0, correction="mp2020")
     assert doc["level"] == "mlip" and doc["correction"] is None and doc["excluded"] == []
+    assert doc["fidelity_key"] == "mlip:chgnet-0.3.0"
 
 
 def test_results_hull_names_the_scheme_and_lists_what_it_left_out(db, settings, capsys):

@@ -151,8 +151,15 @@ def test_dft_vasp_rerun_returns_stored_result_without_running_vasp(db, vasp_env,
     _run(settings, [cid], {"incar": {"EDIFF": 1e-5}}, tmp_path / "run3")
     assert _calls(counter) == 2
     assert Incar.from_file(_f(_run_dir(tmp_path / "run3"), "INCAR"))["EDIFF"] == 1e-5
-    second = db["candidates"].find_one({"candidate_id": cid})["relaxed"]["dft"]
+    # EDIFF changes the energy: another fidelity, stored beside the first result (which stays
+    # the candidate's primary ``relaxed.dft``)
+    doc = db["candidates"].find_one({"candidate_id": cid})
+    runs = doc["relaxed"]["dft_by_fidelity"]
+    assert len(runs) == 2 and runs[0]["fidelity"]["key"] == first["fidelity"]["key"]
+    second = runs[1]
     assert second["settings_hash"] != first["settings_hash"]
+    assert second["fidelity"]["key"] != first["fidelity"]["key"]
+    assert doc["relaxed"]["dft"]["settings_hash"] == first["settings_hash"]
 
 
 def test_dft_vasp_fuse2_preset_inputs(db, vasp_env, tmp_path):
