@@ -118,7 +118,7 @@ def test_reference_entries_complete_a_dft_hull(db, tmp_path):
         [ComputedEntry("Na2", -2.6, entry_id="na-bcc"), ComputedEntry("Cl4", -7.2, entry_id="cl2")],
         refs,
     )
-    from cspflow.hull import load_reference_entries
+    from cspflow.references import load_reference_entries
 
     assert load_reference_entries(refs, db, fidelity=PBE) == 2
     db.candidates.insert_many([cand("rs", "Na4Cl4", e_mlip=-3.3, e_dft=-3.4),
@@ -187,7 +187,7 @@ def test_references_of_another_fidelity_are_refused_and_nothing_is_stored(db, tm
     from pymatgen.entries.computed_entries import ComputedEntry
 
     from cspflow.errors import CspflowError
-    from cspflow.hull import load_reference_entries
+    from cspflow.references import load_reference_entries
 
     ok = ComputedEntry("Na2", -2.6, entry_id="na")
     tagged = ComputedEntry("Cl2", -3.6, entry_id="cl", data={"fidelity_key": LDA["key"]})

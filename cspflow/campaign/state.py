@@ -144,7 +144,7 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         # read and checked against the campaign's fidelity before anything is stored, so a
         # bad file leaves the database as it was
         from cspflow.dft.corrections import reference_entries
-        from cspflow.hull import reference_documents
+        from cspflow.references import reference_documents
 
         fidelity = spec.dft.fidelity()
         if fidelity is None:
@@ -156,7 +156,7 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
         entries = reference_entries(spec.references, spec.system())
         if not spec.dft.correction:
             refs = reference_documents(spec.references, fid, entries=entries)
-    from cspflow.hull import store_reference_documents
+    from cspflow.references import store_reference_documents
 
     try:
         db.campaigns.insert_one(dict(doc))

@@ -13,7 +13,7 @@ hull:
 - reference entries: :func:`mp_reference_entries` reads the Materials Project entries pymatgen
   ships (``pymatgen/analysis/compatibility/calc_compounds.json.gz``: 423 GGA/GGA+U entries,
   stored uncorrected) and :func:`import_references` processes and stores them
-  (:func:`cspflow.hull.store_references`).
+  (:func:`cspflow.references.store_references`).
 
 An entry the scheme refuses (not GGA/GGA+U, POTCARs other than MP's, a U value other than MP's,
 no POTCAR information) gets ``status="refused"`` and the scheme's reason, and a corrected hull
@@ -181,7 +181,7 @@ def reference_entries(source: str, chemsys: str) -> list[ComputedEntry]:
     """The entries of a spec's ``references``: :data:`MP_OFFLINE` or a JSON file of them."""
     if source == MP_OFFLINE:
         return mp_reference_entries(chemsys)
-    from cspflow.hull import read_reference_entries
+    from cspflow.references import read_reference_entries
 
     return read_reference_entries(source)
 
@@ -202,7 +202,7 @@ def import_references(
     stored with their reason and never used; every reference is stored at ``fidelity`` (the
     campaign's Fidelity dict). Returns (entries stored, refusal reasons).
     """
-    from cspflow.hull import store_references
+    from cspflow.references import store_references
 
     entries = reference_entries(source, chemsys)
     docs = [correct_entry(e, scheme) for e in entries]

@@ -228,7 +228,7 @@ def test_refused_reference_is_stored_reported_and_never_mixed(db, tmp_path):
     from monty.serialization import dumpfn
 
     from cspflow.errors import CspflowError
-    from cspflow.hull import load_reference_entries
+    from cspflow.references import load_reference_entries
 
     path = tmp_path / "refs.json"
     dumpfn([_entry("Mg", -1.6, ["PBE Mg_pv"]), _entry("O2", -4.95, ["PBE O"]),
