@@ -11,15 +11,18 @@ from jobflow import run_locally
 from cspflow.errors import CspflowError
 
 
-def _current(db) -> str:
-    db.models.insert_one(
-        {
-            "model_id": "mace-current",
-            "chemsys": "Si",
-            "promoted": True,
-            "created_at": datetime.datetime.now(datetime.UTC),
-        }  # fmt: skip
-    )
+def _current(db, fidelity: dict | None = None) -> str:
+    """Register a promoted model; at ``fidelity`` (the labels' Fidelity dict) when given, since
+    the current model is looked up per fidelity."""
+    doc = {
+        "model_id": "mace-current",
+        "chemsys": "Si",
+        "promoted": True,
+        "created_at": datetime.datetime.now(datetime.UTC),
+    }
+    if fidelity is not None:
+        doc.update({"fidelity": fidelity, "fidelity_key": fidelity["key"]})
+    db.models.insert_one(doc)
     return "registry:mace-current"
 
 
@@ -35,12 +38,12 @@ def test_no_dft_data_is_too_little_data(db, tmp_path):
 @pytest.mark.slow
 @pytest.mark.gpaw
 def test_too_little_data_is_one_line_and_current_model_stays(si_db, settings, tmp_path):
-    from cspflow.learn.round import LearnMaker, learn
+    from cspflow.learn.round import LearnMaker, label_fidelity, learn
     from cspflow.models import current_model_spec
     from cspflow.schemas.learn import TrainSettings
     from cspflow.store import get_jobstore
 
-    current = _current(si_db)
+    current = _current(si_db, label_fidelity(si_db, "Si"))
     store = get_jobstore(settings)
     with pytest.raises(
         CspflowError, match=r"^too little data: \d+ frames, need at least 500"
