@@ -15,6 +15,7 @@ from __future__ import annotations
 from cspflow.cli.render import hull_table, top_json, top_table
 
 __all__ = [
+    "iteration_tables",
     "learn_table",
     "progress_table",
     "progress_line",
@@ -126,6 +127,12 @@ def campaign_report_json(name: str, doc: dict, top: list[dict], plot: str | None
             "hull_plot": plot, "elapsed_s": round(elapsed, 1)}  # fmt: skip
 
 
+def iteration_tables(iterations: list[dict]) -> list:
+    """The learning and per-operator tables of a campaign's iterations (those that apply)."""
+    tables = [learn_table(iterations), operator_table(iterations)]
+    return [x for x in tables if x is not None]
+
+
 def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], plot: str | None,
                     elapsed: float) -> list:  # fmt: skip
     """What ``campaign run`` prints at the end, in order: iterations, learning, hull, best."""
@@ -145,13 +152,7 @@ def campaign_report(name: str, doc: dict, hull: dict | None, top: list[dict], pl
                   f"{b['template']}/{b['top']}" if b else "-",
                   f"v{h.get('version')} {h.get('fidelity_key') or h.get('level')} stable {h.get('stable_formulas')}" if h else "-",
                   str(it.get("wall_time_s")))  # fmt: skip
-    out: list = [t]
-    learning = learn_table(doc.get("iterations", []))
-    if learning is not None:
-        out.append(learning)
-    operators = operator_table(doc.get("iterations", []))
-    if operators is not None:
-        out.append(operators)
+    out: list = [t, *iteration_tables(doc.get("iterations", []))]
     last = (doc.get("iterations") or [{}])[-1]
     for formula, rec in sorted((last.get("rediscovery") or {}).items()):
         out.append(f"lowest {formula} found {rediscovery_line(rec)}")
@@ -208,13 +209,7 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
         parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
         parts += [f"{k} fu {v:.2f}" for k, v in rec.get("formula_units", {}).items()]
         t.add_row(f"next shares {formula}", "  ".join(parts))
-    out: list = [t]
-    learning = learn_table(doc.get("iterations", []))
-    if learning is not None:
-        out.append(learning)
-    operators = operator_table(doc.get("iterations", []))
-    if operators is not None:
-        out.append(operators)
+    out: list = [t, *iteration_tables(doc.get("iterations", []))]
     if top:
         out.append(top_table(top, "best structures"))
     return out

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from cspflow.errors import CspflowError
+from cspflow.schemas.generate import SPACEGROUP_PRIORS, parse_spacegroup_prior
 
 __all__ = [
     "PRIORS",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 #: named space-group priors (a ``{group: weight}`` mapping is the third form)
-PRIORS = ("uniform", "aflow")
+PRIORS = SPACEGROUP_PRIORS
 #: how Wyckoff positions are chosen
 WYCKOFF_CHOICES = ("pyxtal", "fewest_sites")
 #: above this many Wyckoff combinations a group is left to PyXtal's own choice
@@ -87,38 +88,18 @@ def aflow_counts() -> dict[int, Counter[int]]:
 
 
 def check_prior(prior: str | dict[Any, Any]) -> str | dict[int, float]:
-    """Validate a prior: a name of :data:`PRIORS` or ``{space group: weight}``.
+    """Validate a prior: a name of :data:`PRIORS` or ``{space group: weight}``
+    (:func:`cspflow.schemas.generate.parse_spacegroup_prior`).
 
     Raises
     ------
     CspflowError
         One line naming the bad value.
     """
-    if isinstance(prior, str):
-        if prior not in PRIORS:
-            raise CspflowError(
-                f"unknown space-group prior {prior!r}; choose from {', '.join(PRIORS)} "
-                "or give {space group: weight}"
-            )
-        return prior
-    if not isinstance(prior, dict) or not prior:
-        raise CspflowError("a space-group prior mapping must be a non-empty {space group: weight}")
-    out: dict[int, float] = {}
-    for k, v in prior.items():
-        try:
-            sg, w = int(k), float(v)
-        except (TypeError, ValueError):
-            raise CspflowError(
-                f"space-group prior entry {k!r}: {v!r} is not group: number"
-            ) from None
-        if not 1 <= sg <= 230:
-            raise CspflowError(f"space-group prior: {sg} is not a space group number (1-230)")
-        if w < 0 or not np.isfinite(w):
-            raise CspflowError(f"space-group prior: weight {v!r} of group {sg} must be >= 0")
-        out[sg] = w
-    if sum(out.values()) <= 0:
-        raise CspflowError("space-group prior: all weights are zero; give one positive weight")
-    return out
+    try:
+        return parse_spacegroup_prior(prior)
+    except ValueError as exc:
+        raise CspflowError(str(exc)) from None
 
 
 def spacegroup_probabilities(

@@ -8,9 +8,9 @@ jobflow JobStore; ``task_uuid`` points at it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from cspflow.schemas.fidelity import Fidelity, dft_fidelity
 
@@ -26,6 +26,7 @@ __all__ = [
     "Dispersion",
     "DISPERSIONS",
     "check_dispersion",
+    "DispersionName",
     "DEFAULT_PRESET",
     "spec_fidelity",
 ]
@@ -78,6 +79,10 @@ def check_dispersion(value: Any) -> str | None:
             "Becke-Johnson damping) or leave it out"
         )
     return name
+
+
+#: a dispersion field: any spelling :func:`check_dispersion` accepts, stored canonical
+DispersionName = Annotated[Dispersion | None, BeforeValidator(check_dispersion)]
 
 
 class DftSpec(BaseModel):
@@ -151,16 +156,11 @@ class DftSpec(BaseModel):
             self.correction = "mp2020"
         return self
 
-    dispersion: Dispersion | None = Field(
+    dispersion: DispersionName = Field(
         None,
         description="Dispersion correction added to the DFT energy, forces and stress: `d3bj` "
         "(VASP IVDW=12, CP2K's DFTD3(BJ) pair potential, GPAW + the dftd3 package); None: none.",
     )
-
-    @field_validator("dispersion", mode="before")
-    @classmethod
-    def _dispersion_name(cls, value: Any) -> Any:
-        return check_dispersion(value)
 
     @model_validator(mode="after")
     def _dispersion_needs_dft(self) -> DftSpec:

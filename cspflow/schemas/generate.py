@@ -7,19 +7,54 @@ once, here.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cspflow.schemas.template import TemplateSettings
 
-__all__ = ["GenerateSettings", "SOURCE_NAMES", "SPACEGROUP_PRIORS"]
+__all__ = ["GenerateSettings", "SOURCE_NAMES", "SPACEGROUP_PRIORS", "parse_spacegroup_prior"]
 
 #: named space-group priors of random_symmetric (cspflow.generate.priors)
 SPACEGROUP_PRIORS = ("uniform", "aflow")
 
 #: generator names a weight may be given for
 SOURCE_NAMES = ("random_symmetric", "prototype", "mutation", "external", "template")
+
+
+def parse_spacegroup_prior(prior: Any) -> str | dict[int, float]:
+    """A space-group prior: a name of :data:`SPACEGROUP_PRIORS` or ``{space group: weight}``
+    (groups 1-230, weights >= 0, not all zero).
+
+    Raises
+    ------
+    ValueError
+        One line naming the bad value.
+    """
+    if isinstance(prior, str):
+        if prior not in SPACEGROUP_PRIORS:
+            raise ValueError(
+                f"unknown space-group prior {prior!r}; choose from {', '.join(SPACEGROUP_PRIORS)} "
+                "or give {space group: weight}"
+            )
+        return prior
+    if not isinstance(prior, dict) or not prior:
+        raise ValueError("a space-group prior mapping must be a non-empty {space group: weight}")
+    out: dict[int, float] = {}
+    for k, v in prior.items():
+        try:
+            sg, w = int(k), float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"space-group prior entry {k!r}: {v!r} is not group: number") from None
+        if not 1 <= sg <= 230:
+            raise ValueError(f"space-group prior: {sg} is not a space group number (1-230)")
+        if w < 0 or not math.isfinite(w):
+            raise ValueError(f"space-group prior: weight {v!r} of group {sg} must be >= 0")
+        out[sg] = w
+    if sum(out.values()) <= 0:
+        raise ValueError("space-group prior: all weights are zero; give one positive weight")
+    return out
 
 
 class GenerateSettings(BaseModel):
@@ -83,27 +118,7 @@ class GenerateSettings(BaseModel):
     @field_validator("spacegroup_prior", mode="before")
     @classmethod
     def _prior(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v not in SPACEGROUP_PRIORS:
-                raise ValueError(
-                    f"unknown prior {v!r}; choose from {list(SPACEGROUP_PRIORS)} "
-                    "or give {space group: weight}"
-                )
-            return v
-        if not isinstance(v, dict) or not v:
-            raise ValueError("give a prior name or a non-empty {space group: weight} mapping")
-        out = {}
-        for k, w in v.items():
-            try:
-                sg, weight = int(k), float(w)
-            except (TypeError, ValueError):
-                raise ValueError(f"entry {k!r}: {w!r} is not space group: weight") from None
-            if not 1 <= sg <= 230 or weight < 0:
-                raise ValueError(f"entry {k!r}: {w!r}: groups are 1-230, weights >= 0")
-            out[sg] = weight
-        if sum(out.values()) <= 0:
-            raise ValueError("all prior weights are zero")
-        return out
+        return parse_spacegroup_prior(v)
 
     @field_validator("sources")
     @classmethod

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cspflow.schemas.dft import Dispersion, check_dispersion
+from cspflow.schemas.dft import Dispersion, DispersionName
 from cspflow.schemas.fidelity import Fidelity
 
 __all__ = [
@@ -146,17 +146,12 @@ class PrerelaxSettings(BaseModel):
     )
     max_seconds: float | None = Field(None, gt=0, description="Wall-time limit per candidate (s).")
     dedup: bool = Field(True, description="Deduplicate the relaxed structures.")
-    dispersion: Dispersion | None = Field(
+    dispersion: DispersionName = Field(
         None,
         description="Dispersion correction added to the model's energy, forces and stress: "
         "`d3bj` (D3(BJ) with PBE parameters, the functional CHGNet and MACE-MP learned); "
         "None: the model alone.",
     )
-
-    @field_validator("dispersion", mode="before")
-    @classmethod
-    def _dispersion_name(cls, value: Any) -> Any:
-        return check_dispersion(value)
 
     @model_validator(mode="after")
     def _screen_looser_than_fmax(self) -> PrerelaxSettings:
