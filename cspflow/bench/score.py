@@ -146,16 +146,42 @@ def evaluate_run(
         if good(r) and sm.fit(reference, r["structure"]):
             first_found = i
             break
-    # unique structures by energy: the campaign's dedup, then the set's matcher over what is left
+    # unique minima by energy: the campaign's dedup groups each candidate with the one it
+    # duplicates (one minimum, whichever member the reference matches), then the set's matcher
+    # merges what is left; a minimum's energy is its lowest member's
+    by_id = {r["candidate_id"]: r for r in ok}
+
+    def root(r: dict[str, Any]) -> str:
+        seen = {r["candidate_id"]}
+        while r.get("duplicate_of") in by_id and r["duplicate_of"] not in seen:
+            r = by_id[r["duplicate_of"]]
+            seen.add(r["candidate_id"])
+        return r["candidate_id"]
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        groups.setdefault(root(r), []).append(r)
     unique: list[dict[str, Any]] = []
-    for r in sorted(
-        (r for r in ok if not r.get("duplicate_of")), key=lambda r: r["energy_per_atom"]
-    ):
-        if not any(sm.fit(u["structure"], r["structure"]) for u in unique[-20:]):
-            unique.append(r)
+    members: list[list[dict[str, Any]]] = []
+    for group in sorted(groups.values(), key=lambda g: min(r["energy_per_atom"] for r in g)):
+        best_member = min(group, key=lambda r: r["energy_per_atom"])
+        same = next(
+            (k for k in range(max(0, len(unique) - 20), len(unique))
+             if sm.fit(unique[k]["structure"], best_member["structure"])),
+            None,
+        )  # fmt: skip
+        if same is None:
+            unique.append(best_member)
+            members.append(list(group))
+        else:
+            members[same].extend(group)
     rank = None
     if first_found is not None:
-        rank = next((k for k, u in enumerate(unique, 1) if sm.fit(reference, u["structure"])), None)
+        rank = next(
+            (k for k, group in enumerate(members, 1)
+             if any(sm.fit(reference, r["structure"]) for r in group)),
+            None,
+        )  # fmt: skip
     best = unique[0]["energy_per_atom"] if unique else None
     delta = None
     if rank is not None and best is not None:

@@ -162,6 +162,14 @@ def test_bad_input_one_line_exit_2_nothing_started(settings, db, tmp_path):
     assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("cspflow-bench-csp-*")) == bench_dirs
 
 
+def _set_match(a, b):
+    """The set's default matcher, as evaluate_run builds it."""
+    from cspflow.bench.score import _matcher
+    from cspflow.bench.sets import MatchSpec
+
+    return _matcher(MatchSpec()).fit(a, b)
+
+
 def test_evaluate_run_rank_and_first_found():
     """Scoring without a database: generation order, duplicates, failures, energy ranking."""
     from pymatgen.core import Lattice, Structure
@@ -185,8 +193,20 @@ def test_evaluate_run_rank_and_first_found():
     assert out["relaxations"] == 5 and out["failed"] == 1
     assert out["unique"] == 2  # "d" is a duplicate, "e" matches "a"
     assert out["rank"] == 2 and out["found"] is False  # rank 2 > top_k 1
-    assert out["reference_delta_mev"] == pytest.approx(50.0)
+    # the minimum's energy is its lowest member's ("d", -3.66), not the first one's
+    assert out["reference_delta_mev"] == pytest.approx(40.0)
     assert evaluate_run(rocksalt, relaxed, top_k=2, match=MatchSpec())["found"] is True
+    # the campaign put the reference's relaxation into another structure's minimum (its dedup is
+    # looser than the set's matcher): that minimum is where the reference was found
+    distorted = rocksalt.copy()
+    distorted.apply_strain([0.12, 0.0, -0.1])
+    assert not _set_match(rocksalt, distorted)
+    grouped = [row("a", cscl, -3.70), row("f", distorted, -3.68),
+               row("g", rocksalt.copy(), -3.60, dup="f")]  # fmt: skip
+    out = evaluate_run(rocksalt, grouped, top_k=2, match=MatchSpec())
+    assert out["unique"] == 2 and out["first_found"] == 3
+    assert out["rank"] == 2 and out["found"] is True
+    assert out["reference_delta_mev"] == pytest.approx(20.0)
     assert plan_iterations(20) == (1, 20) and plan_iterations(200) == (10, 20)
     n, per = plan_iterations(25)
     assert n * per <= 25 and n * per >= 25 - n
