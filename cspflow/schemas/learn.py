@@ -66,13 +66,39 @@ class ModelMetrics(BaseModel):
 
     model: str = Field(description="Model spec that was evaluated (chgnet, registry:ID, ...).")
     energy_mae_mev_per_atom: float | None = Field(
-        None, description="Energy MAE per atom (meV/atom); None when the model could not run."
+        None,
+        description="Absolute energy MAE per atom (meV/atom), information only (an offset "
+        "counts here); None when the model could not run.",
     )
     force_mae_mev_per_a: float | None = Field(
-        None, description="Force component MAE (meV/A); None when the model could not run."
+        None,
+        description="Force component MAE (meV/A) on every frame; None when the model could not "
+        "run.",
     )
     n_frames: int = Field(0, description="Held-out frames evaluated.")
     note: str | None = Field(None, description="Why no figures (e.g. an element not covered).")
+    relative_energy_mae_mev_per_atom: float | None = Field(
+        None,
+        description="MAE of relative energies (meV/atom): per composition, E/atom minus the "
+        "lowest E/atom of that composition, for DFT and model each; compositions with two or "
+        "more held-out frames. Decides promotion; a constant offset does not count.",
+    )
+    rank_correlation: float | None = Field(
+        None,
+        description="Spearman rank correlation of model and DFT energies per composition, "
+        "averaged over compositions weighted by their frames.",
+    )
+    force_mae_moving_mev_per_a: float | None = Field(
+        None,
+        description="Force component MAE (meV/A) on the frames whose largest DFT force is above "
+        "0.01 eV/A (forces that do not vanish by symmetry).",
+    )
+    n_relative_frames: int = Field(0, description="Frames counted in the relative-energy MAE.")
+    n_compositions: int = Field(0, description="Compositions with two or more held-out frames.")
+    n_force_frames: int = Field(0, description="Frames counted in force_mae_moving_mev_per_a.")
+    energy_offset_mev_per_atom: float | None = Field(
+        None, description="Mean signed energy error (model - DFT, meV/atom); information only."
+    )
 
 
 class ModelDoc(BaseModel):
