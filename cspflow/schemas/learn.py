@@ -105,8 +105,10 @@ class ModelDoc(BaseModel):
     """One registered MLIP (a document of the ``models`` collection)."""
 
     schema_version: int = Field(LEARN_SCHEMA_VERSION, description="Version of this document.")
-    model_id: str = Field(description="Registry id (``mace-<sha256[:12]>`` of the file).")
-    kind: str = Field("mace", description="Model family.")
+    model_id: str = Field(description="Registry id (``<kind>-<sha256[:12]>`` of the file).")
+    kind: str = Field(
+        "mace", description="Architecture: ``mace`` or ``chgnet`` (the registry id's prefix)."
+    )
     chemsys: str = Field(description="Chemical system the model was trained for.")
     elements: list[str] = Field(default_factory=list, description="Elements the model knows.")
     file_id: Any = Field(None, description="GridFS id of the model file (bucket ``models``).")
@@ -122,6 +124,11 @@ class ModelDoc(BaseModel):
     e0s: dict[str, float] = Field(
         default_factory=dict,
         description="Reference energy per element (eV), fitted by least squares on the training split.",
+    )
+    energy_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="CHGNet fine-tuning: energy per element (eV/atom) added to CHGNet's "
+        "composition model before training (the labels' offset from the starting model).",
     )
     train_settings: dict[str, Any] = Field(
         default_factory=dict, description="mace_run_train hyperparameters and seed."
@@ -195,8 +202,10 @@ class TrainSettings:
     committee
         Number of models trained (different seeds); the first is the registered primary.
     foundation_model
-        MACE model file (``PATH``, ``mace:PATH`` or ``registry:ID``) to fine-tune naively;
-        ``current`` fine-tunes the current registry model; None trains from scratch.
+        With ``model: mace``: a MACE model file (``PATH``, ``mace:PATH`` or ``registry:ID``) to
+        fine-tune; ``current`` fine-tunes the current registry model; None trains from scratch.
+        With ``model: chgnet``: None or ``chgnet`` fine-tunes the universal weights;
+        ``chgnet:PATH``, a CHGNet ``registry:ID`` or ``current`` a fine-tuned CHGNet.
     finetune
         ``naive`` (the foundation's weights trained on the new data only) or ``multihead``
         (mace's multi-head fine-tuning: a replay head keeps the foundation's data in the loss,
@@ -205,6 +214,14 @@ class TrainSettings:
         extxyz replay data for ``multihead`` (``REF_*`` keys), e.g. the MP subset a foundation
         model was trained on. None: with a registry foundation, the frames its training set
         came from (rebuilt from the database); with a foundation file, an error.
+    model
+        ``mace`` (train MACE from scratch, or fine-tune a MACE ``foundation_model``) or
+        ``chgnet`` (fine-tune CHGNet's universal 0.3.0 weights, or a fine-tuned CHGNet
+        ``foundation_model``, with CHGNet's own trainer).
+    chgnet_epochs, chgnet_lr, chgnet_forces_weight, chgnet_stress_weight
+        CHGNet fine-tuning: epochs, Adam learning rate (cosine decay), force and stress loss
+        weights (CHGNet's units: eV/atom, eV/A, GPa; the energy weight is ``energy_weight``).
+        The checkpoint with the lowest validation energy MAE is the model.
     device
         Training device (None: the ``device`` setting, cuda when available).
     threads
@@ -234,6 +251,11 @@ class TrainSettings:
     foundation_model: str | None = None
     finetune: Literal["naive", "multihead"] = "naive"
     replay_file: str | None = None
+    model: Literal["mace", "chgnet"] = "mace"
+    chgnet_epochs: int = 30
+    chgnet_lr: float = 1e-3
+    chgnet_forces_weight: float = 1.0
+    chgnet_stress_weight: float = 0.1
     device: str | None = None
     threads: int = 1
 
