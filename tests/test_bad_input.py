@@ -67,6 +67,11 @@ FILES = {
         "dft: {engine: gpaw}\nlearn: {enabled: true, model: chgnet, "
         "foundation_model: 'mace:si.cif'}\n",
     ),
+    "missing_foundation.yaml": spec(
+        "mf",
+        "dft: {engine: gpaw}\nlearn: {enabled: true, model: chgnet, "
+        "foundation_model: 'chgnet:/nonexistent/ft.pth.tar'}\n",
+    ),
     "gpaw_mp2020.yaml": spec("gc", "dft: {engine: gpaw, correction: mp2020}\n"),
     "gpaw_mp_refs.yaml": spec("gr", "references: 'pymatgen:mp'\ndft: {engine: gpaw}\n"),
     "d4_prerelax.yaml": spec("d4p", "dft: {engine: none}\nprerelax: {dispersion: d4}\n"),
@@ -131,6 +136,8 @@ CASES = [
      ["learn.model chgnet fine-tunes CHGNet naively", "multihead fine-tuning and replay_file are MACE's"]),
     ("learn-chgnet-mace-foundation", ["campaign", "submit", "chgnet_mace_foundation.yaml"], {},
      ["learn.foundation_model mace:si.cif is a MACE model but learn.model is chgnet"]),
+    ("learn-missing-foundation", ["campaign", "submit", "missing_foundation.yaml"], {},
+     ["learn.foundation_model: CHGNet model file /nonexistent/ft.pth.tar not found"]),
     ("correction-non-vasp", ["campaign", "submit", "gpaw_mp2020.yaml"], {},
      ["dft.correction mp2020 is for VASP energies", "remove dft.correction"]),
     ("mp-references-non-vasp", ["campaign", "submit", "gpaw_mp_refs.yaml"], {},

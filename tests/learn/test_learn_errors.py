@@ -142,3 +142,24 @@ def test_empty_training_set_is_too_little_data_whatever_min_frames(db, tmp_path)
         with pytest.raises(CspflowError, match=r"^too little data: 0 frames, need at least 0"):
             learn(db, "Si", settings=TrainSettings(min_frames=0, model=model), work_dir=tmp_path)
     assert db.models.count_documents({}) == 0
+
+
+def test_campaign_submit_checks_the_foundation_model(db):
+    """``check_models`` (campaign submit/run) refuses a registry foundation of the other
+    architecture and an unknown one, before anything is stored."""
+    from cspflow.scheduler.local import check_models
+    from cspflow.schemas.campaign import parse_spec
+
+    db.models.insert_one({"model_id": "chgnet-0123456789ab", "kind": "chgnet", "chemsys": "Si"})
+
+    def spec(model, foundation):
+        return parse_spec({"name": "c", "compositions": ["Si"], "dft": {"engine": "gpaw"},
+                           "learn": {"enabled": True, "model": model,
+                                     "foundation_model": foundation}})  # fmt: skip
+
+    check_models(spec("chgnet", "registry:chgnet-0123456789ab"), db)
+    with pytest.raises(CspflowError, match=r"^learn.foundation_model: registry model "
+                       r"chgnet-0123456789ab is a chgnet model but learn.model is mace$"):  # fmt: skip
+        check_models(spec("mace", "registry:chgnet-0123456789ab"), db)
+    with pytest.raises(CspflowError, match=r"^learn.foundation_model: model 'mace-nope' is not"):
+        check_models(spec("mace", "registry:mace-nope"), db)
