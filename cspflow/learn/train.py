@@ -103,10 +103,15 @@ def resolve_foundation(
         return path.resolve(), label, None
     if s.foundation_model is None:
         return None, None, None
-    if label is None or label == "chgnet" or _family_of(label, db) == "chgnet":
+    if label is None:
         raise CspflowError(
-            f"learn.foundation_model {label or s.foundation_model} is a CHGNet model but "
-            "learn.model is mace; give a MACE file, train from scratch, or set learn.model: chgnet"
+            "learn.foundation_model is 'current' but there is no current model for this system; "
+            "give a MACE file or train from scratch"
+        )
+    if label == "chgnet" or _family_of(label, db) == "chgnet":
+        raise CspflowError(
+            f"learn.foundation_model {label} is a CHGNet model but learn.model is mace; give a "
+            "MACE file, train from scratch, or set learn.model: chgnet"
         )
     path, known = check_foundation(label, db)
     if s.finetune == "multihead" and known is not None and len(known) < 2:

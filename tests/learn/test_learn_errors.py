@@ -120,6 +120,9 @@ def test_foundation_of_the_other_architecture_is_one_line(db, tmp_path):
     with pytest.raises(CspflowError, match=r"^learn.foundation_model chgnet is a CHGNet model"):
         learn(db, "Sr", settings=TrainSettings(foundation_model="current"), baseline="chgnet",
               work_dir=tmp_path / "w")  # fmt: skip
+    with pytest.raises(CspflowError, match=r"^learn.foundation_model is 'current' but there is "
+                       "no current model for this system"):  # fmt: skip
+        learn(db, "Sr", settings=TrainSettings(foundation_model="current"), work_dir=tmp_path / "w")
     assert not (tmp_path / "w").exists()  # nothing was trained
     assert db.models.count_documents({}) == 2  # nothing was registered
 
