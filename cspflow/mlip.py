@@ -1,6 +1,8 @@
 """The one seam to torch and the MLIP packages (MACE, CHGNet): model specs, loading, evaluation.
 
-Nothing else in cspflow imports torch, ``mace`` or ``chgnet``. A model is named by a spec:
+Nothing else in cspflow imports torch, ``mace`` or ``chgnet``, besides its two helpers
+:mod:`cspflow.mlip_d3` (D3 dispersion) and :mod:`cspflow.mlip_chgnet` (CHGNet loading and
+fine-tuning). A model is named by a spec:
 
 ``chgnet``
     CHGNet 0.3.0; its weights ship inside the chgnet wheel, so it works offline (the default).
@@ -356,8 +358,8 @@ def load_model(
     Raises
     ------
     CspflowError
-        Unknown spec, missing file, unknown registry id, a file that is not a MACE model,
-        or cuda requested without a CUDA device.
+        Unknown spec, missing file, unknown registry id, a file that is not a model of its
+        architecture (MACE or CHGNet), or cuda requested without a CUDA device.
     """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     dev = resolve_device(device)

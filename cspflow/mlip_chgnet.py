@@ -83,6 +83,21 @@ def _shift_composition_model(model: Any, frames: list[Atoms]) -> dict[str, float
     }
 
 
+def _freeze(model: Any) -> int:
+    """Freeze what CHGNet's fine-tuning example freezes (embeddings, basis expansions, the
+    first three atom convolutions, the bond and angle layers): the last atom convolution and
+    the readout MLP train. Returns the number of trainable parameters left."""
+    import torch.nn as nn
+
+    for part in (model.atom_embedding, model.bond_embedding, model.angle_embedding,
+                 model.bond_basis_expansion, model.angle_basis_expansion,
+                 model.atom_conv_layers[:3], model.bond_conv_layers, model.angle_layers):  # fmt: skip
+        if isinstance(part, nn.Module):
+            for p in part.parameters():
+                p.requires_grad = False
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _dataset(frames: list[Atoms], with_stress: bool) -> Any:
     from ase.stress import voigt_6_to_full_3x3_stress
     from ase.units import GPa
@@ -122,6 +137,7 @@ def finetune_chgnet(
     forces_weight: float = 1.0,
     stress_weight: float = 0.1,
     threads: int = 1,
+    freeze: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune CHGNet on labelled frames; return the model file and what was done.
 
@@ -144,6 +160,8 @@ def finetune_chgnet(
         Loss weights; stresses are trained only when every training frame has one.
     threads
         torch threads while training (0: leave as is); restored afterwards.
+    freeze
+        Train only the last atom convolution and the readout (:func:`_freeze`).
 
     Returns
     -------
@@ -166,6 +184,7 @@ def finetune_chgnet(
         with open(work_dir / "chgnet_train.log", "w") as log, contextlib.redirect_stdout(log):
             model = load_chgnet(base)
             shift = _shift_composition_model(model, train)
+            trainable = _freeze(model) if freeze else sum(p.numel() for p in model.parameters())
             with_stress = all("REF_stress" in a.info for a in train + valid)
             targets: Literal["ef", "efs"] = "efs" if with_stress else "ef"
             pin = device.startswith("cuda")
@@ -201,6 +220,7 @@ def finetune_chgnet(
         "val_energy_mae_ev_per_atom": [round(float(v), 6) for v in val_e],
         "n_train": len(train),
         "n_valid": len(valid),
+        "trainable_parameters": int(trainable),
     }
     (work_dir / "chgnet_train.json").write_text(json.dumps(info, indent=1))
     return path, info

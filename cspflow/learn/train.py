@@ -316,7 +316,7 @@ def train_chgnet(
             epochs=s.chgnet_epochs, lr=s.chgnet_lr, batch_size=s.batch_size,
             seed=s.seed if seed is None else seed, energy_weight=s.energy_weight,
             forces_weight=s.chgnet_forces_weight, stress_weight=s.chgnet_stress_weight,
-            threads=s.threads,
+            threads=s.threads, freeze=s.chgnet_freeze,
         )  # fmt: skip
     except RuntimeError as exc:
         raise CspflowError(

@@ -222,6 +222,9 @@ class TrainSettings:
         CHGNet fine-tuning: epochs, Adam learning rate (cosine decay), force and stress loss
         weights (CHGNet's units: eV/atom, eV/A, GPa; the energy weight is ``energy_weight``).
         The checkpoint with the lowest validation energy MAE is the model.
+    chgnet_freeze
+        Train only CHGNet's last atom convolution and readout (what CHGNet's fine-tuning example
+        freezes stays frozen); False trains every weight but the composition model.
     device
         Training device (None: the ``device`` setting, cuda when available).
     threads
@@ -256,6 +259,7 @@ class TrainSettings:
     chgnet_lr: float = 1e-3
     chgnet_forces_weight: float = 1.0
     chgnet_stress_weight: float = 0.1
+    chgnet_freeze: bool = False
     device: str | None = None
     threads: int = 1
 

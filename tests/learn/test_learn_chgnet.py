@@ -76,12 +76,14 @@ def test_model_trained_on_shifted_labels_is_not_promoted_for_the_offset(tmp_path
     from cspflow.learn.train import train_chgnet
     from cspflow.schemas.learn import TrainSettings
 
-    s = TrainSettings(model="chgnet", chgnet_epochs=3, seed=3)
+    # the frozen variant (only the last convolution and the readout train) is the cheaper one
+    s = TrainSettings(model="chgnet", chgnet_epochs=3, seed=3, chgnet_freeze=True)
     train, test = emt_cu_frames()
     shifted_train, _ = emt_cu_frames(shift_ev_per_atom=0.5)
     plain, _ = train_chgnet(train, tmp_path / "plain", settings=s)
     shifted, info = train_chgnet(shifted_train, tmp_path / "shifted", settings=s)
     assert info["energy_shift"]["Cu"] == pytest.approx(4.1 + 0.5, abs=0.1)
+    assert 0 < info["trainable_parameters"] < 200_000  # of CHGNet's 412,525
     m_plain = evaluate(f"chgnet:{plain}", test)
     m_shifted = evaluate(f"chgnet:{shifted}", test)
     # 0.5 eV/atom apart in absolute energy, the same on everything that decides
