@@ -426,12 +426,14 @@ def selection_pool(
     campaign: str | None,
     iteration: int | None,
     candidate_ids: Sequence[str] | None = None,
+    structures: bool = False,
 ) -> list[dict[str, Any]]:
     """Pre-relaxed (or already selected), non-duplicate candidates a selection weighs.
 
     ``candidate_ids`` when given; else the iteration's own candidates and older ones (of the
     system) that the campaign re-screened to join this iteration (a ``screenings`` entry of
-    this campaign with ``joins_iteration`` = iteration).
+    this campaign with ``joins_iteration`` = iteration). With ``structures`` the documents
+    also hold ``relaxed.mlip.structure`` (a committee evaluates it).
     """
     query: dict[str, Any] = {"status": {"$in": ["prerelaxed", "selected"]}, "duplicate_of": None}
     if candidate_ids is not None:
@@ -443,6 +445,8 @@ def selection_pool(
         ]
     projection = {"_id": 0, "candidate_id": 1, "formula": 1, "energy_per_atom": 1,
                   "relaxed.mlip.committee": 1}  # fmt: skip
+    if structures:
+        projection["relaxed.mlip.structure"] = 1
     return list(_coll(db).find(query, projection))
 
 
