@@ -178,7 +178,8 @@ def _learn_record(learned: dict | None, rescreened: dict | None) -> dict | None:
     if learned is None:
         return None
     rec = {k: learned.get(k) for k in ("trained", "model_id", "promoted", "reason",
-                                       "current_model", "n_frames", "metrics")}  # fmt: skip
+                                       "current_model", "n_frames", "metrics",
+                                       "forgetting")}  # fmt: skip
     if rescreened is not None:
         rec["rescreen"] = {
             "skipped": rescreened.get("skipped"),

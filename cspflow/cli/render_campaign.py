@@ -44,13 +44,13 @@ def learn_table(iterations: list[dict]):
     if not rounds:
         return None
     t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
-    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A", "promoted",
-                "re-screened"):  # fmt: skip
+    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A",
+                "previous held-out E MAE", "promoted", "re-screened"):  # fmt: skip
         t.add_column(col)
     for it in rounds:
         rec = it["learn"]
         if not rec.get("trained"):
-            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-",
+            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-", "-",
                       "no", rec.get("reason") or "")  # fmt: skip
             continue
         m = rec.get("metrics") or {}
@@ -61,11 +61,19 @@ def learn_table(iterations: list[dict]):
             + (f", {rs['failed']} failed" if rs.get("failed") else "")
             + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
         )  # fmt: skip
+        fg = rec.get("forgetting") or {}
+        forgot = "-" if not fg else (
+            f"{_mae(fg.get('before'), 'energy_mae_mev_per_atom')} -> "
+            f"{_mae(fg.get('after'), 'energy_mae_mev_per_atom')} ({fg.get('previous_model')})"
+        )  # fmt: skip
         t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
                   f"{_mae(before, 'energy_mae_mev_per_atom')} -> {_mae(after, 'energy_mae_mev_per_atom')}",
                   f"{_mae(before, 'force_mae_mev_per_a')} -> {_mae(after, 'force_mae_mev_per_a')}",
-                  "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
-    t.caption = "why a model was (not) promoted: `cspflow model show ID`"
+                  forgot, "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
+    t.caption = (
+        "previous held-out: the parent model's held-out frames, parent -> new model "
+        "(forgetting); why a model was (not) promoted: `cspflow model show ID`"
+    )
     return t
 
 

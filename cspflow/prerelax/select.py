@@ -22,6 +22,7 @@ from cspflow.jobs import stage_metadata
 from cspflow.schemas.prerelax import SelectionSummary, SelectSettings
 
 if TYPE_CHECKING:
+    from ase import Atoms
     from pymongo.database import Database
 
 __all__ = [
@@ -119,7 +120,8 @@ def committee_spread(
 
     members = [load_model(spec, device=device, db=db) for spec in committee]
     known = [m.elements for m in members if m.elements is not None]
-    ids, atoms = [], []
+    ids: list[str] = []
+    atoms: list[Atoms] = []
     for d in docs:
         st = ((d.get("relaxed") or {}).get("mlip") or {}).get("structure")
         if not st:

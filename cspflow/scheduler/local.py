@@ -108,7 +108,8 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
 
 
 def check_models(spec: Any, db: Any) -> None:
-    """Refuse a campaign whose pre-relaxation models cannot be found, before anything is stored.
+    """Refuse a campaign whose pre-relaxation models (or learning replay file) cannot be found
+    or read, before anything is stored.
 
     Without this a missing or wrong ``mace:PATH`` is only found when the first prerelax job
     runs on a gpu node, after the campaign was registered and generation ran.
@@ -125,6 +126,14 @@ def check_models(spec: Any, db: Any) -> None:
         if parsed.kind == "registry" and db.models.find_one({"model_id": parsed.value}) is None:
             raise CspflowError(f"{field}: model {parsed.value!r} is not in the registry; "
                                "list the registered models with `cspflow model list`")  # fmt: skip
+    if spec.learn.enabled and spec.learn.replay_file:
+        # found only by the first learning round otherwise, after iterations of DFT
+        from cspflow.learn.replay import check_replay_file
+
+        try:
+            check_replay_file(spec.learn.replay_file)
+        except CspflowError as exc:
+            raise CspflowError(f"learn.replay_file: {exc}") from None
 
 
 def check_local_engine(spec: Any, settings: CspflowSettings) -> None:

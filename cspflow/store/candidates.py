@@ -75,6 +75,7 @@ __all__ = [
     "template_pool",
     "preferred_energy",
     "dft_labelled",
+    "dft_chemsystems",
     "insert_raw",
 ]
 
@@ -526,6 +527,15 @@ def dft_labelled(
     for doc in docs:
         doc["relaxed"].pop("dft_by_fidelity", None)
     return docs
+
+
+def dft_chemsystems(db: Database, fidelity: str | None = None) -> list[str]:
+    """Chemical systems with a converged DFT relaxation (of ``fidelity`` when given), sorted."""
+    query: dict[str, Any] = {"relaxed.dft.status": "converged"}
+    if fidelity is not None:
+        query = {"relaxed.dft_by_fidelity": {"$elemMatch": {"fidelity.key": fidelity,
+                                                            "status": "converged"}}}  # fmt: skip
+    return sorted({d["chemsys"] for d in _coll(db).find(query, {"chemsys": 1}) if d.get("chemsys")})
 
 
 def template_pool(
