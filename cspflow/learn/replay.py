@@ -255,16 +255,16 @@ def measure_forgetting(
 ) -> ForgettingDoc | None:
     """The new model and its parent on the parent's held-out frames.
 
-    ``parent`` is the registry id the new model replaces (None, or a spec such as ``chgnet``
-    that has no training set: None). The parent's held-out frames are rebuilt from the
+    ``parent`` is the registry id the new model replaces (None, a spec such as ``chgnet`` or
+    a record without held-out candidates: None). The parent's held-out frames are rebuilt from the
     database (:func:`parent_frames`); both are evaluated with
     :func:`cspflow.learn.evaluate.evaluate`.
     """
     from cspflow.learn.evaluate import evaluate
 
     record = db["models"].find_one({"model_id": parent}, {"_id": 0}) if parent else None
-    if record is None:
-        return None
+    if record is None or not (record.get("training_set") or {}).get("test_candidate_ids"):
+        return None  # nothing held out to measure on (a model registered from elsewhere)
     _, test = parent_frames(db, record, store)
     after = evaluate(model_spec, test, db).model_copy(update={"model": f"registry:{model_id}"})
     return ForgettingDoc(
