@@ -29,6 +29,7 @@ __all__ = [
     "register_model",
     "current_model",
     "current_model_spec",
+    "learned_committee",
     "get_model",
     "list_models",
     "lineage",
@@ -110,6 +111,26 @@ def current_model_spec(
     """``registry:ID`` of the current model of ``chemsys`` (at ``fidelity``), else ``default``."""
     doc = current_model(db, chemsys, fidelity)
     return f"registry:{doc['model_id']}" if doc else default
+
+
+def learned_committee(db: Database, chemsys: str, fidelity: str | None = None) -> list[str]:
+    """``registry:ID`` specs of the committee a learning round trained for ``chemsys``.
+
+    The committee of the current (promoted) model at ``fidelity`` when it has one: the models
+    whose energies rank the candidates now. Else, when no committee was promoted, the newest
+    round's committee (trained on the most data, even if its primary was not promoted). The
+    primary comes first, then its members in registration order. Empty: no round trained one.
+    """
+    doc = current_model(db, chemsys, fidelity)
+    if doc is None or not doc.get("committee"):
+        query: dict[str, Any] = {"chemsys": chemsys, "committee_of": None,
+                                 "committee.0": {"$exists": True}}  # fmt: skip
+        if fidelity is not None:
+            query["fidelity_key"] = fidelity
+        doc = db["models"].find_one(query, {"_id": 0}, sort=[("created_at", -1)])
+    if doc is None:
+        return []
+    return [f"registry:{m}" for m in [doc["model_id"], *doc["committee"]]]
 
 
 def get_model(db: Database, model_id: str) -> dict:

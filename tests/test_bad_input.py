@@ -81,6 +81,16 @@ FILES = {
     '"energy": -10.8, "correction": 0.0, "composition": {"Si": 2}, "entry_id": "mp-149", '
     '"parameters": {"run_type": "GGA"}}]',
     "mp_refs.yaml": spec("refs", "dft: {engine: gpaw}\nreferences: mp_refs.json\n"),
+    "missing_replay.yaml": spec(
+        "mr",
+        "dft: {engine: gpaw}\nlearn: {enabled: true, foundation_model: current, "
+        "finetune: multihead, replay_file: /nonexistent/replay.xyz}\n",
+    ),
+    "unreadable_replay.yaml": spec(
+        "ur",
+        "dft: {engine: gpaw}\nlearn: {enabled: true, foundation_model: current, "
+        "finetune: multihead, replay_file: junk.cif}\n",
+    ),
 }
 
 
@@ -159,6 +169,11 @@ CASES = [
      ["dispersion needs a DFT engine", "prerelax.dispersion"]),
     ("unknown-dispersion-relax", ["relax", "si.cif", "-o", "out", "--dispersion", "d4"], {},
      ["--dispersion: unknown dispersion 'd4'", "choose d3bj"]),
+    ("missing-replay-file", ["campaign", "submit", "missing_replay.yaml"], {},
+     ["learn.replay_file: cannot read replay file /nonexistent/replay.xyz: no such file",
+      "extxyz file with REF_energy and REF_forces"]),
+    ("unreadable-replay-file", ["campaign", "run", "unreadable_replay.yaml"], {},
+     ["learn.replay_file: cannot read replay file junk.cif as extxyz"]),
     ("unknown-dispersion-dft-relax", ["dft", "relax", "si.cif", "--out", "out", "--dispersion",
                                       "d4"], {}, ["--dispersion: unknown dispersion 'd4'"]),
 ]  # fmt: skip

@@ -178,7 +178,8 @@ def _learn_record(learned: dict | None, rescreened: dict | None) -> dict | None:
     if learned is None:
         return None
     rec = {k: learned.get(k) for k in ("trained", "model_id", "promoted", "reason",
-                                       "current_model", "n_frames", "metrics")}  # fmt: skip
+                                       "current_model", "n_frames", "metrics",
+                                       "forgetting")}  # fmt: skip
     if rescreened is not None:
         rec["rescreen"] = {
             "skipped": rescreened.get("skipped"),
@@ -209,7 +210,7 @@ def iteration_flow(spec: CampaignSpec, iteration: int, model: str | None = None)
         j.name = f"generate {formula} it{iteration}"
         gens.append(j)
     fan = prerelax_fanout([j.output for j in gens], name, iteration, spec=spec, model=model)
-    select = SelectMaker(settings=spec.select).make(
+    select = SelectMaker(settings=spec.select, learned=_learned_committee(spec)).make(
         campaign=name, iteration=iteration, prerelax_outputs=[fan.output]
     )
     gate = dft_gate(select.output, name, iteration, spec=spec)
@@ -233,6 +234,19 @@ def iteration_flow(spec: CampaignSpec, iteration: int, model: str | None = None)
     select.update_metadata(stage_metadata("select", name, iteration), dynamic=False)
     return Flow([*gens, fan, select, gate, hull, *extra, end], output=end.output,
                 name=f"{name} iteration {iteration}")  # fmt: skip
+
+
+def _learned_committee(spec: CampaignSpec) -> dict[str, Any] | None:
+    """Where select finds the committee learning trained (None: prerelax.committee decides).
+
+    A campaign that learns ranks its uncertain picks by the committee of its system and DFT
+    fidelity (:func:`cspflow.models.learned_committee`, looked up when select runs); an
+    explicit ``prerelax.committee`` list overrides it.
+    """
+    if not spec.learn.enabled or spec.select.uncertain_k == 0 or spec.prerelax.committee:
+        return None
+    fidelity = spec.dft.fidelity()
+    return {"chemsys": spec.system(), "fidelity": fidelity.key if fidelity is not None else None}
 
 
 def _learning_jobs(spec: CampaignSpec, iteration: int, after: Any) -> tuple[Job, Job]:

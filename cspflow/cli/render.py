@@ -256,6 +256,21 @@ def model_show(doc: dict, chain: list[str]) -> list:
         t.add_row(label, (m or {}).get("model", "-") if m else "none", *_deciding_row(m), e, f)
     t.caption = "promotion decides on relative-energy MAE, then rank, then forces (docs/learn.md)"
     out.append(t)
+    fg = doc.get("forgetting")
+    if fg:
+        before, after = _metrics_row(fg.get("before")), _metrics_row(fg.get("after"))
+        out.append(
+            f"forgetting: on the held-out frames of {fg['previous_model']} ({fg.get('n_frames', 0)} "
+            f"frames of {len(fg.get('candidate_ids') or [])} candidate(s)): energy MAE "
+            f"{before[0]} -> {after[0]} meV/atom, force MAE {before[1]} -> {after[1]} meV/A "
+            "(parent -> this model)"
+        )
+    rp = doc.get("replay")
+    if rp:
+        sources = ", ".join(f"{k} {v}" for k, v in sorted((rp.get("sources") or {}).items()))
+        dropped = ", ".join(f"{v} {k}" for k, v in sorted((rp.get("dropped") or {}).items()))
+        out.append(f"replay: {rp.get('n_kept', 0)} of {rp.get('n_read', 0)} frames replayed "
+                   f"(read: {sources or '-'}; dropped: {dropped or 'none'})")  # fmt: skip
     e0s = ", ".join(f"{el} {v:.4f}" for el, v in sorted((doc.get("e0s") or {}).items()))
     out.append(
         f"training set: {ts.get('n_frames', 0)} frames ({ts.get('n_train', 0)} train, "

@@ -49,7 +49,7 @@ def learn_table(iterations: list[dict]):
         return None
     t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
     for col in ("iteration", "model", "frames", "rel. E MAE meV/atom", "rank corr.",
-                "F MAE meV/A", "promoted", "re-screened"):  # fmt: skip
+                "F MAE meV/A", "previous held-out E MAE", "promoted", "re-screened"):  # fmt: skip
         t.add_column(col)
     for it in rounds:
         rec = it["learn"]
@@ -65,14 +65,21 @@ def learn_table(iterations: list[dict]):
             + (f", {rs['failed']} failed" if rs.get("failed") else "")
             + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
         )  # fmt: skip
+        fg = rec.get("forgetting") or {}
+        forgot = "-" if not fg else (
+            f"{_mae(fg.get('before'), 'energy_mae_mev_per_atom')} -> "
+            f"{_mae(fg.get('after'), 'energy_mae_mev_per_atom')} ({fg.get('previous_model')})"
+        )  # fmt: skip
         t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
                   f"{_mae(before, rel)} -> {_mae(after, rel)}",
                   f"{_mae(before, 'rank_correlation', 2)} -> {_mae(after, 'rank_correlation', 2)}",
                   f"{_mae(before, force)} -> {_mae(after, force)}",
-                  "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
+                  forgot, "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
     t.caption = (
         "relative energies per composition, rank correlation with DFT, forces on frames with "
-        "non-zero DFT forces; why a model was (not) promoted: `cspflow model show ID`"
+        "non-zero DFT forces; previous held-out: the parent model's held-out frames (absolute "
+        "E MAE), parent -> new model (forgetting); why a model was (not) promoted: "
+        "`cspflow model show ID`"
     )
     return t
 

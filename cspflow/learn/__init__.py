@@ -1,7 +1,9 @@
 """Active learning: training sets from the campaign's DFT data, MACE training, evaluation, rounds.
 
 - :mod:`cspflow.learn.dataset`: labelled frames from the DFT task documents, the held-out
-  split, the training set, extxyz files, E0 fit, replay frames.
+  split, the training set, extxyz files, E0 fit.
+- :mod:`cspflow.learn.replay`: replay frames of multi-head fine-tuning (never frames the new set
+  holds) and the forgetting check on the parent's held-out frames.
 - :mod:`cspflow.learn.train`: the ``mace_run_train`` command line and :func:`train_mace`.
 - :mod:`cspflow.learn.evaluate`: held-out errors of a model and the promotion rule.
 - :mod:`cspflow.learn.round`: one learning round (:func:`~cspflow.learn.round.learn`), the

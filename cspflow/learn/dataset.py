@@ -6,8 +6,8 @@ its ionic steps, read from the engine's task document (emmet VASP TaskDoc or ato
 doc) in the JobStore by :mod:`cspflow.dft.taskdoc`. The held-out split is fixed by a hash of the
 candidate id, so every frame of one relaxation is on the same side and a candidate never changes
 side between rounds.
-Also here: extxyz output for ``mace_run_train``, the per-element E0 fit and the replay frames of
-multi-head fine-tuning.
+Also here: extxyz output for ``mace_run_train`` and the per-element E0 fit (replay frames of
+multi-head fine-tuning: :mod:`cspflow.learn.replay`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 
 from cspflow.dft import taskdoc
 from cspflow.errors import CspflowError
-from cspflow.models import get_model
 from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ __all__ = [
     "build_training_set",
     "fit_e0s",
     "write_extxyz",
-    "replay_frames",
 ]
 
 
@@ -358,36 +356,3 @@ def write_extxyz(frames: list[Atoms], path: Path) -> Path:
         clean.append(a)
     write(path, clean, format="extxyz")
     return path
-
-
-def replay_frames(
-    db: Database, s: TrainSettings, foundation: str | None, tset: TrainingSet
-) -> list[Atoms]:
-    """Replay data of a multi-head fine-tuning: the replay file, or the foundation's own data.
-
-    A registry foundation was trained on frames of candidates listed in its record; those
-    frames (train side) are rebuilt from this round's set. A foundation file from elsewhere
-    needs ``replay_file`` (e.g. the Materials Project subset its authors publish).
-    """
-    if s.replay_file:
-        from ase.io import read
-
-        path = Path(s.replay_file).expanduser()
-        try:
-            frames = read(path, index=":")
-        except Exception as exc:
-            raise CspflowError(
-                f"cannot read replay file {path}: {exc}; give an extxyz file with REF_energy, "
-                "REF_forces and REF_stress"
-            ) from None
-        return list(frames)
-    if foundation and foundation.startswith("registry:"):
-        record = get_model(db, foundation.split(":", 1)[1])
-        ids = set((record.get("training_set") or {}).get("candidate_ids") or [])
-        frames = [a for a in tset.train if a.info.get("candidate_id") in ids]
-        if frames:
-            return frames
-    raise CspflowError(
-        f"multihead fine-tuning of {foundation} needs replay data: set learn.replay_file to an "
-        "extxyz of the foundation's training data, or use finetune: naive"
-    )

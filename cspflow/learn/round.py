@@ -27,8 +27,9 @@ from jobflow import Job, Maker, job
 
 from cspflow.errors import CspflowError
 from cspflow.jobs import stage_metadata
-from cspflow.learn.dataset import build_training_set, fit_e0s, replay_frames
+from cspflow.learn.dataset import build_training_set, fit_e0s
 from cspflow.learn.evaluate import evaluate, promotion
+from cspflow.learn.replay import measure_forgetting, replay_frames
 from cspflow.learn.train import check_coverage, resolve_foundation, train_chgnet, train_mace
 from cspflow.models import _sha256, current_model_spec, get_model, register_model
 from cspflow.schemas.learn import LearnSummary, ModelMetrics, TrainSettings
@@ -141,10 +142,10 @@ def learn(
         return _summary(reused, current_spec)
     kind = s.model  # "mace" or "chgnet": the registry id's prefix and the spec to load it
     e0s = fit_e0s(tset.train) if kind == "mace" else {}
-    replay = (
-        replay_frames(db, s, foundation_label, tset)
+    replay, replay_doc = (
+        replay_frames(db, s, foundation_label, tset, store=store, elements=_symbols(known))
         if foundation is not None and s.finetune == "multihead"
-        else None
+        else (None, None)
     )
     work_dir = Path(work_dir)
     t0 = time.time()
@@ -166,6 +167,10 @@ def learn(
     new = new.model_copy(update={"model": f"registry:{kind}-{_sha256(files[0])[:12]}"})
     before = evaluate(current_spec, tset.test, db) if current_spec else None
     promoted, reason = promotion(new, before)
+    # the previous data's held-out frames: does the new model forget what its parent knew?
+    forgetting = measure_forgetting(
+        db, parent, f"{kind}:{files[0]}", new.model.removeprefix("registry:"), store
+    )
     base = {
         "chemsys": chemsys,
         "elements": tset.doc.elements,
@@ -180,11 +185,12 @@ def learn(
         "iteration": iteration,
         "train_time_s": train_time,
         "fidelity": fid,
+        "replay": replay_doc,
     }
     record = register_model(
         db, files[0],
         {**base, "metrics": {"new": new.model_dump(), "current": before and before.model_dump()},
-         "promoted": promoted, "promotion_reason": reason},
+         "promoted": promoted, "promotion_reason": reason, "forgetting": forgetting},
     )  # fmt: skip
     members = []
     for k, path in enumerate(files[1:], start=1):
@@ -203,6 +209,12 @@ def learn(
         json.dumps({"model_id": record.model_id, "reason": reason})
     )
     return _summary(get_model(db, record.model_id), current_spec)
+
+
+def _symbols(numbers: frozenset[int] | None) -> list[str] | None:
+    from ase.data import chemical_symbols
+
+    return None if numbers is None else sorted(chemical_symbols[z] for z in numbers)
 
 
 def _stored_round(
@@ -227,6 +239,7 @@ def _summary(doc: dict, current_spec: str | None) -> LearnSummary:
         current_model=f"registry:{doc['model_id']}" if doc.get("promoted") else current_spec,
         n_frames=(doc.get("training_set") or {}).get("n_frames", 0),
         metrics={k: (ModelMetrics(**v) if v else None) for k, v in metrics.items()},
+        forgetting=doc.get("forgetting"),
     )
 
 

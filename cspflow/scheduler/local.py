@@ -108,8 +108,8 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
 
 
 def check_models(spec: Any, db: Any) -> None:
-    """Refuse a campaign whose pre-relaxation models (or learn.foundation_model) cannot be
-    found, before anything is stored.
+    """Refuse a campaign whose pre-relaxation models (learn.foundation_model, the learning
+    replay file) cannot be found or read, before anything is stored.
 
     Without this a missing or wrong ``mace:PATH`` is only found when the first prerelax job
     runs on a gpu node, after the campaign was registered and generation ran.
@@ -137,6 +137,14 @@ def check_models(spec: Any, db: Any) -> None:
             if kind != learn.model:
                 raise CspflowError(f"{field}: registry model {parsed.value} is a {kind} model but "
                                    f"learn.model is {learn.model}")  # fmt: skip
+    if spec.learn.enabled and spec.learn.replay_file:
+        # found only by the first learning round otherwise, after iterations of DFT
+        from cspflow.learn.replay import check_replay_file
+
+        try:
+            check_replay_file(spec.learn.replay_file)
+        except CspflowError as exc:
+            raise CspflowError(f"learn.replay_file: {exc}") from None
 
 
 def check_local_engine(spec: Any, settings: CspflowSettings) -> None:

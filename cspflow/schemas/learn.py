@@ -23,6 +23,8 @@ __all__ = [
     "TrainSettings",
     "TrainingSetDoc",
     "ModelMetrics",
+    "ReplayDoc",
+    "ForgettingDoc",
     "ModelDoc",
     "LearnSummary",
 ]
@@ -101,6 +103,36 @@ class ModelMetrics(BaseModel):
     )
 
 
+class ReplayDoc(BaseModel):
+    """Where the replay frames of a multi-head fine-tuning came from, and what was dropped."""
+
+    sources: dict[str, int] = Field(
+        default_factory=dict,
+        description="Frames read per source: ``file`` (learn.replay_file), ``parent`` (the "
+        "registry foundation's own training frames), ``other systems`` (DFT frames of other "
+        "chemical systems the foundation knows).",
+    )
+    file: str | None = Field(None, description="The replay file, when one was given.")
+    n_read: int = Field(0, description="Frames read from all sources.")
+    dropped: dict[str, int] = Field(
+        default_factory=dict, description="Frames left out, counted per reason."
+    )
+    n_kept: int = Field(0, description="Frames replayed.")
+
+
+class ForgettingDoc(BaseModel):
+    """The new model on the previous model's held-out frames (does it forget what it knew?)."""
+
+    previous_model: str = Field(description="Registry id of the parent model.")
+    chemsys: str = Field(description="Chemical system of the parent's training set.")
+    candidate_ids: list[str] = Field(
+        default_factory=list, description="The parent's held-out candidates."
+    )
+    n_frames: int = Field(0, description="Held-out frames of the parent rebuilt and evaluated.")
+    before: ModelMetrics | None = Field(None, description="The parent on them.")
+    after: ModelMetrics | None = Field(None, description="The new model on them.")
+
+
 class ModelDoc(BaseModel):
     """One registered MLIP (a document of the ``models`` collection)."""
 
@@ -153,6 +185,14 @@ class ModelDoc(BaseModel):
         "model only for campaigns at this fidelity.",
     )
     fidelity_key: str | None = Field(None, description="``fidelity.key``, indexed.")
+    replay: ReplayDoc | None = Field(
+        None, description="Replay frames of a multi-head fine-tuning (None: no replay)."
+    )
+    forgetting: ForgettingDoc | None = Field(
+        None,
+        description="This model and its parent on the parent's held-out frames (None: no "
+        "registry parent).",
+    )
 
 
 class LearnSummary(BaseModel):
@@ -169,6 +209,9 @@ class LearnSummary(BaseModel):
     n_frames: int = Field(0, description="Frames in the training set (train + test).")
     metrics: dict[str, ModelMetrics | None] = Field(
         default_factory=dict, description="``new`` and ``current`` held-out errors."
+    )
+    forgetting: ForgettingDoc | None = Field(
+        None, description="New model and parent on the parent's held-out frames."
     )
 
 
@@ -212,8 +255,9 @@ class TrainSettings:
         so the model does not forget what it knew; mace's own learning rate 1e-4 and EMA apply).
     replay_file
         extxyz replay data for ``multihead`` (``REF_*`` keys), e.g. the MP subset a foundation
-        model was trained on. None: with a registry foundation, the frames its training set
-        came from (rebuilt from the database); with a foundation file, an error.
+        model was trained on. None: the registry foundation's own training frames and the DFT
+        frames of other chemical systems it knows (rebuilt from the database). Either way
+        frames the new training set holds are dropped (:mod:`cspflow.learn.replay`).
     model
         ``mace`` (train MACE from scratch, or fine-tune a MACE ``foundation_model``) or
         ``chgnet`` (fine-tune CHGNet's universal 0.3.0 weights, or a fine-tuned CHGNet

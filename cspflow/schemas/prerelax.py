@@ -282,4 +282,19 @@ class SelectionSummary(BaseModel):
     by_formula: dict[str, list[str]] = Field(
         default_factory=dict, description="Reduced formula -> selected ids, lowest energy first."
     )
+    committee: list[str] = Field(
+        default_factory=list,
+        description="Model ids of the committee whose disagreement ranked the uncertain picks "
+        "(empty: no committee).",
+    )
+    committee_source: Literal["learned", "prerelax"] | None = Field(
+        None,
+        description="``learned``: the committee a learning round trained, evaluated by the "
+        "selection; ``prerelax``: the disagreement prerelax stored (prerelax.committee).",
+    )
+    spread: dict[str, float] = Field(
+        default_factory=dict,
+        description="Id -> committee disagreement (the ``uncertainty`` measure) of each "
+        "candidate picked as uncertain.",
+    )
     schema_version: str = SCHEMA_VERSION

@@ -75,6 +75,7 @@ __all__ = [
     "template_pool",
     "preferred_energy",
     "dft_labelled",
+    "dft_chemsystems",
     "insert_raw",
 ]
 
@@ -426,12 +427,14 @@ def selection_pool(
     campaign: str | None,
     iteration: int | None,
     candidate_ids: Sequence[str] | None = None,
+    structures: bool = False,
 ) -> list[dict[str, Any]]:
     """Pre-relaxed (or already selected), non-duplicate candidates a selection weighs.
 
     ``candidate_ids`` when given; else the iteration's own candidates and older ones (of the
     system) that the campaign re-screened to join this iteration (a ``screenings`` entry of
-    this campaign with ``joins_iteration`` = iteration).
+    this campaign with ``joins_iteration`` = iteration). With ``structures`` the documents
+    also hold ``relaxed.mlip.structure`` (a committee evaluates it).
     """
     query: dict[str, Any] = {"status": {"$in": ["prerelaxed", "selected"]}, "duplicate_of": None}
     if candidate_ids is not None:
@@ -443,6 +446,8 @@ def selection_pool(
         ]
     projection = {"_id": 0, "candidate_id": 1, "formula": 1, "energy_per_atom": 1,
                   "relaxed.mlip.committee": 1}  # fmt: skip
+    if structures:
+        projection["relaxed.mlip.structure"] = 1
     return list(_coll(db).find(query, projection))
 
 
@@ -522,6 +527,15 @@ def dft_labelled(
     for doc in docs:
         doc["relaxed"].pop("dft_by_fidelity", None)
     return docs
+
+
+def dft_chemsystems(db: Database, fidelity: str | None = None) -> list[str]:
+    """Chemical systems with a converged DFT relaxation (of ``fidelity`` when given), sorted."""
+    query: dict[str, Any] = {"relaxed.dft.status": "converged"}
+    if fidelity is not None:
+        query = {"relaxed.dft_by_fidelity": {"$elemMatch": {"fidelity.key": fidelity,
+                                                            "status": "converged"}}}  # fmt: skip
+    return sorted({d["chemsys"] for d in _coll(db).find(query, {"chemsys": 1}) if d.get("chemsys")})
 
 
 def template_pool(

@@ -6,7 +6,8 @@ campaign must pre-relax iteration 0 with it, loaded by its registry id. After it
 a new model is trained on the campaign's DFT data and compared with the current one on held-out
 DFT frames; a promoted model pre-relaxes the next iteration and re-screens the stored candidates
 (the re-relaxed ones join the next selection), a model that is not promoted leaves everything as
-it was. Which round wins depends on the held-out split (a hash of random candidate ids: with
+it was. Each round trains a committee of two; from iteration 1 on the selection's uncertain pick
+is ranked by the learned committee (the current model's, else the newest round's). Which round wins depends on the held-out split (a hash of random candidate ids: with
 two DFT runs per iteration, round 0 trains on one candidate and is judged on the other): the test
 checks the consequences of each outcome; tests/learn/test_learn_rounds.py and
 workflows/active_learning_demo.yaml show a promotion.
@@ -31,11 +32,11 @@ SPEC = {
     "generate": {"per_iteration": 5, "sources": {"random_symmetric": 0.6, "prototype": 0.4},
                  "seed": 3},
     "prerelax": {"model": "chgnet", "max_steps": 150, "batch_size": 8},
-    "select": {"top_k": 2, "energy_window": 1.0},
+    "select": {"top_k": 2, "energy_window": 1.0, "uncertain_k": 1},
     "dft": {"engine": "gpaw", "preset": "fast", "kpoint_density": 1.0,
             "gpaw": {"xc": "LDA", "ecut": 200.0, "kpts": [2, 2, 2],
                      "convergence": {"energy": 1e-4, "density": 1e-3}}},
-    "learn": {"enabled": True, "min_frames": 6, "rescreen_top": 2,
+    "learn": {"enabled": True, "min_frames": 6, "rescreen_top": 2, "committee": 2,
               "train": {"ionic_steps": -1, "epochs": 40, "seed": 7}},
     "stop": {"max_iterations": 3, "patience": 3},
 }  # fmt: skip
@@ -105,7 +106,8 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
         assert len(ids) == 1, (it, ids)
         model_of[it] = ids.pop()
     assert model_of[0] == pre  # the registry's current Si model, loaded by its id
-    models = {m["model_id"]: m for m in db.models.find({"campaign": "si-learn"}, {"_id": 0})}
+    models = {m["model_id"]: m for m in db.models.find({"campaign": "si-learn",
+                                                          "committee_of": None}, {"_id": 0})}  # fmt: skip
     assert set(models) == {rounds[0]["model_id"], rounds[1]["model_id"]}
     for k, r in enumerate(rounds):
         doc = models[r["model_id"]]
@@ -136,6 +138,22 @@ def test_campaign_learns_and_uses_the_current_model(settings, db, tmp_path):
             assert d["iteration"] <= k
             if not any(e["relaxed"] for e in later):  # no later round relaxed it again
                 assert d["relaxed"]["mlip"]["model_id"] == r["model_id"]
+    # the learned committee ranked the uncertain picks once a round had trained one
+    committee = {r["model_id"]: [r["model_id"], *models[r["model_id"]]["committee"]]
+                 for r in rounds}  # fmt: skip
+    assert all(len(c) == 2 for c in committee.values())
+    for it in (0, 1, 2):
+        (sel,) = [d["output"] for d in db.outputs.find({"name": f"select si-learn it{it}"})]
+        if it == 0:  # no round yet: no committee, no uncertain pick
+            assert sel["committee"] == [] and "uncertain" not in sel["reasons"].values()
+            continue
+        done = rounds[:it]
+        promoted = [r["model_id"] for r in done if r["promoted"]]
+        # the current model's committee when it has one, else the newest round's
+        want = committee[promoted[-1]] if promoted else committee[done[-1]["model_id"]]
+        assert sel["committee_source"] == "learned" and sel["committee"] == want, (it, sel)
+        uncertain = {cid for cid, why in sel["reasons"].items() if why == "uncertain"}
+        assert set(sel["spread"]) == uncertain  # each pick with the figure that ranked it
     print("rounds: " + "; ".join(f"{r['model_id']} promoted={r['promoted']}: {r['reason']}"
                                  for r in rounds))  # fmt: skip
     shown_model = run_cli("model", "show", rounds[1]["model_id"], env=env).stdout

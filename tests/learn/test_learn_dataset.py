@@ -53,15 +53,34 @@ def test_replay_data_from_a_file_or_one_clear_line(tmp_path):
     from ase.io import write
 
     from cspflow.errors import CspflowError
-    from cspflow.learn.dataset import TrainingSet, replay_frames
+    from cspflow.learn.dataset import TrainingSet
+    from cspflow.learn.replay import replay_frames
     from cspflow.schemas.learn import TrainingSetDoc, TrainSettings
 
-    tset = TrainingSet(train=[], test=[], doc=TrainingSetDoc(chemsys="Si"))
-    with pytest.raises(CspflowError, match="cannot read replay file .*nope.xyz"):
-        replay_frames(None, TrainSettings(replay_file=str(tmp_path / "nope.xyz")), "x.model", tset)
-    with pytest.raises(CspflowError, match="needs replay data: set learn.replay_file"):
+    def labelled(atoms, k):
+        atoms.info["REF_energy"] = -10.0 - k
+        atoms.arrays["REF_forces"] = np.zeros((len(atoms), 3))
+        return atoms
+
+    frames = [labelled(bulk("Si", "diamond", 5.43 + 0.01 * k), k) for k in range(4)]
+    # the new set holds frame 1 (same structure, other labels: dropped all the same)
+    tset = TrainingSet(train=[labelled(frames[1].copy(), 7)], test=[],
+                       doc=TrainingSetDoc(chemsys="Si"))  # fmt: skip
+    (tmp_path / "text.xyz").write_text("not an extxyz file\n")
+    write(tmp_path / "unlabelled.xyz", [bulk("Si", "diamond", 5.43)], format="extxyz")
+    for name, message in (("nope.xyz", "no such file"), ("text.xyz", "as extxyz"),
+                          ("unlabelled.xyz", "frame 0 has no REF_energy")):  # fmt: skip
+        s = TrainSettings(replay_file=str(tmp_path / name))
+        with pytest.raises(CspflowError, match=f"cannot read replay file .*{name}.*{message}") as e:
+            replay_frames(None, s, "x.model", tset)
+        assert "\n" not in str(e.value)
+    with pytest.raises(CspflowError, match="needs replay data the new training set does not hold"):
         replay_frames(None, TrainSettings(), "mace:/models/foundation.model", tset)
-    frames = [bulk("Si", "diamond", 5.43 + 0.01 * k) for k in range(3)]
     write(tmp_path / "replay.xyz", frames, format="extxyz")
-    got = replay_frames(None, TrainSettings(replay_file=str(tmp_path / "replay.xyz")), "x", tset)
-    assert len(got) == 3
+    got, doc = replay_frames(None, TrainSettings(replay_file=str(tmp_path / "replay.xyz")), "x",
+                             tset)  # fmt: skip
+    assert [a.info["REF_energy"] for a in got] == [-10.0, -12.0, -13.0]
+    assert doc.n_read == 4 and doc.n_kept == 3 and doc.dropped == {"in the new training set": 1}
+    write(tmp_path / "only_new.xyz", frames[1:2], format="extxyz")
+    with pytest.raises(CspflowError, match=r"1 frame\(s\) found, dropped: 1 in the new training"):
+        replay_frames(None, TrainSettings(replay_file=str(tmp_path / "only_new.xyz")), "x", tset)
