@@ -128,7 +128,8 @@ def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
     from cspflow.prerelax.relax import relax_structures
     from cspflow.schemas.prerelax import PrerelaxSettings
 
-    prune_keys = {"window", "every", "min_steps", "slope_factor", "enabled"}
+    prune_keys = {"window", "every", "min_steps", "slope_factor", "enabled", "screen_steps",
+                  "descent"}  # fmt: skip
     s = PrerelaxSettings()
     prune = s.prune.model_copy(update={k: v for k, v in overrides.items() if k in prune_keys})
     rest = {k: v for k, v in overrides.items() if k not in prune_keys}
@@ -137,7 +138,7 @@ def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
     outs = relax_structures(
         structures, counted, fmax=s.fmax, max_steps=s.max_steps, optimizer=s.optimizer,
         fmax_screen=s.fmax_screen, symmetry_stage=s.symmetry_stage, prune=prune,
-        batch_atoms=s.batch_atoms,
+        batch_atoms=s.batch_atoms, finish_optimizer=s.finish_optimizer,
     )  # fmt: skip
     return [_row(o, o.status) for o in outs], counted.evaluations
 
@@ -220,8 +221,15 @@ def run_parallel(modes: list[str], argv: list[str]) -> tuple[dict, dict]:
 
     tmp = Path(tempfile.mkdtemp(prefix="relax_engine_"))
     rest = [a for a in argv if a not in ("--parallel", "--json")]
-    procs = []
+    if "--jobs" in rest:
+        at = rest.index("--jobs")
+        jobs, rest = int(rest[at + 1]), rest[:at] + rest[at + 2 :]
+    else:
+        jobs = len(modes)
+    procs: list[subprocess.Popen] = []
     for k, mode in enumerate(modes):
+        while sum(p.poll() is None for p in procs) >= jobs:
+            time.sleep(2)
         cmd = [sys.executable, __file__, *rest, "--modes", mode, "--save", str(tmp / f"{k}.json")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
     if any(p.wait() for p in procs):
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--modes", default="today;ase;new", help="';' list; new:KEY=VALUE,...")
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
     p.add_argument("--parallel", action="store_true", help="each mode in its own process")
+    p.add_argument("--jobs", type=int, help="with --parallel: at most this many at once")
     p.add_argument("--save", help=argparse.SUPPRESS)  # a child of --parallel writes here
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
