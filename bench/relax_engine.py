@@ -129,7 +129,7 @@ def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
     from cspflow.schemas.prerelax import PrerelaxSettings
 
     prune_keys = {"window", "every", "min_steps", "slope_factor", "enabled", "screen_steps",
-                  "descent"}  # fmt: skip
+                  "descent", "screen_hold"}  # fmt: skip
     s = PrerelaxSettings()
     prune = s.prune.model_copy(update={k: v for k, v in overrides.items() if k in prune_keys})
     rest = {k: v for k, v in overrides.items() if k not in prune_keys}

@@ -158,6 +158,7 @@ class _Run:
     target: float  # the force tolerance it is relaxing to now (fmax_screen, then fmax)
     started: float
     symmetric: bool = False  # still in the symmetry-constrained first stage
+    held: int = 0  # consecutive evaluations with the forces below the screening tolerance
     steps: int = 0
     evaluations: int = 0
     energy0: float | None = None
@@ -269,6 +270,7 @@ def relax_structures(
     finish_cls = _optimizer(finish_optimizer) if finish_optimizer else None
     rule = prune if prune is not None and prune.enabled else None
     screen = fmax_screen if rule is not None and fmax_screen and fmax_screen > fmax else fmax
+    hold = rule.screen_hold if rule is not None else 1
     atoms_list = [_to_atoms(s) for s in structures]
     model.check_elements({int(z) for a in atoms_list for z in a.numbers})
     budget = batch_atoms or getattr(model, "batch_atoms", None) or CPU_BATCH_ATOMS
@@ -418,6 +420,10 @@ def relax_structures(
                 trace(run.index, steps, e_atom, run.fmax, ratio)
             key = formulas[run.index]
             screening = run.target > fmax
+            if screening:
+                # screened only once the forces stay low: FIRE passes saddles with small forces
+                run.held = run.held + 1 if converged else 0
+                converged = run.held >= hold
             if converged or (steps and steps % filters.check_every == 0):
                 reason = check_geometry(atoms, filters)
                 if reason is not None:

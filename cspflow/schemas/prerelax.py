@@ -66,7 +66,8 @@ class PruneSettings(BaseModel):
     """Early stopping of hopeless candidates during an MLIP relaxation.
 
     The screening rule (on when ``enabled``): every structure first relaxes to the loose
-    ``fmax_screen`` (or for at most ``screen_steps`` steps) and waits there, its optimizer kept;
+    ``fmax_screen`` (held for ``screen_hold`` consecutive steps; or for at most
+    ``screen_steps`` steps) and waits there, its optimizer kept;
     when every structure of the job has been screened, those within ``window`` eV/atom of the
     lowest screened energy of their composition go on to the tight ``fmax`` and the others are
     recorded as ``pruned``. The decision is made only on energies of structures that have
@@ -96,6 +97,12 @@ class PruneSettings(BaseModel):
         gt=0,
         description="eV/atom above the lowest screened energy of the composition beyond which "
         "a screened structure is not relaxed to fmax.",
+    )
+    screen_hold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive steps the largest force must stay below fmax_screen for a "
+        "structure to count as screened (FIRE crosses saddles with small forces).",
     )
     screen_steps: int | None = Field(
         None,
