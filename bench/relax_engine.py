@@ -124,7 +124,9 @@ def run_ase(structures, mlip) -> tuple[list[dict], int]:
     return rows, count[0]
 
 
-def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
+def run_new(
+    structures, mlip, overrides: dict, trace_to: str | None = None
+) -> tuple[list[dict], int]:
     from cspflow.prerelax.relax import relax_structures
     from cspflow.schemas.prerelax import PrerelaxSettings
 
@@ -135,11 +137,19 @@ def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
     rest = {k: v for k, v in overrides.items() if k not in prune_keys}
     s = s.model_copy(update=rest)
     counted = Counting(mlip)
+    steps: dict[int, list] = {k: [] for k in range(len(structures))}
     outs = relax_structures(
         structures, counted, fmax=s.fmax, max_steps=s.max_steps, optimizer=s.optimizer,
         fmax_screen=s.fmax_screen, symmetry_stage=s.symmetry_stage, prune=prune,
         batch_atoms=s.batch_atoms, finish_optimizer=s.finish_optimizer,
+        trace=lambda i, step, e, f, r: steps[i].append((step, round(e, 6), round(f, 5), round(r, 4))),
     )  # fmt: skip
+    if trace_to:  # every step of every candidate, for bench/relax_replay.py
+        Path(trace_to).write_text(json.dumps({"cands": [
+            {"status": o.status, "steps": o.steps, "e": o.energy_per_atom, "evals": o.evaluations,
+             "reason": o.failure_reason, "trace": steps[k],
+             "structure": o.structure.as_dict() if o.structure else None}
+            for k, o in enumerate(outs)]}))  # fmt: skip
     return [_row(o, o.status) for o in outs], counted.evaluations
 
 
@@ -197,7 +207,7 @@ def run_mode(mode: str, structures, mlip, args) -> tuple[dict, list]:
     elif name == "ase":
         rows, evals = run_ase(structures, mlip)
     elif name == "new":
-        rows, evals = run_new(structures, mlip, over)
+        rows, evals = run_new(structures, mlip, over, args.trace)
     else:
         raise SystemExit(f"error: unknown mode {name!r}")
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
@@ -255,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
     p.add_argument("--parallel", action="store_true", help="each mode in its own process")
     p.add_argument("--jobs", type=int, help="with --parallel: at most this many at once")
+    p.add_argument("--trace", help="new modes: write every step of every candidate here (JSON)")
     p.add_argument("--save", help=argparse.SUPPRESS)  # a child of --parallel writes here
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
