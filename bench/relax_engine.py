@@ -254,6 +254,37 @@ def run_parallel(modes: list[str], argv: list[str]) -> tuple[dict, dict]:
     return summaries, minima
 
 
+def load_saved(pairs: str, n: int) -> tuple[dict, dict]:
+    """``MODE=FILE;...``: a child's ``--save`` output, or a ``--trace`` file (its rows)."""
+    from pymatgen.core import Structure
+
+    summaries, minima = {}, {}
+    for pair in pairs.split(";"):
+        mode, _, path = pair.partition("=")
+        saved = json.loads(Path(path).read_text())
+        if "cands" in saved:  # a trace: every candidate's end
+            rows = [{"status": c["status"], "energy_per_atom": c["e"], "steps": c["steps"],
+                     "reason": c["reason"],
+                     "structure": Structure.from_dict(c["structure"]) if c["structure"] else None}
+                    for c in saved["cands"]]  # fmt: skip
+            found = lowest_unique(rows, k=len(rows))
+            statuses: dict[str, int] = {}
+            for r in rows:
+                statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+            evals = sum(c["evals"] for c in saved["cands"])
+            cpu = saved.get("cpu")
+            summaries[mode] = {
+                "evaluations": evals, "evaluations_per_relaxation": round(evals / n, 1),
+                "cpu_s_per_relaxation": round(cpu / n, 2) if cpu else None, "statuses": statuses,
+                "lowest5": [round(e, 4) for e, _ in found[:5]],
+            }  # fmt: skip
+            minima[mode] = found
+        else:
+            summaries[mode] = saved["summary"]
+            minima[mode] = [(e, Structure.from_dict(d)) for e, d in saved["minima"]]
+    return summaries, minima
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -265,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
     p.add_argument("--parallel", action="store_true", help="each mode in its own process")
     p.add_argument("--jobs", type=int, help="with --parallel: at most this many at once")
+    p.add_argument("--combine", help="MODE=FILE;... compare saved runs (--save or --trace files)")
     p.add_argument("--trace", help="new modes: write every step of every candidate here (JSON)")
     p.add_argument("--save", help=argparse.SUPPRESS)  # a child of --parallel writes here
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
@@ -272,7 +304,9 @@ def main(argv: list[str] | None = None) -> dict:
     modes = args.modes.split(";")
     results: dict = {"n": args.n, "formula": args.formula, "atoms": args.atoms,
                      "seed": args.seed, "modes": {}}  # fmt: skip
-    if args.parallel:
+    if args.combine:
+        results["modes"], minima = load_saved(args.combine, args.n)
+    elif args.parallel:
         results["modes"], minima = run_parallel(modes, argv)
     else:
         import torch
@@ -302,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
         r["same_lowest5_as_" + ref_mode] = same
         r["worst_gap_mev"] = None if not np.isfinite(worst) else round(worst * 1000, 2)
         r["fewer_evaluations_x"] = round(base["evaluations"] / max(r["evaluations"], 1), 2)
-        r["cpu_speedup_x"] = round(base["cpu_s_per_relaxation"] / r["cpu_s_per_relaxation"], 2)
+        cpu_base, cpu = base["cpu_s_per_relaxation"], r["cpu_s_per_relaxation"]
+        r["cpu_speedup_x"] = round(cpu_base / cpu, 2) if cpu_base and cpu else None
     print(json.dumps(results, indent=None if args.json else 2))
     return results
 
