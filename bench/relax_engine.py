@@ -11,8 +11,9 @@ Makes N random symmetric candidates of one composition (PyXtal through cspflow's
   time (what atomate2's ForceFieldRelaxMaker does), fmax 0.05, 300 steps;
 * ``new`` (and any ``new:KEY=VALUE,...`` variant): :func:`cspflow.prerelax.relax.relax_structures`
   with the prerelax stage's default settings (pruning, screening tolerance, in-flight batch),
-  overridden by the variant's keys (``optimizer``, ``fmax_screen``, ``symmetry_stage``,
-  ``window``, ``every``, ``min_steps``).
+  overridden by the variant's keys (``optimizer``, ``finish_optimizer``, ``fmax_screen``,
+  ``symmetry_stage``, and the ``prune`` keys ``enabled``, ``window``, ``screen_hold``,
+  ``screen_steps``, ``descent``, ``every``, ``min_steps``, ``slope_factor``).
 
 For each mode it prints model evaluations (total and per relaxation), CPU-seconds per
 relaxation (this process, ``time.process_time``), wall time, how the relaxations ended, and
@@ -22,8 +23,11 @@ whether the five lowest unique minima are those of the full relaxation (``today`
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/relax_engine.py --n 64 \\
         [--modes "today;ase;new"] [--parallel] [--formula Al2O3 --atoms 10] [--seed 0] [--json]
 
-``--parallel`` runs each mode in its own process at the same time (on a shared machine: more
-CPU share, same CPU-seconds per relaxation); run it from the repository root.
+``--parallel`` runs each mode in its own process at the same time (``--jobs K``: at most K at
+once; on a shared machine: more CPU share, same CPU-seconds per relaxation); run it from the
+repository root. ``--trace FILE`` (new modes) records every step of every candidate for
+``bench/relax_replay.py``; ``--combine "MODE=FILE;..."`` compares runs saved by ``--save`` or
+``--trace`` without relaxing again.
 """
 
 from __future__ import annotations
