@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"n": args.n, "formula": args.formula, "atoms": args.atoms,
                      "seed": args.seed, "modes": {}}  # fmt: skip
     if args.combine:
-        results["modes"], minima = load_saved(args.combine, args.n)
+        try:
+            results["modes"], minima = load_saved(args.combine, args.n)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: cannot read --combine {args.combine!r}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     elif args.parallel:
         results["modes"], minima = run_parallel(modes, argv)
     else:
