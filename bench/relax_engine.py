@@ -11,8 +11,9 @@ Makes N random symmetric candidates of one composition (PyXtal through cspflow's
   time (what atomate2's ForceFieldRelaxMaker does), fmax 0.05, 300 steps;
 * ``new`` (and any ``new:KEY=VALUE,...`` variant): :func:`cspflow.prerelax.relax.relax_structures`
   with the prerelax stage's default settings (pruning, screening tolerance, in-flight batch),
-  overridden by the variant's keys (``optimizer``, ``fmax_screen``, ``symmetry_stage``,
-  ``window``, ``every``, ``min_steps``).
+  overridden by the variant's keys (``optimizer``, ``finish_optimizer``, ``fmax_screen``,
+  ``symmetry_stage``, and the ``prune`` keys ``enabled``, ``window``, ``screen_hold``,
+  ``screen_steps``, ``descent``, ``every``, ``min_steps``, ``slope_factor``).
 
 For each mode it prints model evaluations (total and per relaxation), CPU-seconds per
 relaxation (this process, ``time.process_time``), wall time, how the relaxations ended, and
@@ -22,8 +23,11 @@ whether the five lowest unique minima are those of the full relaxation (``today`
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/relax_engine.py --n 64 \\
         [--modes "today;ase;new"] [--parallel] [--formula Al2O3 --atoms 10] [--seed 0] [--json]
 
-``--parallel`` runs each mode in its own process at the same time (on a shared machine: more
-CPU share, same CPU-seconds per relaxation); run it from the repository root.
+``--parallel`` runs each mode in its own process at the same time (``--jobs K``: at most K at
+once; on a shared machine: more CPU share, same CPU-seconds per relaxation); run it from the
+repository root. ``--trace FILE`` (new modes) records every step of every candidate for
+``bench/relax_replay.py``; ``--combine "MODE=FILE;..."`` compares runs saved by ``--save`` or
+``--trace`` without relaxing again.
 """
 
 from __future__ import annotations
@@ -124,21 +128,32 @@ def run_ase(structures, mlip) -> tuple[list[dict], int]:
     return rows, count[0]
 
 
-def run_new(structures, mlip, overrides: dict) -> tuple[list[dict], int]:
+def run_new(
+    structures, mlip, overrides: dict, trace_to: str | None = None
+) -> tuple[list[dict], int]:
     from cspflow.prerelax.relax import relax_structures
     from cspflow.schemas.prerelax import PrerelaxSettings
 
-    prune_keys = {"window", "every", "min_steps", "slope_factor", "enabled"}
+    prune_keys = {"window", "every", "min_steps", "slope_factor", "enabled", "screen_steps",
+                  "descent", "screen_hold"}  # fmt: skip
     s = PrerelaxSettings()
     prune = s.prune.model_copy(update={k: v for k, v in overrides.items() if k in prune_keys})
     rest = {k: v for k, v in overrides.items() if k not in prune_keys}
     s = s.model_copy(update=rest)
     counted = Counting(mlip)
+    steps: dict[int, list] = {k: [] for k in range(len(structures))}
     outs = relax_structures(
         structures, counted, fmax=s.fmax, max_steps=s.max_steps, optimizer=s.optimizer,
         fmax_screen=s.fmax_screen, symmetry_stage=s.symmetry_stage, prune=prune,
-        batch_atoms=s.batch_atoms,
+        batch_atoms=s.batch_atoms, finish_optimizer=s.finish_optimizer,
+        trace=lambda i, step, e, f, r: steps[i].append((step, round(e, 6), round(f, 5), round(r, 4))),
     )  # fmt: skip
+    if trace_to:  # every step of every candidate, for bench/relax_replay.py
+        Path(trace_to).write_text(json.dumps({"cands": [
+            {"status": o.status, "steps": o.steps, "e": o.energy_per_atom, "evals": o.evaluations,
+             "reason": o.failure_reason, "trace": steps[k],
+             "structure": o.structure.as_dict() if o.structure else None}
+            for k, o in enumerate(outs)]}))  # fmt: skip
     return [_row(o, o.status) for o in outs], counted.evaluations
 
 
@@ -163,7 +178,9 @@ def lowest_unique(rows: list[dict], k: int = 5) -> list[tuple[float, object]]:
 
 
 def same_minima(ref, got, tol: float = 0.005) -> tuple[bool, float]:
-    """Whether ``got`` has each of ``ref``'s minima within ``tol`` eV/atom (and the largest gap)."""
+    """Whether ``got`` (every unique minimum a mode found) has each of ``ref``'s five lowest
+    within ``tol`` eV/atom (and the largest gap); a lower minimum only ``got`` found does not
+    count against it."""
     from cspflow.dedup.match import MATCHER_KWARGS, matcher
 
     m = matcher(**MATCHER_KWARGS)
@@ -194,18 +211,18 @@ def run_mode(mode: str, structures, mlip, args) -> tuple[dict, list]:
     elif name == "ase":
         rows, evals = run_ase(structures, mlip)
     elif name == "new":
-        rows, evals = run_new(structures, mlip, over)
+        rows, evals = run_new(structures, mlip, over, args.trace)
     else:
         raise SystemExit(f"error: unknown mode {name!r}")
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
-    minima = lowest_unique(rows)
+    minima = lowest_unique(rows, k=len(rows))  # every unique minimum, lowest first
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     summary = {
         "evaluations": evals, "evaluations_per_relaxation": round(evals / args.n, 1),
         "cpu_s_per_relaxation": round(cpu / args.n, 2), "wall_s": round(wall, 1),
-        "statuses": statuses, "lowest5": [round(e, 4) for e, _ in minima],
+        "statuses": statuses, "lowest5": [round(e, 4) for e, _ in minima[:5]],
         "rows": [{"status": r["status"], "steps": r["steps"], "reason": r.get("reason"),
                   "energy_per_atom": r["energy_per_atom"]} for r in rows],
     }  # fmt: skip
@@ -220,8 +237,15 @@ def run_parallel(modes: list[str], argv: list[str]) -> tuple[dict, dict]:
 
     tmp = Path(tempfile.mkdtemp(prefix="relax_engine_"))
     rest = [a for a in argv if a not in ("--parallel", "--json")]
-    procs = []
+    if "--jobs" in rest:
+        at = rest.index("--jobs")
+        jobs, rest = int(rest[at + 1]), rest[:at] + rest[at + 2 :]
+    else:
+        jobs = len(modes)
+    procs: list[subprocess.Popen] = []
     for k, mode in enumerate(modes):
+        while sum(p.poll() is None for p in procs) >= jobs:
+            time.sleep(2)
         cmd = [sys.executable, __file__, *rest, "--modes", mode, "--save", str(tmp / f"{k}.json")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
     if any(p.wait() for p in procs):
@@ -231,6 +255,37 @@ def run_parallel(modes: list[str], argv: list[str]) -> tuple[dict, dict]:
         saved = json.loads((tmp / f"{k}.json").read_text())
         summaries[mode] = saved["summary"]
         minima[mode] = [(e, Structure.from_dict(d)) for e, d in saved["minima"]]
+    return summaries, minima
+
+
+def load_saved(pairs: str, n: int) -> tuple[dict, dict]:
+    """``MODE=FILE;...``: a child's ``--save`` output, or a ``--trace`` file (its rows)."""
+    from pymatgen.core import Structure
+
+    summaries, minima = {}, {}
+    for pair in pairs.split(";"):
+        mode, _, path = pair.partition("=")
+        saved = json.loads(Path(path).read_text())
+        if "cands" in saved:  # a trace: every candidate's end
+            rows = [{"status": c["status"], "energy_per_atom": c["e"], "steps": c["steps"],
+                     "reason": c["reason"],
+                     "structure": Structure.from_dict(c["structure"]) if c["structure"] else None}
+                    for c in saved["cands"]]  # fmt: skip
+            found = lowest_unique(rows, k=len(rows))
+            statuses: dict[str, int] = {}
+            for r in rows:
+                statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+            evals = sum(c["evals"] for c in saved["cands"])
+            cpu = saved.get("cpu")
+            summaries[mode] = {
+                "evaluations": evals, "evaluations_per_relaxation": round(evals / n, 1),
+                "cpu_s_per_relaxation": round(cpu / n, 2) if cpu else None, "statuses": statuses,
+                "lowest5": [round(e, 4) for e, _ in found[:5]],
+            }  # fmt: skip
+            minima[mode] = found
+        else:
+            summaries[mode] = saved["summary"]
+            minima[mode] = [(e, Structure.from_dict(d)) for e, d in saved["minima"]]
     return summaries, minima
 
 
@@ -244,13 +299,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--modes", default="today;ase;new", help="';' list; new:KEY=VALUE,...")
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
     p.add_argument("--parallel", action="store_true", help="each mode in its own process")
+    p.add_argument("--jobs", type=int, help="with --parallel: at most this many at once")
+    p.add_argument("--combine", help="MODE=FILE;... compare saved runs (--save or --trace files)")
+    p.add_argument("--trace", help="new modes: write every step of every candidate here (JSON)")
     p.add_argument("--save", help=argparse.SUPPRESS)  # a child of --parallel writes here
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
     modes = args.modes.split(";")
     results: dict = {"n": args.n, "formula": args.formula, "atoms": args.atoms,
                      "seed": args.seed, "modes": {}}  # fmt: skip
-    if args.parallel:
+    if args.combine:
+        try:
+            results["modes"], minima = load_saved(args.combine, args.n)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: cannot read --combine {args.combine!r}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif args.parallel:
         results["modes"], minima = run_parallel(modes, argv)
     else:
         import torch
@@ -273,14 +337,15 @@ def main(argv: list[str] | None = None) -> dict:
             }))  # fmt: skip
             return results
     ref_mode = next((m for m in minima if m.startswith("today")), next(iter(minima)))
-    ref = minima[ref_mode]
+    ref = minima[ref_mode][:5]
     base = results["modes"][ref_mode]
     for mode, r in results["modes"].items():
         same, worst = same_minima(ref, minima[mode])
         r["same_lowest5_as_" + ref_mode] = same
         r["worst_gap_mev"] = None if not np.isfinite(worst) else round(worst * 1000, 2)
         r["fewer_evaluations_x"] = round(base["evaluations"] / max(r["evaluations"], 1), 2)
-        r["cpu_speedup_x"] = round(base["cpu_s_per_relaxation"] / r["cpu_s_per_relaxation"], 2)
+        cpu_base, cpu = base["cpu_s_per_relaxation"], r["cpu_s_per_relaxation"]
+        r["cpu_speedup_x"] = round(cpu_base / cpu, 2) if cpu_base and cpu else None
     print(json.dumps(results, indent=None if args.json else 2))
     return results
 

@@ -158,6 +158,7 @@ class _Run:
     target: float  # the force tolerance it is relaxing to now (fmax_screen, then fmax)
     started: float
     symmetric: bool = False  # still in the symmetry-constrained first stage
+    held: int = 0  # consecutive evaluations with the forces below the screening tolerance
     steps: int = 0
     evaluations: int = 0
     energy0: float | None = None
@@ -197,6 +198,8 @@ def relax_structures(
     symmetry_stage: bool = _DEFAULTS.symmetry_stage,
     prune: PruneSettings | None = None,
     batch_atoms: int | None = _DEFAULTS.batch_atoms,
+    trace: Callable[[int, int, float, float, float], None] | None = None,
+    finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
 ) -> list[RelaxOutcome]:
     """Relax positions and cell of every structure with one loaded model, batch kept full.
 
@@ -241,6 +244,12 @@ def relax_structures(
         "the best so far" is per reduced composition.
     batch_atoms
         Atoms in flight per model call (default: the model's ``batch_atoms``).
+    finish_optimizer
+        With screening: the optimizer that takes a screened structure from ``fmax_screen`` to
+        ``fmax`` (a fresh one; None: ``optimizer`` goes on with its state).
+    trace
+        Called as ``trace(index, step, energy_per_atom, fmax, volume_ratio)`` after every
+        evaluation that passed the filters (benchmarks record trajectories with it).
 
     Returns
     -------
@@ -258,8 +267,10 @@ def relax_structures(
 
     filters = filters or RelaxFilters()
     opt_cls = _optimizer(optimizer)
+    finish_cls = _optimizer(finish_optimizer) if finish_optimizer else None
     rule = prune if prune is not None and prune.enabled else None
     screen = fmax_screen if rule is not None and fmax_screen and fmax_screen > fmax else fmax
+    hold = rule.screen_hold if rule is not None else 1
     atoms_list = [_to_atoms(s) for s in structures]
     model.check_elements({int(z) for a in atoms_list for z in a.numbers})
     budget = batch_atoms or getattr(model, "batch_atoms", None) or CPU_BATCH_ATOMS
@@ -298,8 +309,58 @@ def relax_structures(
         opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
         return _Run(k, atoms, opt, atoms.get_volume(), screen, time.monotonic(), symmetry_stage)
 
+    def advance(run: _Run, gradient: np.ndarray) -> None:
+        # the step reuses this gradient: FrechetCellFilter's matrix exponential is the
+        # costliest part of a step outside the model (docs/relax.md)
+        run.opt.optimizable.get_gradient = lambda g=gradient: g
+        try:
+            run.opt.step()
+        finally:
+            del run.opt.optimizable.get_gradient
+        run.opt.nsteps += 1
+        run.steps += 1
+
+    # screened structures wait here (optimizer state kept) until every structure is screened
+    parked: list[tuple[_Run, float, np.ndarray, str]] = []
+
+    def park(run: _Run, e_atom: float, gradient: np.ndarray, how: str) -> None:
+        key = formulas[run.index]
+        best[key] = min(best.get(key, np.inf), e_atom)
+        parked.append((run, e_atom, gradient, how))
+
+    def resume() -> list[_Run]:
+        """Finish the parked structures within the window of the best screened; prune the rest."""
+        assert rule is not None
+        back: list[_Run] = []
+        for run, e_atom, gradient, how in parked:
+            low = best[formulas[run.index]]
+            if e_atom > low + rule.window:
+                run.atoms.set_constraint()
+                reason = (
+                    f"screened ({how}): E {e_atom:.4f} eV/atom at step {run.steps} > best "
+                    f"screened {low:.4f} + window {rule.window:g}"
+                )
+                out = RelaxOutcome(_to_structure(run.atoms), e_atom, run.steps, False,
+                                   run.fmax, reason, pruned=True)  # fmt: skip
+                finish(run, run.index, out)
+            elif run.opt.optimizable.converged(gradient, fmax):
+                struct = _to_structure(run.atoms)
+                finish(run, run.index, RelaxOutcome(struct, e_atom, run.steps, True, run.fmax))
+            else:
+                run.target = fmax
+                if finish_cls is not None:  # a fresh optimizer from here (no model call)
+                    run.opt = finish_cls(FrechetCellFilter(run.atoms), logfile=None)  # type: ignore[arg-type]
+                    gradient = run.opt.optimizable.get_gradient()
+                advance(run, gradient)
+                back.append(run)
+        parked.clear()
+        return back
+
     active: list[_Run] = []
-    while active or pending:
+    while active or pending or parked:
+        if not active and not pending:
+            active = resume()
+            continue
         in_flight = sum(len(r.atoms) for r in active)
         room = batch_budget([len(atoms_list[k]) for k in pending], budget, in_flight)
         for _ in range(min(room, cap - len(active))):
@@ -355,31 +416,33 @@ def relax_structures(
                 gradient = run.opt.optimizable.get_gradient()
                 converged = run.opt.optimizable.converged(gradient, run.target)
             run.fmax = float(run.opt.optimizable.gradient_norm(gradient))
+            if trace is not None:
+                trace(run.index, steps, e_atom, run.fmax, ratio)
             key = formulas[run.index]
-            if converged and run.target > fmax:
-                low = best[key] = min(best.get(key, np.inf), e_atom)
-                assert rule is not None  # a screening tolerance is only used with pruning on
-                # the same test as every k steps: at fmax_screen the forces are small, but a
-                # structure still sliding down a soft direction keeps its recent slope
-                verdict = _verdict(run, e_atom, ev, atoms.get_volume(), low, rule)
-                if verdict.prune:
-                    fail(f"reached fmax_screen {run.target:g}; {verdict.reason(steps)}",
-                         pruned=True)  # fmt: skip
-                    continue
-                run.target = fmax
-                converged = run.opt.optimizable.converged(gradient, fmax)
+            screening = run.target > fmax
+            if screening:
+                # screened only once the forces stay low: FIRE passes saddles with small forces
+                run.held = run.held + 1 if converged else 0
+                converged = run.held >= hold
             if converged or (steps and steps % filters.check_every == 0):
                 reason = check_geometry(atoms, filters)
                 if reason is not None:
                     fail(f"{reason} at step {steps}")
                     continue
+            if converged and screening:
+                park(run, e_atom, gradient, f"fmax {run.fmax:.3g} <= {run.target:g}")
+                continue
             if converged:
                 best[key] = min(best.get(key, np.inf), e_atom)
                 struct = _to_structure(atoms)
                 finish(run, run.index, RelaxOutcome(struct, e_atom, steps, True, run.fmax))
                 continue
+            if screening and rule is not None and rule.screen_steps and steps >= rule.screen_steps:
+                park(run, e_atom, gradient, f"step cap {rule.screen_steps}, fmax {run.fmax:.3g}")
+                continue
             if (
                 rule is not None
+                and rule.descent
                 and key in best
                 and steps >= rule.min_steps
                 and steps % rule.every == 0
@@ -394,15 +457,7 @@ def relax_structures(
             if max_seconds is not None and time.monotonic() - run.started > max_seconds:
                 fail(f"time limit {max_seconds:g} s reached after {steps} steps")
                 continue
-            # the step reuses this gradient: FrechetCellFilter's matrix exponential is the
-            # costliest part of a step outside the model (docs/relax.md)
-            run.opt.optimizable.get_gradient = lambda g=gradient: g
-            try:
-                run.opt.step()
-            finally:
-                del run.opt.optimizable.get_gradient
-            run.opt.nsteps += 1
-            run.steps += 1
+            advance(run, gradient)
             still.append(run)
         active = still
     return [o for o in outcomes if o is not None]

@@ -102,6 +102,7 @@ def prerelax_candidates(
     dispersion: str | None = _DEFAULTS.dispersion,
     fmax_screen: float | None = _DEFAULTS.fmax_screen,
     symmetry_stage: bool = _DEFAULTS.symmetry_stage,
+    finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
     prune: PruneSettings | dict | None = None,
     batch_atoms: int | None = _DEFAULTS.batch_atoms,
     db: Database | None = None,
@@ -128,7 +129,7 @@ def prerelax_candidates(
         Further model specs; with any, the disagreement of ``[model, *committee]`` on each
         relaxed structure is stored under ``relaxed.mlip.committee``.
     fmax, max_steps, optimizer, filters, batched, max_seconds, fmax_screen, symmetry_stage, \
-    batch_atoms
+    finish_optimizer, batch_atoms
         See :func:`~cspflow.prerelax.relax.relax_structures`.
     prune
         The early-stopping rule (default: :class:`~cspflow.schemas.prerelax.PruneSettings`'s);
@@ -198,6 +199,8 @@ def prerelax_candidates(
     }
     if dispersion is not None:  # only when set: keys of runs without it stay as they were
         run_settings["dispersion"] = dispersion
+    if finish_optimizer is not None:  # likewise
+        run_settings["finish_optimizer"] = finish_optimizer
     summary = PrerelaxSummary(
         model_id=mlip.model_id,
         dispersion=dispersion,
@@ -227,6 +230,7 @@ def prerelax_candidates(
         max_seconds=max_seconds,
         fmax_screen=fmax_screen,
         symmetry_stage=symmetry_stage,
+        finish_optimizer=finish_optimizer,
         prune=rule,
         batch_atoms=batch_atoms,
     )
@@ -327,7 +331,7 @@ class PrerelaxMaker(Maker):
     settings
         The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
         max_steps, optimizer, filters, batched, max_seconds, dedup, fmax_screen, symmetry_stage,
-        prune, batch_atoms); a campaign passes its spec's ``prerelax`` block.
+        finish_optimizer, prune, batch_atoms); a campaign passes its spec's ``prerelax`` block.
     """
 
     name: str = "prerelax"
