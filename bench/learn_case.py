@@ -22,6 +22,11 @@ nothing new.
     OMP_NUM_THREADS=1 nice -n 5 python bench/learn_case.py BaCl2 Cotunnite Fluorite Pyrite \\
         --dft cell [--json]
 
+``--finetune HOLDOUT ...`` then fine-tunes CHGNet on the other types' DFT frames (the learn
+stage's :func:`cspflow.learn.train.train_chgnet`) and prints the learning table: held-out
+figures, relative energies and ranks at the DFT geometries and a re-screen, CHGNet 0.3.0 before
+and the fine-tuned model after (``bench/_finetune.py``).
+
 Errors a user can cause print one line ``error: ...`` on stderr and exit 2, writing nothing.
 """
 
@@ -346,6 +351,53 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_finetune(labels: list[str], holdout: list[str], epochs: int, dft: str) -> None:
+    """One-line errors for ``--finetune`` before anything runs."""
+    import importlib.util
+
+    if dft == "none":
+        raise CaseError("--finetune needs DFT frames; leave out --dft none")
+    unknown = sorted(set(holdout) - set(labels))
+    if unknown:
+        raise CaseError(f"--finetune holds out a type not listed: {', '.join(unknown)}")
+    if len(set(holdout)) >= len(labels):
+        raise CaseError("--finetune must leave at least one type to train on")
+    if epochs < 1:
+        raise CaseError(f"--epochs must be at least 1, not {epochs}")
+    import cspflow.learn.train as train
+
+    if not hasattr(train, "train_chgnet") or importlib.util.find_spec("chgnet") is None:
+        raise CaseError("--finetune needs CHGNet fine-tuning (cspflow.learn.train.train_chgnet)")
+
+
+def finetune(formula: str, labels: list[str], args: argparse.Namespace, level: Level) -> dict:
+    """Run the ``--finetune`` step on ``level``'s frames (:mod:`_finetune`)."""
+    from pymatgen.core import Structure
+
+    from cspflow.errors import CspflowError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _finetune import finetune_case
+
+    frames, starts = {}, {}
+    for lb in labels:
+        path = _cache(args.work, formula, lb, level.tag)
+        row = json.loads(path.read_text()) if path.exists() else None
+        if not distinct_frames(row):
+            raise CaseError(f"--finetune needs {level.tag} frames of every type; {lb} has none")
+        frames[lb] = distinct_frames(row)
+        chg = json.loads(_cache(args.work, formula, lb, "chgnet").read_text())
+        starts[lb] = Structure.from_dict(chg["start"])
+    tag = "_".join(h.replace(" ", "-") for h in args.finetune)
+    work = args.work / formula / f"finetune_{level.tag}_{tag}_e{args.epochs}_s{args.seed}"
+    log(f"fine-tuning CHGNet on {len(labels) - len(args.finetune)} types, holding out {tag}")
+    try:
+        return finetune_case(frames, list(args.finetune), starts, work, args.epochs, args.seed,
+                             args.fmax)  # fmt: skip
+    except CspflowError as exc:
+        raise CaseError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("formula", help="composition, e.g. BaCl2")
@@ -381,6 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         help="cache of per-type results",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where extxyz and json go")
+    parser.add_argument(
+        "--finetune",
+        nargs="+",
+        default=None,
+        metavar="HOLDOUT",
+        help="fine-tune CHGNet on the other types' DFT frames; judge on these (bench/_finetune.py)",
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="--finetune: CHGNet epochs")
+    parser.add_argument("--seed", type=int, default=1, help="--finetune: training seed")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)  # fmt: skip
     try:
@@ -421,15 +482,21 @@ def main(argv: list[str] | None = None) -> int:
             raise CaseError(
                 f"--only names a type not listed: {sorted(set(args.only) - set(labels))}"
             )
+        if args.finetune is not None:
+            check_finetune(labels, args.finetune, args.epochs, args.dft)
         run_chgnet(formula, types, args.work, args.fmax)
         if args.dft != "none":
             for lb in args.only if args.only is not None else labels:
                 run_dft(formula, lb, args.work, level)
         result = table(formula, labels, args.work, level)
+        if args.finetune is not None:
+            result["finetune"] = finetune(formula, labels, args, level)
     except CaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     suffix = formula if level == DEFAULT else f"{formula}_{level.tag}"
+    if args.finetune is not None:
+        suffix += "_finetune_" + "_".join(lb.replace(" ", "-") for lb in args.finetune)
     if args.dft != "none":
         n = write_extxyz(
             formula, labels, args.work, level, args.out / f"learn_case_{suffix}.extxyz"
@@ -441,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(render(result))
+        if "finetune" in result:
+            from _finetune import render as render_finetune
+
+            print(render_finetune(result["finetune"]))
     return 0
 
 

@@ -101,6 +101,14 @@ def test_same_ranking_within_10_meV_does_not_qualify(tmp_path):
         (["BaCl2", "Fluorite", "--preset", "huge"], "error: unknown gpaw preset 'huge'"),
         (["BaCl2", "Fluorite", "--only", "Rutile"], "error: --only names a type not listed"),
         (["BaCl2", "Fluorite", "--ecut", "-5"], "error: --ecut must be positive, not -5"),
+        (
+            ["BaCl2", "Fluorite", "Rutile", "--finetune", "Pyrite"],
+            "error: --finetune holds out a type not listed: Pyrite",
+        ),
+        (
+            ["BaCl2", "Fluorite", "Rutile", "--finetune", "Fluorite", "Rutile"],
+            "error: --finetune must leave at least one type to train on",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
