@@ -1,14 +1,18 @@
 """The one seam to torch and the MLIP packages (MACE, CHGNet): model specs, loading, evaluation.
 
-Nothing else in cspflow imports torch, ``mace`` or ``chgnet``. A model is named by a spec:
+Nothing else in cspflow imports torch, ``mace`` or ``chgnet``, besides its two helpers
+:mod:`cspflow.mlip_d3` (D3 dispersion) and :mod:`cspflow.mlip_chgnet` (CHGNet loading and
+fine-tuning). A model is named by a spec:
 
 ``chgnet``
     CHGNet 0.3.0; its weights ship inside the chgnet wheel, so it works offline (the default).
+``chgnet:PATH``
+    A fine-tuned CHGNet file (``CHGNet.from_file``; what :mod:`cspflow.mlip_chgnet` writes).
 ``mace:PATH``
     Any MACE model file (one trained by cspflow, or a foundation model the cluster has on disk).
 ``registry:ID``
-    A MACE model from cspflow's registry (:mod:`cspflow.models`): the ``models`` collection,
-    with the file in GridFS.
+    A model from cspflow's registry (:mod:`cspflow.models`): the ``models`` collection, with the
+    file in GridFS; its record's ``kind`` (``mace`` or ``chgnet``) says how to load it.
 
 :func:`load_model` returns a :class:`LoadedModel` that evaluates a list of ASE ``Atoms`` at
 once: MACE models evaluate the whole list as one batch of graphs (one forward pass), CHGNet
@@ -30,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cspflow.errors import CspflowError
-from cspflow.models import fetch_registry_model
+from cspflow.mlip_chgnet import CHGNET_VERSION
+from cspflow.models import fetch_registry_model, registry_kind
 from cspflow.settings import get_settings
 
 if TYPE_CHECKING:
@@ -47,7 +52,6 @@ __all__ = [
     "committee_disagreement",
 ]
 
-CHGNET_VERSION = "0.3.0"
 _CHGNET_MAX_Z = 94  # CHGNet 0.3.0 was trained on MPtrj, which covers H..Pu
 
 
@@ -75,6 +79,15 @@ def parse_model_spec(spec: str) -> ModelSpec:
     kind = kind.lower()
     if kind == "chgnet" and not value:
         return ModelSpec("chgnet")
+    if kind == "chgnet":
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise CspflowError(
+                f"CHGNet model file {path} not found; give a fine-tuned CHGNet file as "
+                "chgnet:PATH, or 'chgnet' for the universal 0.3.0 weights"
+            )
+        _check_torch_file(path, "CHGNet")
+        return ModelSpec("chgnet", str(path.resolve()))
     if kind == "mace" and value:
         path = Path(value).expanduser()
         if not path.is_file():
@@ -86,11 +99,12 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if kind == "registry" and value:
         return ModelSpec("registry", value)
     raise CspflowError(
-        f"unknown model spec {spec!r}; use 'chgnet', 'mace:PATH' or 'registry:MODEL_ID'"
+        f"unknown model spec {spec!r}; use 'chgnet', 'chgnet:PATH', 'mace:PATH' or "
+        "'registry:MODEL_ID'"
     )
 
 
-def _check_torch_file(path: Path) -> None:
+def _check_torch_file(path: Path, family: str = "MACE") -> None:
     """Refuse a file that cannot be a saved torch model before torch and MACE are imported.
 
     ``torch.save`` writes a zip archive (or, in its legacy format, a pickle); a CIF, an extxyz
@@ -102,11 +116,12 @@ def _check_torch_file(path: Path) -> None:
         with open(path, "rb") as fh:
             head = fh.read(2)
     except OSError as exc:
-        raise CspflowError(f"cannot read MACE model file {path} ({exc.strerror})") from None
+        raise CspflowError(f"cannot read {family} model file {path} ({exc.strerror})") from None
+    source = "mace_run_train output" if family == "MACE" else "cspflow's fine-tuning output"
     if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
         raise CspflowError(
-            f"{path} is not a loadable MACE model (not a saved torch file); give a MACE .model "
-            "file (mace_run_train output, or `cspflow model export`)"
+            f"{path} is not a loadable {family} model (not a saved torch file); give a "
+            f"{family} model file ({source}, or `cspflow model export`)"
         )
 
 
@@ -166,6 +181,8 @@ class LoadedModel:
         Dispersion correction added to every evaluation (``d3bj``), or None.
     batch_atoms
         Atoms the relaxation engine keeps in flight per model call (:func:`batch_atoms_for`).
+    family
+        ``chgnet`` or ``mace``: the architecture (a ``registry:`` spec may be either).
     """
 
     spec: ModelSpec
@@ -179,6 +196,7 @@ class LoadedModel:
     _backend: Any = field(default=None, repr=False)
     dispersion: str | None = None
     _d3: Any = field(default=None, repr=False)
+    family: str = "mace"
 
     def check_elements(self, numbers: set[int] | list[int]) -> None:
         """Raise a one-line CspflowError when the model does not cover every element."""
@@ -211,7 +229,7 @@ class LoadedModel:
         use_batch = self.batched if batched is None else (batched and self.batched)
         if not use_batch:
             evals = [self._evaluate_one(a) for a in atoms_list]
-        elif self.spec.kind == "chgnet":
+        elif self.family == "chgnet":
             evals = self._evaluate_chgnet(atoms_list)
         else:
             evals = self._evaluate_mace(atoms_list)
@@ -340,8 +358,8 @@ def load_model(
     Raises
     ------
     CspflowError
-        Unknown spec, missing file, unknown registry id, a file that is not a MACE model,
-        or cuda requested without a CUDA device.
+        Unknown spec, missing file, unknown registry id, a file that is not a model of its
+        architecture (MACE or CHGNet), or cuda requested without a CUDA device.
     """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     dev = resolve_device(device)
@@ -354,29 +372,48 @@ def load_model(
     return loaded
 
 
+def _load_chgnet(parsed: ModelSpec, dev: str, path: Path | None, model_id: str) -> LoadedModel:
+    """CHGNet: the universal weights (``path`` None) or a fine-tuned file."""
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from cspflow.mlip_chgnet import load_chgnet
+
+    with _quiet_stdout():
+        try:
+            model = load_chgnet(path)
+        except Exception as exc:  # torch/pickle raise many types for a file that is no CHGNet
+            detail = (str(exc).splitlines() or [""])[0]
+            raise CspflowError(
+                f"{path} is not a loadable CHGNet model ({type(exc).__name__}: {detail}); give "
+                "a fine-tuned CHGNet file (cspflow's learn output, or `cspflow model export`)"
+            ) from None
+        model = model.to(dev)
+        chgnet_calc = CHGNetCalculator(model=model, use_device=dev, on_isolated_atoms="ignore")
+    return LoadedModel(
+        parsed,
+        model_id,
+        dev,
+        chgnet_calc,
+        elements=None,
+        chunk_size=16 if dev == "cpu" else 128,
+        batch_atoms=batch_atoms_for(dev),
+        _backend=model,
+        family="chgnet",
+    )
+
+
 def _load_model(parsed: ModelSpec, dev: str, db: Database | None) -> LoadedModel:
+    if parsed.kind == "chgnet" and parsed.value is None:
+        return _load_chgnet(parsed, dev, None, f"chgnet-{CHGNET_VERSION}")
+    assert parsed.value is not None  # parse_model_spec gives the other specs a value
     if parsed.kind == "chgnet":
-        from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        with _quiet_stdout():
-            model = CHGNet.load(model_name=CHGNET_VERSION, use_device=dev, verbose=False)
-            chgnet_calc = CHGNetCalculator(model=model, use_device=dev, on_isolated_atoms="ignore")
-        return LoadedModel(
-            parsed,
-            f"chgnet-{CHGNET_VERSION}",
-            dev,
-            chgnet_calc,
-            elements=None,
-            chunk_size=16 if dev == "cpu" else 128,
-            batch_atoms=batch_atoms_for(dev),
-            _backend=model,
-        )
-
-    assert parsed.value is not None  # parse_model_spec gives mace and registry specs a value
+        path = Path(parsed.value)
+        return _load_chgnet(parsed, dev, path, f"chgnet-{_sha12(path)}")
     if parsed.kind == "registry":
         path = fetch_registry_model(parsed.value, db=db)
         model_id = parsed.value
+        if registry_kind(model_id, db=db) == "chgnet":
+            return _load_chgnet(parsed, dev, path, model_id)
     else:
         path = Path(parsed.value)
         if not path.is_file():

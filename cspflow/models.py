@@ -35,6 +35,7 @@ __all__ = [
     "fetch_model",
     "fetch_registry_model",
     "export_model",
+    "registry_kind",
 ]
 
 #: GridFS bucket of model files (:func:`fetch_registry_model` reads this bucket).
@@ -56,14 +57,15 @@ def _sha256(path: Path) -> str:
 def register_model(db: Database, path: Path, doc: dict[str, Any]) -> ModelDoc:
     """Store a model file in GridFS and its record in ``models``; return the record.
 
-    The id is ``mace-<sha256[:12]>`` of the file (what ``mace:PATH`` reports as model id as
-    well); registering the same file again returns the stored record.
+    The id is ``<kind>-<sha256[:12]>`` of the file (``doc["kind"]``: ``mace``, the default,
+    or ``chgnet``; what ``mace:PATH`` / ``chgnet:PATH`` report as model id as well);
+    registering the same file again returns the stored record.
     """
     import gridfs
 
     path = Path(path)
     sha = _sha256(path)
-    model_id = doc.get("model_id") or f"mace-{sha[:12]}"
+    model_id = doc.get("model_id") or f"{doc.get('kind') or 'mace'}-{sha[:12]}"
     existing = db["models"].find_one({"model_id": model_id}, {"_id": 0})
     if existing is not None:
         return ModelDoc.model_validate(existing)
@@ -159,6 +161,17 @@ def lineage(db: Database, model_id: str, limit: int = 50) -> list[str]:
         chain.append(doc["parent"])
         doc = db["models"].find_one({"model_id": doc["parent"]}, {"parent": 1})
     return chain
+
+
+def registry_kind(model_id: str, db: Database | None = None) -> str:
+    """The architecture of registry model ``model_id``: its record's ``kind`` (``mace`` for
+    records written before CHGNet fine-tuning, which have none)."""
+    if db is None:
+        from cspflow.store import get_database
+
+        db = get_database()
+    doc = db["models"].find_one({"model_id": model_id}, {"kind": 1})
+    return str((doc or {}).get("kind") or "mace")
 
 
 def fetch_model(model_id: str, db: Database | None = None, cache_dir: Path | None = None) -> Path:

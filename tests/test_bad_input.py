@@ -59,6 +59,19 @@ FILES = {
     "cp2k.yaml": spec("cp2k", "dft: {engine: cp2k}\n"),
     "gpaw.yaml": spec("gpaw", "dft: {engine: gpaw}\n"),
     "ok.yaml": spec("ok", "dft: {engine: none}\n"),
+    "chgnet_multihead.yaml": spec(
+        "cm", "dft: {engine: gpaw}\nlearn: {enabled: true, model: chgnet, finetune: multihead}\n"
+    ),
+    "chgnet_mace_foundation.yaml": spec(
+        "cf",
+        "dft: {engine: gpaw}\nlearn: {enabled: true, model: chgnet, "
+        "foundation_model: 'mace:si.cif'}\n",
+    ),
+    "missing_foundation.yaml": spec(
+        "mf",
+        "dft: {engine: gpaw}\nlearn: {enabled: true, model: chgnet, "
+        "foundation_model: 'chgnet:/nonexistent/ft.pth.tar'}\n",
+    ),
     "gpaw_mp2020.yaml": spec("gc", "dft: {engine: gpaw, correction: mp2020}\n"),
     "gpaw_mp_refs.yaml": spec("gr", "references: 'pymatgen:mp'\ndft: {engine: gpaw}\n"),
     "d4_prerelax.yaml": spec("d4p", "dft: {engine: none}\nprerelax: {dispersion: d4}\n"),
@@ -100,7 +113,7 @@ CASES = [
     ("wrong-model-type-relax", ["relax", "si.cif", "-o", "out", "--model", "mace:si.cif"], {},
      ["si.cif is not a loadable MACE model"]),
     ("unknown-model-relax", ["relax", "si.cif", "-o", "out", "--model", "schnet"], {},
-     ["unknown model spec 'schnet'", "'chgnet', 'mace:PATH' or 'registry:MODEL_ID'"]),
+     ["unknown model spec 'schnet'", "'chgnet', 'chgnet:PATH', 'mace:PATH' or 'registry:MODEL_ID'"]),
     ("missing-vasp", ["campaign", "run", "vasp.yaml"], {},
      ["no VASP command is configured", "CSPFLOW_VASP_CMD"]),
     ("missing-vasp-dft", ["dft", "relax", "si.cif", "--engine", "vasp", "--out", "out"], {},
@@ -119,6 +132,12 @@ CASES = [
     ("unreachable-database", ["campaign", "status", "keep"],
      {"CSPFLOW_DB_URI": "mongodb://alice:s3cret-pw@127.0.0.1:{port}/?authSource=admin"},
      ["cannot reach the database at mongodb://alice:***@127.0.0.1", "CSPFLOW_DB_URI"]),
+    ("learn-chgnet-multihead", ["campaign", "submit", "chgnet_multihead.yaml"], {},
+     ["learn.model chgnet fine-tunes CHGNet naively", "multihead fine-tuning and replay_file are MACE's"]),
+    ("learn-chgnet-mace-foundation", ["campaign", "submit", "chgnet_mace_foundation.yaml"], {},
+     ["learn.foundation_model mace:si.cif is a MACE model but learn.model is chgnet"]),
+    ("learn-missing-foundation", ["campaign", "submit", "missing_foundation.yaml"], {},
+     ["learn.foundation_model: CHGNet model file /nonexistent/ft.pth.tar not found"]),
     ("correction-non-vasp", ["campaign", "submit", "gpaw_mp2020.yaml"], {},
      ["dft.correction mp2020 is for VASP energies", "remove dft.correction"]),
     ("mp-references-non-vasp", ["campaign", "submit", "gpaw_mp_refs.yaml"], {},

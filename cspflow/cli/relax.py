@@ -19,7 +19,8 @@ def relax(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for relaxed CIFs.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="chgnet, mace:PATH or registry:MODEL_ID.")
+        str,
+        typer.Option("--model", "-m", help="chgnet, chgnet:PATH, mace:PATH or registry:MODEL_ID."),
     ] = "chgnet",
     fmax: Annotated[float, typer.Option("--fmax", help="Force convergence (eV/A).")] = 0.05,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Steps per structure.")] = 300,

@@ -189,26 +189,41 @@ def _metrics_row(metrics: dict | None) -> tuple[str, str]:
     return _fmt(m.get("energy_mae_mev_per_atom")), _fmt(m.get("force_mae_mev_per_a"))
 
 
+def _deciding_row(metrics: dict | None) -> tuple[str, str, str]:
+    """The figures promotion decides on: relative-energy MAE, rank correlation, force MAE on
+    frames with forces (with their frame count)."""
+    m = metrics or {}
+    force = _fmt(m.get("force_mae_moving_mev_per_a"))
+    if m.get("force_mae_moving_mev_per_a") is not None:
+        force += f" ({m.get('n_force_frames', 0)})"
+    return (
+        _fmt(m.get("relative_energy_mae_mev_per_atom")),
+        _fmt(m.get("rank_correlation"), 2),
+        force,
+    )
+
+
 def model_table(rows: list[dict]):
     """``cspflow model list``: registered models with held-out errors and promotion state."""
     from rich.table import Table
 
     t = Table(
         title=f"MLIP registry ({len(rows)} model{'s' if len(rows) != 1 else ''}); "
-        "held-out MAE: E meV/atom, F meV/A"
+        "held-out: relative-energy MAE meV/atom, rank correlation, force MAE meV/A (frames)"
     )
     t.add_column("model_id", no_wrap=True)  # ids are copied into commands: never cut them
     t.add_column("chemsys")
     t.add_column("created")
+    t.add_column("kind")
     t.add_column("parent", no_wrap=True)
-    for col in ("frames", "E MAE", "F MAE", "promoted"):
+    for col in ("frames", "rel. E MAE", "rank", "F MAE", "promoted"):
         t.add_column(col)
     for r in rows:
-        e, f = _metrics_row((r.get("metrics") or {}).get("new"))
+        e, rank, f = _deciding_row((r.get("metrics") or {}).get("new"))
         t.add_row(
-            r["model_id"], r["chemsys"], str(r.get("created_at", ""))[:10], r.get("parent") or "-",
-            str((r.get("training_set") or {}).get("n_frames", "-")), e, f,
-            "yes" if r.get("promoted") else "no",
+            r["model_id"], r["chemsys"], str(r.get("created_at", ""))[:10], r.get("kind") or "mace",
+            r.get("parent") or "-", str((r.get("training_set") or {}).get("n_frames", "-")), e,
+            rank, f, "yes" if r.get("promoted") else "no",
         )  # fmt: skip
     return t
 
@@ -219,7 +234,7 @@ def model_show(doc: dict, chain: list[str]) -> list:
 
     out: list = []
     ts = doc.get("training_set") or {}
-    out.append(f"[bold]{doc['model_id']}[/bold]  {doc['chemsys']}  created {str(doc['created_at'])[:19]}"
+    out.append(f"[bold]{doc['model_id']}[/bold] ({doc.get('kind') or 'mace'})  {doc['chemsys']}  created {str(doc['created_at'])[:19]}"
                f"  campaign {doc.get('campaign') or '-'} iteration {doc.get('iteration', '-')}")  # fmt: skip
     out.append(f"lineage: {' <- '.join(chain)}")
     if doc.get("foundation_model"):
@@ -232,12 +247,14 @@ def model_show(doc: dict, chain: list[str]) -> list:
                     f"{len(ts.get('test_candidate_ids', []))} candidate(s), hash {ts.get('test_hash', '')}")  # fmt: skip
     t.add_column("")
     t.add_column("model", no_wrap=True)
-    t.add_column("energy MAE (meV/atom)")
-    t.add_column("force MAE (meV/A)")
+    for col in ("rel. E MAE (meV/atom)", "rank corr.", "F MAE, frames with forces (meV/A)",
+                "abs. E MAE (meV/atom, info)", "F MAE, all (meV/A)"):  # fmt: skip
+        t.add_column(col)
     for label, key in (("before (current)", "current"), ("after (this model)", "new")):
         m = metrics.get(key)
         e, f = _metrics_row(m)
-        t.add_row(label, (m or {}).get("model", "-") if m else "none", e, f)
+        t.add_row(label, (m or {}).get("model", "-") if m else "none", *_deciding_row(m), e, f)
+    t.caption = "promotion decides on relative-energy MAE, then rank, then forces (docs/learn.md)"
     out.append(t)
     e0s = ", ".join(f"{el} {v:.4f}" for el, v in sorted((doc.get("e0s") or {}).items()))
     out.append(
@@ -246,6 +263,9 @@ def model_show(doc: dict, chain: list[str]) -> list:
         f"from {len(ts.get('candidate_ids', []))} candidates, hash {ts.get('set_hash', '')}"
     )
     out.append(f"E0s (eV): {e0s or '-'}")
+    if doc.get("energy_shift"):
+        shift = ", ".join(f"{el} {v:+.4f}" for el, v in sorted(doc["energy_shift"].items()))
+        out.append(f"energy shift into CHGNet's composition model (eV/atom): {shift}")
     if doc.get("committee"):
         out.append(f"committee: {', '.join(doc['committee'])}")
     return out

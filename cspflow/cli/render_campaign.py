@@ -31,9 +31,13 @@ __all__ = [
 ]
 
 
-def _mae(metrics: dict | None, key: str) -> str:
+def _mae(metrics: dict | None, key: str, digits: int = 1) -> str:
     value = (metrics or {}).get(key)
-    return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# the held-out figures that decide promotion (docs/learn.md); force MAE on frames with forces
+rel, force = "relative_energy_mae_mev_per_atom", "force_mae_moving_mev_per_a"
 
 
 def learn_table(iterations: list[dict]):
@@ -44,13 +48,13 @@ def learn_table(iterations: list[dict]):
     if not rounds:
         return None
     t = Table(title="learning rounds (held-out DFT frames: current model -> new model)")
-    for col in ("iteration", "model", "frames", "E MAE meV/atom", "F MAE meV/A", "promoted",
-                "re-screened"):  # fmt: skip
+    for col in ("iteration", "model", "frames", "rel. E MAE meV/atom", "rank corr.",
+                "F MAE meV/A", "promoted", "re-screened"):  # fmt: skip
         t.add_column(col)
     for it in rounds:
         rec = it["learn"]
         if not rec.get("trained"):
-            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-",
+            t.add_row(str(it["iteration"]), "-", str(rec.get("n_frames") or "-"), "-", "-", "-",
                       "no", rec.get("reason") or "")  # fmt: skip
             continue
         m = rec.get("metrics") or {}
@@ -62,10 +66,14 @@ def learn_table(iterations: list[dict]):
             + (f", new best {','.join(rs['best_changed'])}" if rs.get("best_changed") else "")
         )  # fmt: skip
         t.add_row(str(it["iteration"]), str(rec.get("model_id")), str(rec.get("n_frames")),
-                  f"{_mae(before, 'energy_mae_mev_per_atom')} -> {_mae(after, 'energy_mae_mev_per_atom')}",
-                  f"{_mae(before, 'force_mae_mev_per_a')} -> {_mae(after, 'force_mae_mev_per_a')}",
+                  f"{_mae(before, rel)} -> {_mae(after, rel)}",
+                  f"{_mae(before, 'rank_correlation', 2)} -> {_mae(after, 'rank_correlation', 2)}",
+                  f"{_mae(before, force)} -> {_mae(after, force)}",
                   "yes" if rec.get("promoted") else "no", screened)  # fmt: skip
-    t.caption = "why a model was (not) promoted: `cspflow model show ID`"
+    t.caption = (
+        "relative energies per composition, rank correlation with DFT, forces on frames with "
+        "non-zero DFT forces; why a model was (not) promoted: `cspflow model show ID`"
+    )
     return t
 
 

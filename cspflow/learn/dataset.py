@@ -35,6 +35,7 @@ __all__ = [
     "subsystems",
     "collect_frames",
     "split_frames",
+    "validation_split",
     "build_training_set",
     "fit_e0s",
     "write_extxyz",
@@ -242,6 +243,20 @@ def split_frames(frames: list[Atoms], test_fraction: float) -> tuple[list[Atoms]
     return train, test
 
 
+def validation_split(frames: list[Atoms], fraction: float = 0.1) -> tuple[list[Atoms], list[Atoms]]:
+    """Training frames split into fit and validation by candidate (checkpoint selection).
+
+    The validation candidates are those with the highest split values (the last the held-out
+    rule would ever take), at least one; a set of one candidate validates on itself.
+    """
+    ids = sorted({a.info["candidate_id"] for a in frames}, key=_split_value)
+    if len(ids) < 2:
+        return list(frames), list(frames)
+    val_ids = set(ids[-max(1, int(round(fraction * len(ids)))) :])
+    fit = [a for a in frames if a.info["candidate_id"] not in val_ids]
+    return fit, [a for a in frames if a.info["candidate_id"] in val_ids]
+
+
 def _frames_hash(frames: list[Atoms], labels: bool = True) -> str:
     digest = hashlib.sha256()
     for atoms in sorted(frames, key=lambda a: a.info["frame_id"]):
@@ -269,7 +284,7 @@ def build_training_set(
     ------
     CspflowError
         "too little data: N frames, need at least M" when fewer than ``min_frames`` frames
-        (or no training frame) remain.
+        (at least one), no training frame or no held-out frame remain.
     """
     s = settings or TrainSettings()
     frames, skipped = collect_frames(
@@ -277,7 +292,7 @@ def build_training_set(
         fidelity=(fidelity or {}).get("key"), ionic_steps=s.ionic_steps, max_force=s.max_force,
         max_energy_above_final=s.max_energy_above_final,
     )  # fmt: skip
-    if len(frames) < s.min_frames:
+    if not frames or len(frames) < s.min_frames:
         raise CspflowError(
             f"too little data: {len(frames)} frames, need at least {s.min_frames} "
             f"(converged DFT relaxations of {chemsys}); the current model stays"
@@ -287,6 +302,12 @@ def build_training_set(
         raise CspflowError(
             f"too little data: {len(frames)} frames, all held out; need at least "
             f"{s.min_frames} from more than one candidate; the current model stays"
+        )
+    if not test:
+        raise CspflowError(
+            f"too little data: {len(frames)} frames and none held out (test_fraction "
+            f"{s.test_fraction:g}); a model cannot be judged without held-out frames, so nothing "
+            "is trained; the current model stays"
         )
     elements = sorted({sym for a in frames for sym in a.get_chemical_symbols()})
     doc = TrainingSetDoc(

@@ -1,10 +1,20 @@
 """Held-out evaluation of a model and the rule that decides whether a new model is promoted.
 
+What CSP needs from a potential is the order of the structures of one composition, not their
+absolute energies: a code or functional offset (GPAW's reference atoms against VASP's PAW
+energies, MP2020 corrections, a constant per element) moves every structure of a composition by
+the same amount and changes no ranking. The figures that decide promotion are therefore, per
+composition of the held-out split, the MAE of relative energies (E/atom minus the lowest
+E/atom of that composition, for DFT and for the model each), Spearman's rank correlation with
+DFT, and the force MAE on frames whose DFT forces do not vanish by symmetry. The absolute
+energy MAE is kept as information only.
+
 Models are loaded and evaluated through :mod:`cspflow.mlip` (no torch import here).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,11 +26,100 @@ if TYPE_CHECKING:
     from ase import Atoms
     from pymongo.database import Database
 
-__all__ = ["TIE_ENERGY_MEV", "TIE_FORCE_MEV", "evaluate", "promotion"]
+__all__ = [
+    "SYMMETRIC_FORCE_EV_PER_A",
+    "TIE_ENERGY_MEV",
+    "TIE_FORCE_MEV",
+    "TIE_RANK",
+    "evaluate",
+    "metrics_from_predictions",
+    "promotion",
+]
+
+#: frames whose largest DFT force is at most this (eV/A) have forces that vanish by symmetry
+#: (a relaxed or high-symmetry cell): every model scores about 0 there, so they are not counted
+#: in the force MAE that decides promotion
+SYMMETRIC_FORCE_EV_PER_A = 0.01
+
+
+def _formula(atoms: Atoms) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(atoms.get_chemical_formula()).reduced_formula
+
+
+def metrics_from_predictions(
+    model_spec: str, frames: list[Atoms], energies: list[float], forces: list[np.ndarray]
+) -> ModelMetrics:
+    """The held-out figures of one model from its predictions on labelled frames.
+
+    Parameters
+    ----------
+    model_spec
+        Name recorded with the figures.
+    frames
+        Frames with ``REF_energy`` (eV) and ``REF_forces`` (eV/A).
+    energies, forces
+        The model's energy (eV) and forces (eV/A) for each frame.
+
+    Returns
+    -------
+    ModelMetrics
+        Relative-energy MAE and Spearman rank correlation over the compositions with two or
+        more held-out frames (rank correlation: averaged over compositions, weighted by their
+        frames; compositions whose DFT or model energies are all equal have none); force MAE on
+        the frames whose largest DFT force is above :data:`SYMMETRIC_FORCE_EV_PER_A`; absolute
+        energy and force MAE over every frame; the mean signed energy offset.
+    """
+    from scipy.stats import spearmanr
+
+    e_ref = np.array([a.info["REF_energy"] / len(a) for a in frames])
+    e_mod = np.array([e / len(a) for a, e in zip(frames, energies, strict=True)])
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, atoms in enumerate(frames):
+        groups[_formula(atoms)].append(i)
+    rel_err: list[float] = []
+    rhos: list[tuple[float, int]] = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue  # one frame of a composition has no relative energy to get wrong
+        ref, mod = e_ref[idx], e_mod[idx]
+        rel_err.extend(np.abs((mod - mod.min()) - (ref - ref.min())).tolist())
+        if np.ptp(ref) > 0 and np.ptp(mod) > 0:
+            rho = float(spearmanr(ref, mod).statistic)
+            if np.isfinite(rho):
+                rhos.append((rho, len(idx)))
+    f_all, f_moving = [], []
+    n_force = 0
+    for atoms, f in zip(frames, forces, strict=True):
+        ref_f = atoms.arrays["REF_forces"]
+        err = np.abs(np.asarray(f) - ref_f).ravel()
+        f_all.append(err)
+        if float(np.linalg.norm(ref_f, axis=1).max()) > SYMMETRIC_FORCE_EV_PER_A:
+            f_moving.append(err)
+            n_force += 1
+    weight = sum(n for _, n in rhos)
+    return ModelMetrics(
+        model=model_spec,
+        energy_mae_mev_per_atom=round(1000 * float(np.mean(np.abs(e_mod - e_ref))), 3),
+        force_mae_mev_per_a=round(1000 * float(np.mean(np.concatenate(f_all))), 3),
+        n_frames=len(frames),
+        relative_energy_mae_mev_per_atom=(
+            round(1000 * float(np.mean(rel_err)), 3) if rel_err else None
+        ),
+        rank_correlation=(round(sum(r * n for r, n in rhos) / weight, 4) if weight else None),
+        force_mae_moving_mev_per_a=(
+            round(1000 * float(np.mean(np.concatenate(f_moving))), 3) if f_moving else None
+        ),
+        n_relative_frames=len(rel_err),
+        n_compositions=sum(len(idx) >= 2 for idx in groups.values()),
+        n_force_frames=n_force,
+        energy_offset_mev_per_atom=round(1000 * float(np.mean(e_mod - e_ref)), 3),
+    )
 
 
 def evaluate(model_spec: str, frames: list[Atoms], db: Database | None = None) -> ModelMetrics:
-    """Energy MAE (meV/atom) and force MAE (meV/A) of a model on labelled frames.
+    """Held-out figures of a model on labelled frames (see :func:`metrics_from_predictions`).
 
     A model that cannot run on the frames (an element it does not cover, a missing file)
     gets no figures and a note, never an exception: the new model is then compared with
@@ -36,66 +135,78 @@ def evaluate(model_spec: str, frames: list[Atoms], db: Database | None = None) -
         evals = model.evaluate(frames)
     except CspflowError as exc:
         return ModelMetrics(model=model_spec, n_frames=len(frames), note=str(exc))
-    e_err = [
-        abs(ev.energy - a.info["REF_energy"]) / len(a) for a, ev in zip(frames, evals, strict=True)
-    ]
-    f_err = np.concatenate(
-        [
-            np.abs(ev.forces - a.arrays["REF_forces"]).ravel()
-            for a, ev in zip(frames, evals, strict=True)
-        ]
-    )
-    return ModelMetrics(
-        model=model_spec,
-        energy_mae_mev_per_atom=round(1000 * float(np.mean(e_err)), 3),
-        force_mae_mev_per_a=round(1000 * float(np.mean(f_err)), 3),
-        n_frames=len(frames),
+    return metrics_from_predictions(
+        model_spec, frames, [ev.energy for ev in evals], [ev.forces for ev in evals]
     )
 
 
-# differences within these (or 1 % of the current figure) are ties: frames whose forces vanish
-# by symmetry give force MAE 0 for every model, and a tie must not block a better energy
+# differences within these (or 1 % of the current figure) are ties
 TIE_ENERGY_MEV = 0.1
+TIE_RANK = 0.01
 TIE_FORCE_MEV = 0.5
 
 
 def _compare(d: float, current: float, tie: float) -> int:
-    """-1 better, 0 tie, 1 worse."""
+    """-1 better, 0 tie, 1 worse (``d`` = new - current, lower is better)."""
     if abs(d) <= max(tie, 0.01 * abs(current)):
         return 0
     return -1 if d < 0 else 1
 
 
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _figures(new: ModelMetrics, current: ModelMetrics) -> str:
+    return (
+        f"relative-energy MAE {_fmt(new.relative_energy_mae_mev_per_atom)} vs "
+        f"{_fmt(current.relative_energy_mae_mev_per_atom)} meV/atom on "
+        f"{new.n_relative_frames} frames of {new.n_compositions} composition(s), "
+        f"rank correlation {_fmt(new.rank_correlation, 2)} vs {_fmt(current.rank_correlation, 2)}, "
+        f"force MAE {_fmt(new.force_mae_moving_mev_per_a)} vs "
+        f"{_fmt(current.force_mae_moving_mev_per_a)} meV/A on {new.n_force_frames} frames with "
+        f"forces (absolute energy MAE {_fmt(new.energy_mae_mev_per_atom)} vs "
+        f"{_fmt(current.energy_mae_mev_per_atom)} meV/atom, not compared)"
+    )
+
+
 def promotion(new: ModelMetrics, current: ModelMetrics | None) -> tuple[bool, str]:
     """Whether the new model replaces the current one, and why (or why not).
 
-    The new model must beat the current one on the held-out split: lower energy or force MAE
-    and worse on neither (a difference within :data:`TIE_ENERGY_MEV` / :data:`TIE_FORCE_MEV` or
-    1 % is a tie); a current model without figures (none, or it cannot run on these elements)
-    is beaten by any new model with figures.
+    Lexicographic, on the held-out split: the relative-energy MAE decides; when it ties (a
+    difference within :data:`TIE_ENERGY_MEV` meV/atom or 1 %) or either model has none, the
+    rank correlation does (higher is better; tie within :data:`TIE_RANK`); then the force MAE
+    on frames with non-vanishing DFT forces (tie within :data:`TIE_FORCE_MEV` meV/A or 1 %).
+    Ties all the way down keep the current model. The absolute energy MAE never counts: a model
+    that differs from the current one by a constant energy per atom ties. A current model
+    without figures (none, or it cannot run on these elements) is beaten by any new model with
+    figures.
     """
-    if new.energy_mae_mev_per_atom is None or new.force_mae_mev_per_a is None:
+    if new.energy_mae_mev_per_atom is None:
         return False, f"new model has no held-out figures ({new.note})"
     if current is None:
         return True, "no current model for this system"
-    if current.energy_mae_mev_per_atom is None or current.force_mae_mev_per_a is None:
+    if current.energy_mae_mev_per_atom is None:
         return True, f"current model {current.model} has no held-out figures ({current.note})"
-    de = new.energy_mae_mev_per_atom - current.energy_mae_mev_per_atom
-    df = new.force_mae_mev_per_a - current.force_mae_mev_per_a
-    figures = (
-        f"energy MAE {new.energy_mae_mev_per_atom:.1f} vs {current.energy_mae_mev_per_atom:.1f} "
-        f"meV/atom, force MAE {new.force_mae_mev_per_a:.1f} vs {current.force_mae_mev_per_a:.1f} "
-        f"meV/A on {new.n_frames} held-out frames"
+    figures = _figures(new, current)
+    keys = (
+        ("relative-energy MAE", "relative_energy_mae_mev_per_atom", 1, TIE_ENERGY_MEV),
+        ("rank correlation", "rank_correlation", -1, TIE_RANK),
+        ("force MAE", "force_mae_moving_mev_per_a", 1, TIE_FORCE_MEV),
     )
-    verdict = {
-        "energy": _compare(de, current.energy_mae_mev_per_atom, TIE_ENERGY_MEV),
-        "force": _compare(df, current.force_mae_mev_per_a, TIE_FORCE_MEV),
-    }
-    worse = [n for n, v in verdict.items() if v > 0]
-    if not worse and any(v < 0 for v in verdict.values()):
-        ties = [n for n, v in verdict.items() if v == 0]
-        tie_note = f" ({' and '.join(ties)} MAE tied)" if ties else ""
-        return True, f"beats {current.model}{tie_note}: {figures}"
-    if not worse:
-        return False, f"ties with {current.model} on energy and force MAE: {figures}"
-    return False, f"does not beat {current.model} on {' and '.join(worse)} MAE: {figures}"
+    tied: list[str] = []
+    for label, attr, sign, tie in keys:
+        a, b = getattr(new, attr), getattr(current, attr)
+        if a is None or b is None:
+            continue
+        verdict = _compare(sign * (a - b), b, tie)
+        if verdict < 0:
+            note = f" ({' and '.join(tied)} tied)" if tied else ""
+            return True, f"beats {current.model} on {label}{note}: {figures}"
+        if verdict > 0:
+            note = f" ({' and '.join(tied)} tied)" if tied else ""
+            return False, f"does not beat {current.model} on {label}{note}: {figures}"
+        tied.append(label)
+    if not tied:
+        return False, f"no comparable held-out figures with {current.model}: {figures}"
+    return False, f"ties with {current.model} on {', '.join(tied)}: {figures}"

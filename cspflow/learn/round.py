@@ -7,8 +7,9 @@ Layers, top down:
   too little data is not a failure of the campaign: the summary says so and the current model
   stays.
 - :func:`learn` = :func:`~cspflow.learn.dataset.build_training_set` ->
-  :func:`~cspflow.learn.train.train_mace` (from scratch or naive fine-tuning of a MACE file;
-  optionally a committee of seeds) -> :func:`~cspflow.learn.evaluate.evaluate` (new and current
+  :func:`~cspflow.learn.train.train_mace` (from scratch or fine-tuning of a MACE file) or
+  :func:`~cspflow.learn.train.train_chgnet` (fine-tuning CHGNet; ``settings.model``), optionally
+  a committee of seeds -> :func:`~cspflow.learn.evaluate.evaluate` (new and current
   model on the held-out split) -> :func:`~cspflow.models.register_model` with the promotion
   decision. A rerun of a finished round (same data, settings and parent) returns the stored
   round without retraining.
@@ -28,7 +29,7 @@ from cspflow.errors import CspflowError
 from cspflow.jobs import stage_metadata
 from cspflow.learn.dataset import build_training_set, fit_e0s, replay_frames
 from cspflow.learn.evaluate import evaluate, promotion
-from cspflow.learn.train import check_foundation, train_mace
+from cspflow.learn.train import check_coverage, resolve_foundation, train_chgnet, train_mace
 from cspflow.models import _sha256, current_model_spec, get_model, register_model
 from cspflow.schemas.learn import LearnSummary, ModelMetrics, TrainSettings
 
@@ -120,43 +121,26 @@ def learn(
     Raises
     ------
     CspflowError
-        Too little data, a foundation file that is not a MACE model, mace_run_train failing:
-        nothing is registered and the current model stays.
+        Too little data, a foundation model of the other architecture or one that does not
+        load or does not cover the frames' elements, training failing: nothing is registered
+        and the current model stays.
     """
     s = settings or TrainSettings()
     fid = fidelity or label_fidelity(db, chemsys, campaign or data_campaign)
     key = fid["key"] if fid is not None else None
     current_spec = current or current_model_spec(db, chemsys, default=baseline, fidelity=key)
-    foundation: Path | None = None
-    foundation_label: str | None = None
-    if s.foundation_model:
-        label = current_spec if s.foundation_model == "current" else s.foundation_model
-        if label is None or label == "chgnet":
-            raise CspflowError(
-                "learn.foundation_model is 'current' but the current model is not a MACE model; "
-                "give a MACE file or train from scratch"
-            )
-        foundation, known = check_foundation(label, db)
-        foundation_label = label
-        if s.finetune == "multihead" and known is not None and len(known) < 2:
-            # mace-torch 0.3.16 indexes the foundation's E0s as a vector for the replay head;
-            # a one-element model's squeezes to a scalar (IndexError: invalid index of a 0-dim
-            # tensor) after minutes of data loading
-            raise CspflowError(
-                f"multihead fine-tuning needs a foundation model with two or more elements "
-                f"({label} knows one: mace-torch fails on it); use finetune: naive"
-            )
-    if s.finetune not in ("naive", "multihead"):
-        raise CspflowError(f"unknown finetune mode {s.finetune!r}; use naive or multihead")
+    foundation, foundation_label, known = resolve_foundation(s, current_spec, db)
     tset = build_training_set(
         db, chemsys, store=store, settings=s, campaign=data_campaign, max_iteration=max_iteration,
         fidelity=fid,
     )  # fmt: skip
+    check_coverage(foundation_label, known, tset.doc.elements)
     parent = (current_spec or "").removeprefix("registry:") or None
     reused = _stored_round(db, chemsys, tset.doc.set_hash, s, parent)
     if reused is not None:  # a rerun of a finished round: no retraining
         return _summary(reused, current_spec)
-    e0s = fit_e0s(tset.train)
+    kind = s.model  # "mace" or "chgnet": the registry id's prefix and the spec to load it
+    e0s = fit_e0s(tset.train) if kind == "mace" else {}
     replay = (
         replay_frames(db, s, foundation_label, tset)
         if foundation is not None and s.finetune == "multihead"
@@ -164,22 +148,22 @@ def learn(
     )
     work_dir = Path(work_dir)
     t0 = time.time()
-    files = [
-        train_mace(
-            tset.train,
-            work_dir / f"seed{s.seed + k}",
-            e0s=e0s,
-            settings=s,
-            seed=s.seed + k,
-            foundation=foundation,
-            replay=replay,
-        )  # fmt: skip
-        for k in range(max(1, s.committee))
-    ]
+    files: list[Path] = []
+    shift: dict[str, float] = {}
+    for k in range(max(1, s.committee)):
+        seed_dir = work_dir / f"seed{s.seed + k}"
+        if kind == "chgnet":
+            path, info = train_chgnet(tset.train, seed_dir, settings=s, seed=s.seed + k,
+                                      foundation=foundation)  # fmt: skip
+            shift = shift or info["energy_shift"]
+        else:
+            path = train_mace(tset.train, seed_dir, e0s=e0s, settings=s, seed=s.seed + k,
+                              foundation=foundation, replay=replay)  # fmt: skip
+        files.append(path)
     train_time = round(time.time() - t0, 1)
     # metrics name the model by its registry id (what register_model will call it)
-    new = evaluate(f"mace:{files[0]}", tset.test, db)
-    new = new.model_copy(update={"model": f"registry:mace-{_sha256(files[0])[:12]}"})
+    new = evaluate(f"{kind}:{files[0]}", tset.test, db)
+    new = new.model_copy(update={"model": f"registry:{kind}-{_sha256(files[0])[:12]}"})
     before = evaluate(current_spec, tset.test, db) if current_spec else None
     promoted, reason = promotion(new, before)
     base = {
@@ -189,6 +173,8 @@ def learn(
         "foundation_model": foundation_label,
         "training_set": tset.doc.model_dump(),
         "e0s": e0s,
+        "kind": kind,
+        "energy_shift": shift,
         "train_settings": s.as_dict(),
         "campaign": campaign,
         "iteration": iteration,
@@ -205,8 +191,8 @@ def learn(
         member = register_model(
             db, path,
             {**base, "train_settings": {**s.as_dict(), "seed": s.seed + k},
-             "metrics": {"new": evaluate(f"mace:{path}", tset.test, db).model_copy(
-                 update={"model": f"registry:mace-{_sha256(path)[:12]}"}).model_dump()},
+             "metrics": {"new": evaluate(f"{kind}:{path}", tset.test, db).model_copy(
+                 update={"model": f"registry:{kind}-{_sha256(path)[:12]}"}).model_dump()},
              "committee_of": record.model_id, "promoted": False,
              "promotion_reason": f"committee member of {record.model_id}"},
         )  # fmt: skip

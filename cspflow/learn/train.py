@@ -1,7 +1,9 @@
-"""MACE training: the ``mace_run_train`` command line, :func:`train_mace`, foundation checks.
+"""Training: MACE (``mace_run_train``, :func:`train_mace`), CHGNet fine-tuning
+(:func:`train_chgnet`), and the foundation-model checks of both.
 
-No torch or MACE import here: training runs ``python -m mace.cli.run_train`` in a subprocess
-(from scratch, naive or multi-head fine-tuning of a foundation model); a foundation model is
+No torch, MACE or CHGNet import here: MACE training runs ``python -m mace.cli.run_train`` in a
+subprocess (from scratch, naive or multi-head fine-tuning of a foundation model); CHGNet
+fine-tuning runs CHGNet's own trainer through :mod:`cspflow.mlip_chgnet`; a foundation model is
 loaded through :mod:`cspflow.mlip` only to check it. The settings are
 :class:`cspflow.schemas.learn.TrainSettings`.
 """
@@ -16,15 +18,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cspflow.errors import CspflowError
-from cspflow.learn.dataset import write_extxyz
-from cspflow.models import fetch_model
+from cspflow.learn.dataset import validation_split, write_extxyz
+from cspflow.models import fetch_model, registry_kind
 from cspflow.schemas.learn import TrainSettings
 
 if TYPE_CHECKING:
     from ase import Atoms
     from pymongo.database import Database
 
-__all__ = ["TrainSettings", "check_foundation", "train_mace"]
+__all__ = [
+    "TrainSettings",
+    "check_coverage",
+    "check_foundation",
+    "resolve_foundation",
+    "train_chgnet",
+    "train_mace",
+]
 
 
 def _resolve_model_file(spec: str, db: Database | None) -> Path:
@@ -37,6 +46,104 @@ def _resolve_model_file(spec: str, db: Database | None) -> Path:
             f"foundation model file {path} not found; give an existing MACE .model file"
         )
     return path.resolve()
+
+
+def _family_of(spec: str, db: Database | None) -> str | None:
+    """``chgnet`` or ``mace`` where the spec itself says so (None: a bare path)."""
+    if spec == "chgnet" or spec.startswith("chgnet:"):
+        return "chgnet"
+    if spec.startswith("mace:"):
+        return "mace"
+    if spec.startswith("registry:"):
+        return registry_kind(spec.split(":", 1)[1], db=db)
+    return None
+
+
+def resolve_foundation(
+    s: TrainSettings, current: str | None, db: Database | None = None
+) -> tuple[Path | None, str | None, frozenset[int] | None]:
+    """The model a round starts from: its file, its label and the elements it knows.
+
+    ``(None, None, None)``: MACE from scratch; ``(None, "chgnet", None)``: CHGNet's universal
+    weights. ``foundation_model: current`` means the current model (``current``).
+
+    Raises
+    ------
+    CspflowError
+        One line, before any work: a foundation of the other architecture than ``s.model``, a
+        missing file or one that does not load, an unknown fine-tuning mode, multihead
+        fine-tuning of CHGNet or of a one-element MACE model.
+    """
+    if s.finetune not in ("naive", "multihead"):
+        raise CspflowError(f"unknown finetune mode {s.finetune!r}; use naive or multihead")
+    label = current if s.foundation_model == "current" else s.foundation_model
+    if s.model == "chgnet":
+        if s.finetune == "multihead":
+            raise CspflowError(
+                "learn.model chgnet fine-tunes CHGNet naively; multihead fine-tuning is MACE's"
+            )
+        if label is None or label == "chgnet":
+            return None, "chgnet", None
+        family = _family_of(label, db)
+        if family == "mace":
+            raise CspflowError(
+                f"foundation model {label} is a MACE model but learn.model is chgnet; give a "
+                "CHGNet model (chgnet, chgnet:PATH, a CHGNet registry:ID) or set learn.model: mace"
+            )
+        if label.startswith("registry:"):
+            path = fetch_model(label.split(":", 1)[1], db=db)
+        else:
+            path = Path(label.removeprefix("chgnet:")).expanduser()
+        from cspflow.mlip import load_model
+
+        try:
+            load_model(f"chgnet:{path}", device="cpu")
+        except CspflowError as exc:
+            raise CspflowError(f"foundation model: {exc}") from None
+        return path.resolve(), label, None
+    if s.foundation_model is None:
+        return None, None, None
+    if label is None:
+        raise CspflowError(
+            "learn.foundation_model is 'current' but there is no current model for this system; "
+            "give a MACE file or train from scratch"
+        )
+    if label == "chgnet" or _family_of(label, db) == "chgnet":
+        raise CspflowError(
+            f"learn.foundation_model {label} is a CHGNet model but learn.model is mace; give a "
+            "MACE file, train from scratch, or set learn.model: chgnet"
+        )
+    path, known = check_foundation(label, db)
+    if s.finetune == "multihead" and known is not None and len(known) < 2:
+        # mace-torch 0.3.16 indexes the foundation's E0s as a vector for the replay head;
+        # a one-element model's squeezes to a scalar (IndexError: invalid index of a 0-dim
+        # tensor) after minutes of data loading
+        raise CspflowError(
+            f"multihead fine-tuning needs a foundation model with two or more elements "
+            f"({label} knows one: mace-torch fails on it); use finetune: naive"
+        )
+    return path, label, known
+
+
+def check_coverage(label: str | None, known: frozenset[int] | None, elements: list[str]) -> None:
+    """Refuse a foundation model that does not know every element of the training frames.
+
+    Raises
+    ------
+    CspflowError
+        One line naming the missing elements.
+    """
+    from ase.data import atomic_numbers, chemical_symbols
+
+    if known is None:
+        return
+    missing = sorted(el for el in elements if atomic_numbers[el] not in known)
+    if missing:
+        knows = ", ".join(chemical_symbols[z] for z in sorted(known))
+        raise CspflowError(
+            f"foundation model {label} knows {knows} but the training frames also have "
+            f"{', '.join(missing)}; fine-tune a model that covers them or train from scratch"
+        )
 
 
 def check_foundation(spec: str, db: Database | None = None) -> tuple[Path, frozenset[int] | None]:
@@ -175,3 +282,43 @@ def train_mace(
             f"see {work_dir / 'mace_run_train.log'}"
         )
     return model
+
+
+def train_chgnet(
+    train: list[Atoms],
+    work_dir: Path,
+    *,
+    settings: TrainSettings | None = None,
+    seed: int | None = None,
+    foundation: Path | None = None,
+) -> tuple[Path, dict]:
+    """Fine-tune CHGNet (universal weights, or ``foundation``) on ``train``; return its file
+    and what :func:`~cspflow.mlip_chgnet.finetune_chgnet` reports (``energy_shift``, ...).
+
+    A tenth of the training candidates (at least one) validate, for checkpoint selection; the
+    held-out split is never seen. See :func:`cspflow.mlip_chgnet.finetune_chgnet`.
+
+    Raises
+    ------
+    CspflowError
+        When training gives no usable checkpoint (NaN losses, ...).
+    """
+    from cspflow.mlip import resolve_device
+    from cspflow.mlip_chgnet import finetune_chgnet
+
+    s = settings or TrainSettings()
+    if not train:
+        raise CspflowError("too little data: no training frames; the current model stays")
+    fit, valid = validation_split(train)
+    try:
+        return finetune_chgnet(
+            fit, valid, Path(work_dir), base=foundation, device=resolve_device(s.device),
+            epochs=s.chgnet_epochs, lr=s.chgnet_lr, batch_size=s.batch_size,
+            seed=s.seed if seed is None else seed, energy_weight=s.energy_weight,
+            forces_weight=s.chgnet_forces_weight, stress_weight=s.chgnet_stress_weight,
+            threads=s.threads, freeze=s.chgnet_freeze,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        raise CspflowError(
+            f"CHGNet fine-tuning failed: {(str(exc).splitlines() or [''])[0]}"
+        ) from None

@@ -108,7 +108,8 @@ def submit_campaign(spec: Any, settings: CspflowSettings) -> tuple[dict, bool, l
 
 
 def check_models(spec: Any, db: Any) -> None:
-    """Refuse a campaign whose pre-relaxation models cannot be found, before anything is stored.
+    """Refuse a campaign whose pre-relaxation models (or learn.foundation_model) cannot be
+    found, before anything is stored.
 
     Without this a missing or wrong ``mace:PATH`` is only found when the first prerelax job
     runs on a gpu node, after the campaign was registered and generation ran.
@@ -116,8 +117,14 @@ def check_models(spec: Any, db: Any) -> None:
     from cspflow.errors import CspflowError
     from cspflow.mlip import parse_model_spec
 
-    for field, model in [("prerelax.model", spec.prerelax.model),
-                         *(("prerelax.committee", m) for m in spec.prerelax.committee)]:  # fmt: skip
+    checks = [("prerelax.model", spec.prerelax.model),
+              *(("prerelax.committee", m) for m in spec.prerelax.committee)]  # fmt: skip
+    learn = spec.learn
+    fm = learn.foundation_model
+    if learn.enabled and fm not in (None, "current", "chgnet"):
+        # a bare path is a file of learn.model's architecture
+        checks.append(("learn.foundation_model", fm if ":" in fm else f"{learn.model}:{fm}"))
+    for field, model in checks:
         try:
             parsed = parse_model_spec(model)
         except CspflowError as exc:
@@ -125,6 +132,11 @@ def check_models(spec: Any, db: Any) -> None:
         if parsed.kind == "registry" and db.models.find_one({"model_id": parsed.value}) is None:
             raise CspflowError(f"{field}: model {parsed.value!r} is not in the registry; "
                                "list the registered models with `cspflow model list`")  # fmt: skip
+        if field == "learn.foundation_model" and parsed.kind == "registry":
+            kind = (db.models.find_one({"model_id": parsed.value}) or {}).get("kind") or "mace"
+            if kind != learn.model:
+                raise CspflowError(f"{field}: registry model {parsed.value} is a {kind} model but "
+                                   f"learn.model is {learn.model}")  # fmt: skip
 
 
 def check_local_engine(spec: Any, settings: CspflowSettings) -> None:

@@ -81,10 +81,15 @@ class DftSpec(DftEngineSpec):
 
 
 class LearnSpec(_Strict):
-    """The ``learn:`` block: retrain MACE on the campaign's DFT data (see docs/learn.md)."""
+    """The ``learn:`` block: retrain MACE or fine-tune CHGNet on the campaign's DFT data (see
+    docs/learn.md)."""
 
     enabled: bool = False
-    model: Literal["mace"] = "mace"
+    model: Literal["mace", "chgnet"] = Field(
+        TrainSettings.model,
+        description="mace: train MACE (from scratch or fine-tune foundation_model); chgnet: "
+        "fine-tune CHGNet's universal weights (or a fine-tuned CHGNet foundation_model).",
+    )
     every: int = Field(1, ge=1, description="Retrain every N iterations.")
     min_frames: int = Field(
         TrainSettings.min_frames, ge=1, description="Fewest DFT frames worth training on."
@@ -122,12 +127,32 @@ class LearnSpec(_Strict):
             raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
         return v
 
+    @model_validator(mode="after")
+    def _model_and_foundation(self) -> LearnSpec:
+        if self.model == "chgnet" and (self.finetune == "multihead" or self.replay_file):
+            raise ValueError(
+                "learn.model chgnet fine-tunes CHGNet naively; multihead fine-tuning and "
+                "replay_file are MACE's (set learn.model: mace or finetune: naive)"
+            )
+        fm = self.foundation_model or ""
+        if self.model == "chgnet" and fm.startswith("mace:"):
+            raise ValueError(
+                f"learn.foundation_model {fm} is a MACE model but learn.model is chgnet; give a "
+                "CHGNet model (chgnet, chgnet:PATH, registry:ID) or set learn.model: mace"
+            )
+        if self.model == "mace" and (fm == "chgnet" or fm.startswith("chgnet:")):
+            raise ValueError(
+                f"learn.foundation_model {fm} is a CHGNet model but learn.model is mace; set "
+                "learn.model: chgnet to fine-tune CHGNet"
+            )
+        return self
+
     def train_settings(self) -> dict[str, Any]:
         """The TrainSettings fields of a learning round."""
         return {
             **self.train, "min_frames": self.min_frames, "committee": self.committee,
             "foundation_model": self.foundation_model, "finetune": self.finetune,
-            "replay_file": self.replay_file,
+            "replay_file": self.replay_file, "model": self.model,
         }  # fmt: skip
 
 

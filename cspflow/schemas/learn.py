@@ -66,21 +66,49 @@ class ModelMetrics(BaseModel):
 
     model: str = Field(description="Model spec that was evaluated (chgnet, registry:ID, ...).")
     energy_mae_mev_per_atom: float | None = Field(
-        None, description="Energy MAE per atom (meV/atom); None when the model could not run."
+        None,
+        description="Absolute energy MAE per atom (meV/atom), information only (an offset "
+        "counts here); None when the model could not run.",
     )
     force_mae_mev_per_a: float | None = Field(
-        None, description="Force component MAE (meV/A); None when the model could not run."
+        None,
+        description="Force component MAE (meV/A) on every frame; None when the model could not "
+        "run.",
     )
     n_frames: int = Field(0, description="Held-out frames evaluated.")
     note: str | None = Field(None, description="Why no figures (e.g. an element not covered).")
+    relative_energy_mae_mev_per_atom: float | None = Field(
+        None,
+        description="MAE of relative energies (meV/atom): per composition, E/atom minus the "
+        "lowest E/atom of that composition, for DFT and model each; compositions with two or "
+        "more held-out frames. Decides promotion; a constant offset does not count.",
+    )
+    rank_correlation: float | None = Field(
+        None,
+        description="Spearman rank correlation of model and DFT energies per composition, "
+        "averaged over compositions weighted by their frames.",
+    )
+    force_mae_moving_mev_per_a: float | None = Field(
+        None,
+        description="Force component MAE (meV/A) on the frames whose largest DFT force is above "
+        "0.01 eV/A (forces that do not vanish by symmetry).",
+    )
+    n_relative_frames: int = Field(0, description="Frames counted in the relative-energy MAE.")
+    n_compositions: int = Field(0, description="Compositions with two or more held-out frames.")
+    n_force_frames: int = Field(0, description="Frames counted in force_mae_moving_mev_per_a.")
+    energy_offset_mev_per_atom: float | None = Field(
+        None, description="Mean signed energy error (model - DFT, meV/atom); information only."
+    )
 
 
 class ModelDoc(BaseModel):
     """One registered MLIP (a document of the ``models`` collection)."""
 
     schema_version: int = Field(LEARN_SCHEMA_VERSION, description="Version of this document.")
-    model_id: str = Field(description="Registry id (``mace-<sha256[:12]>`` of the file).")
-    kind: str = Field("mace", description="Model family.")
+    model_id: str = Field(description="Registry id (``<kind>-<sha256[:12]>`` of the file).")
+    kind: str = Field(
+        "mace", description="Architecture: ``mace`` or ``chgnet`` (the registry id's prefix)."
+    )
     chemsys: str = Field(description="Chemical system the model was trained for.")
     elements: list[str] = Field(default_factory=list, description="Elements the model knows.")
     file_id: Any = Field(None, description="GridFS id of the model file (bucket ``models``).")
@@ -96,6 +124,11 @@ class ModelDoc(BaseModel):
     e0s: dict[str, float] = Field(
         default_factory=dict,
         description="Reference energy per element (eV), fitted by least squares on the training split.",
+    )
+    energy_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="CHGNet fine-tuning: energy per element (eV/atom) added to CHGNet's "
+        "composition model before training (the labels' offset from the starting model).",
     )
     train_settings: dict[str, Any] = Field(
         default_factory=dict, description="mace_run_train hyperparameters and seed."
@@ -169,8 +202,10 @@ class TrainSettings:
     committee
         Number of models trained (different seeds); the first is the registered primary.
     foundation_model
-        MACE model file (``PATH``, ``mace:PATH`` or ``registry:ID``) to fine-tune naively;
-        ``current`` fine-tunes the current registry model; None trains from scratch.
+        With ``model: mace``: a MACE model file (``PATH``, ``mace:PATH`` or ``registry:ID``) to
+        fine-tune; ``current`` fine-tunes the current registry model; None trains from scratch.
+        With ``model: chgnet``: None or ``chgnet`` fine-tunes the universal weights;
+        ``chgnet:PATH``, a CHGNet ``registry:ID`` or ``current`` a fine-tuned CHGNet.
     finetune
         ``naive`` (the foundation's weights trained on the new data only) or ``multihead``
         (mace's multi-head fine-tuning: a replay head keeps the foundation's data in the loss,
@@ -179,6 +214,17 @@ class TrainSettings:
         extxyz replay data for ``multihead`` (``REF_*`` keys), e.g. the MP subset a foundation
         model was trained on. None: with a registry foundation, the frames its training set
         came from (rebuilt from the database); with a foundation file, an error.
+    model
+        ``mace`` (train MACE from scratch, or fine-tune a MACE ``foundation_model``) or
+        ``chgnet`` (fine-tune CHGNet's universal 0.3.0 weights, or a fine-tuned CHGNet
+        ``foundation_model``, with CHGNet's own trainer).
+    chgnet_epochs, chgnet_lr, chgnet_forces_weight, chgnet_stress_weight
+        CHGNet fine-tuning: epochs, Adam learning rate (cosine decay), force and stress loss
+        weights (CHGNet's units: eV/atom, eV/A, GPa; the energy weight is ``energy_weight``).
+        The checkpoint with the lowest validation energy MAE is the model.
+    chgnet_freeze
+        Train only CHGNet's last atom convolution and readout (what CHGNet's fine-tuning example
+        freezes stays frozen); False trains every weight but the composition model.
     device
         Training device (None: the ``device`` setting, cuda when available).
     threads
@@ -208,6 +254,12 @@ class TrainSettings:
     foundation_model: str | None = None
     finetune: Literal["naive", "multihead"] = "naive"
     replay_file: str | None = None
+    model: Literal["mace", "chgnet"] = "mace"
+    chgnet_epochs: int = 30
+    chgnet_lr: float = 1e-3
+    chgnet_forces_weight: float = 1.0
+    chgnet_stress_weight: float = 0.1
+    chgnet_freeze: bool = False
     device: str | None = None
     threads: int = 1
 

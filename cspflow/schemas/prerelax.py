@@ -114,7 +114,7 @@ class PrerelaxSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    model: str = Field("chgnet", description="chgnet | mace:PATH | registry:ID")
+    model: str = Field("chgnet", description="chgnet | chgnet:PATH | mace:PATH | registry:ID")
     committee: list[str] = Field(default_factory=list, description="Extra models for disagreement.")
     fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
     max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")

@@ -29,10 +29,21 @@ def test_specs_parse(tmp_path):
     assert parse_model_spec("registry:abc-1") == ModelSpec("registry", "abc-1")
 
 
-@pytest.mark.parametrize("spec", ["", "m3gnet", "mace:", "chgnet:0.2", "registry:"])
+@pytest.mark.parametrize("spec", ["", "m3gnet", "mace:", "registry:"])
 def test_unknown_specs_say_what_to_use(spec):
-    with pytest.raises(CspflowError, match="use 'chgnet', 'mace:PATH' or 'registry:MODEL_ID'"):
+    with pytest.raises(
+        CspflowError, match="use 'chgnet', 'chgnet:PATH', 'mace:PATH' or 'registry:MODEL_ID'"
+    ):
         parse_model_spec(spec)
+
+
+def test_chgnet_path_spec_is_a_file_or_one_line(tmp_path):
+    with pytest.raises(CspflowError, match=r"^CHGNet model file 0.2 not found; .*'chgnet' for the"):
+        parse_model_spec("chgnet:0.2")
+    bad = tmp_path / "ft.pth.tar"
+    bad.write_text("not torch")
+    with pytest.raises(CspflowError, match=r"is not a loadable CHGNet model \(not a saved torch"):
+        parse_model_spec(f"chgnet:{bad}")
 
 
 def test_missing_mace_file_is_one_line(tmp_path):
