@@ -184,7 +184,9 @@ def run_dft(formula: str, label: str, work: Path, level: Level) -> dict[str, Any
         last = distinct_frames(json.loads(base.read_text()))[-1:] if base.exists() else []
         if not last:
             raise CaseError(f"no {DEFAULT.tag} run of {label} to start from; run it first")
-        structure = Structure.from_dict(last[0]["structure"])
+        # without the frame's energy/forces/stress (Structure.properties): atomate2's job
+        # raises on a structure that carries them
+        structure = Structure.from_dict({**last[0]["structure"], "properties": {}})
     frames: list[dict] = []
 
     def keep(_name: str, doc: dict) -> None:
@@ -351,7 +353,9 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_finetune(labels: list[str], holdout: list[str], epochs: int, dft: str) -> None:
+def check_finetune(
+    labels: list[str], holdout: list[str], epochs: int, dft: str, lr: float | None = None
+) -> None:
     """One-line errors for ``--finetune`` before anything runs."""
     import importlib.util
 
@@ -364,6 +368,8 @@ def check_finetune(labels: list[str], holdout: list[str], epochs: int, dft: str)
         raise CaseError("--finetune must leave at least one type to train on")
     if epochs < 1:
         raise CaseError(f"--epochs must be at least 1, not {epochs}")
+    if lr is not None and not lr > 0:
+        raise CaseError(f"--lr must be positive, not {lr:g}")
     import cspflow.learn.train as train
 
     if not hasattr(train, "train_chgnet") or importlib.util.find_spec("chgnet") is None:
@@ -389,11 +395,12 @@ def finetune(formula: str, labels: list[str], args: argparse.Namespace, level: L
         chg = json.loads(_cache(args.work, formula, lb, "chgnet").read_text())
         starts[lb] = Structure.from_dict(chg["start"])
     tag = "_".join(h.replace(" ", "-") for h in args.finetune)
-    work = args.work / formula / f"finetune_{level.tag}_{tag}_e{args.epochs}_s{args.seed}"
+    opts = f"e{args.epochs}_s{args.seed}_lr{args.lr}{'_frozen' if args.freeze else ''}"
+    work = args.work / formula / f"finetune_{level.tag}_{tag}_{opts}"
     log(f"fine-tuning CHGNet on {len(labels) - len(args.finetune)} types, holding out {tag}")
     try:
         return finetune_case(frames, list(args.finetune), starts, work, args.epochs, args.seed,
-                             args.fmax)  # fmt: skip
+                             args.fmax, lr=args.lr, freeze=args.freeze)  # fmt: skip
     except CspflowError as exc:
         raise CaseError(str(exc)) from None
 
@@ -442,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=30, help="--finetune: CHGNet epochs")
     parser.add_argument("--seed", type=int, default=1, help="--finetune: training seed")
+    parser.add_argument("--lr", type=float, default=None, help="--finetune: learning rate")
+    parser.add_argument(
+        "--freeze", action="store_true", help="--finetune: train CHGNet's last layers only"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)  # fmt: skip
     try:
@@ -483,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--only names a type not listed: {sorted(set(args.only) - set(labels))}"
             )
         if args.finetune is not None:
-            check_finetune(labels, args.finetune, args.epochs, args.dft)
+            check_finetune(labels, args.finetune, args.epochs, args.dft, args.lr)
         run_chgnet(formula, types, args.work, args.fmax)
         if args.dft != "none":
             for lb in args.only if args.only is not None else labels:
@@ -494,14 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     except CaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    suffix = formula if level == DEFAULT else f"{formula}_{level.tag}"
+    frames_name = formula if level == DEFAULT else f"{formula}_{level.tag}"
+    suffix = frames_name  # the frames are the level's; the json also names the hold-out
     if args.finetune is not None:
         suffix += "_finetune_" + "_".join(lb.replace(" ", "-") for lb in args.finetune)
     if args.dft != "none":
         n = write_extxyz(
-            formula, labels, args.work, level, args.out / f"learn_case_{suffix}.extxyz"
+            formula, labels, args.work, level, args.out / f"learn_case_{frames_name}.extxyz"
         )
-        result["extxyz"] = str(args.out / f"learn_case_{suffix}.extxyz") if n else None
+        result["extxyz"] = f"learn_case_{frames_name}.extxyz" if n else None  # beside the json
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"learn_case_{suffix}.json").write_text(json.dumps(result, indent=2))
     if args.json:

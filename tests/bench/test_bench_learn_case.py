@@ -121,3 +121,24 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     assert proc.stdout == ""
     assert not out.exists() and not work.exists()
+
+
+def test_finetune_frames_carry_the_learn_stage_labels_one_candidate_per_type(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import _finetune
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    lc = _script()
+    _cache(lc, tmp_path, "A", -4.80, [-4.300, -4.310])
+    _cache(lc, tmp_path, "B", -4.785, [-4.295])
+    frames = {lb: lc.distinct_frames(json.loads(lc._cache(tmp_path, "BaCl2", lb,
+                                                          "dft_cell").read_text()))
+              for lb in ("A", "B")}  # fmt: skip
+    out = _finetune.labelled(frames)
+    assert [len(out["A"]), len(out["B"])] == [2, 1]
+    a1 = out["A"][1]
+    assert a1.info["REF_energy"] == pytest.approx(3 * -4.310)
+    assert a1.info["candidate_id"] == "A" and a1.info["frame_id"] == "A:1"
+    assert a1.arrays["REF_forces"].shape == (3, 3) and a1.arrays["REF_forces"][0, 0] == 0.1
+    assert list(a1.info["REF_stress"]) == [0.001] * 6
