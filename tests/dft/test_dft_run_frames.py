@@ -36,4 +36,7 @@ def test_gpaw_positions_relax_hands_its_ionic_steps_to_on_task_doc(tmp_path):
     assert steps[-1]["energy"] < steps[0]["energy"]
     assert steps[-1]["energy"] / 2 == pytest.approx(row["energy_per_atom"], abs=1e-6)
     assert all(s["stress"] is not None and len(s["stress"]) == 6 for s in steps)
-    assert Structure.from_dict(steps[0]["structure"]) == si
+    start = Structure.from_dict(steps[0]["structure"])
+    assert np.allclose(start.lattice.matrix, si.lattice.matrix, atol=1e-6)
+    shift = start.frac_coords - si.frac_coords  # the displaced start, up to lattice vectors
+    assert np.allclose(shift - np.round(shift), 0.0, atol=1e-6)
