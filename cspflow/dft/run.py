@@ -26,8 +26,13 @@ def relax_structures(
     spec: dict[str, Any],
     out: Path,
     on_done: Callable[[str], None] | None = None,
+    on_task_doc: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the engine job for each structure; write ``<name>.cif`` for converged results.
+
+    ``on_task_doc(name, doc)`` receives each engine task document as plain JSON
+    (:func:`cspflow.dft.taskdoc.as_dict`; ``{}`` when the job raised), e.g. to read its ionic
+    steps with :func:`cspflow.dft.taskdoc.ionic_steps`.
 
     Raises
     ------
@@ -76,6 +81,10 @@ def relax_structures(
         response = responses.get(engine_job.uuid, {})
         doc = response[max(response)].output if response else None
         row.update(result_from_task_doc(doc, settings.get("relax")))
+        if on_task_doc:
+            from cspflow.dft.taskdoc import as_dict
+
+            on_task_doc(name, as_dict(doc))
         if dspec.correction and row["status"] == "converged":
             from cspflow.dft.corrections import correct_task_doc
 
