@@ -147,6 +147,11 @@ def build_engine_job(
     CspflowError
         One line naming what is missing (program, command, setups, basis for an element).
     """
+    if structure.properties:
+        # labels of another calculation (a structure read from an ionic step or an extxyz with
+        # energies) would ride along into the engine's atoms and break its task document
+        structure = structure.copy()
+        structure.properties = {}
     elements = [el.symbol for el in structure.composition.elements]
     relax = settings.get("relax", "cell")
     maker: Any

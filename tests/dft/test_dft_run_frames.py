@@ -40,3 +40,19 @@ def test_gpaw_positions_relax_hands_its_ionic_steps_to_on_task_doc(tmp_path):
     assert np.allclose(start.lattice.matrix, si.lattice.matrix, atol=1e-6)
     shift = start.frac_coords - si.frac_coords  # the displaced start, up to lattice vectors
     assert np.allclose(shift - np.round(shift), 0.0, atol=1e-6)
+
+
+@pytest.mark.gpaw
+def test_a_structure_carrying_another_calculations_labels_still_runs(tmp_path):
+    """A structure read back from an ionic step (or an extxyz with energies) carries
+    ``properties``; they used to ride into the engine's atoms and fail the task document."""
+    from cspflow.dft.run import relax_structures
+
+    conv = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    si = conv.get_primitive_structure()
+    si.properties = {"energy": 100.0, "forces": np.zeros((2, 3)), "stress": np.zeros(6)}
+    spec = {"engine": "gpaw", "relax": "positions", "kpoint_density": 1.0, "gpaw": {"ecut": 150}}
+    row = relax_structures([("Si2", si)], spec, tmp_path)["results"][0]
+    assert row["status"] == "converged", row.get("reason")
+    assert -6.0 < row["energy_per_atom"] < -4.0  # GPAW's energy, not the stale label (+50)
+    assert si.properties["energy"] == 100.0  # the caller's structure is not changed
