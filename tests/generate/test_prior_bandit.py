@@ -231,3 +231,23 @@ def test_bad_bandit_and_stop_values_are_one_line_errors(block):
     assert len(lines) == 1 and lines[0].startswith(f"s.yaml: {section}."), lines
     if block == {"generate": {"spacegroup_prior": "icsd"}}:
         assert "pyxtal_mp" in lines[0]
+
+
+def test_status_lines_show_the_estimate_and_the_arms():
+    from cspflow.cli.render_campaign import arms_line, campaign_status_json, rediscovery_line
+
+    red = {"relaxed": 20, "minima": 5, "best": "a", "best_hits": 10, "singletons": 1,
+           "doubletons": 2, "new_minimum_chance": 0.05, "lower_minimum_chance": 0.0083,
+           "unseen_minima": 0.05, "ground_state_confidence": 0.991}  # fmt: skip
+    line = rediscovery_line(red)
+    assert line.startswith("10x in 20 relaxations (5 minima, 1 seen once;")
+    assert line.endswith("ground state seen: 0.99 (next relaxation lower: 0.008)")
+    old = {k: v for k, v in red.items() if k in ("relaxed", "minima", "best", "best_hits",
+                                                 "singletons", "new_minimum_chance")}  # fmt: skip
+    assert "ground state" not in rediscovery_line(old)  # summaries written before the estimate
+    rec = top_arms({"136:2": 0.5, "58:2": 0.3, "12:1": 0.2}, {"136:2": (2, 1)}, n=2)
+    assert arms_line(rec) == "136:2 0.50 (2/3)  58:2 0.30 (0/0)  (of 3 arms; rest 0.20)"
+    doc = {"state": "completed", "iterations": [{"iteration": 0, "rediscovery": {"TiO2": red}}]}
+    out = campaign_status_json("x", doc, {}, {"candidates": {}, "fireworks": {}, "running": []},
+                               {}, [])  # fmt: skip
+    assert out["rediscovery"] == {"TiO2": red}
