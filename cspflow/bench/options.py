@@ -38,8 +38,12 @@ class BenchOptions(BaseModel):
     )  # fmt: skip
     workers: int = Field(1, ge=1, description="Campaigns run at once (each its own workers).")
     spacegroup_prior: str = Field(
-        "uniform", description="random_symmetric's space-group prior: uniform or aflow."
+        "uniform", description="random_symmetric's space-group prior: uniform, aflow or pyxtal_mp."
     )
+    bandit: bool = Field(
+        False, description="Allocate random_symmetric's draws over (space group, formula units) "
+        "by the Thompson-sampling bandit (generate.bandit).",
+    )  # fmt: skip
     wyckoff: str = Field("pyxtal", description="Wyckoff choice: pyxtal or fewest_sites.")
     leave_out_reference: bool = Field(
         False, description="Remove the reference's own structure type(s) from the template "
@@ -125,6 +129,7 @@ def bench_campaign_spec(
                 "seed": seed,
                 "spacegroup_prior": options.spacegroup_prior,
                 "wyckoff": options.wyckoff,
+                "bandit": options.bandit,
                 "template": {"exclude": list(left_out or [])},
             },
             "prerelax": {

@@ -22,7 +22,12 @@ from typing import Any
 from jobflow import Flow, Job, Response, job
 
 from cspflow.campaign import policy, state
-from cspflow.campaign.evolution import next_shares, operator_summary, rediscovery_summary
+from cspflow.campaign.evolution import (
+    confidences,
+    next_shares,
+    operator_summary,
+    rediscovery_summary,
+)
 from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.store import candidates
@@ -163,8 +168,9 @@ def decide(
         }
     )
     reason = policy.stop_reason(
-        spec.stop, iteration, stale, summary["dft_runs_total"], doc.get("state")
-    )
+        spec.stop, iteration, stale, summary["dft_runs_total"], doc.get("state"),
+        confidences(summary["rediscovery"]),
+    )  # fmt: skip
     state.record_iteration(db, name, iteration, summary, reason)
     out = {"iteration": iteration, "stop_reason": reason, "improved": improved}
     if reason is not None:

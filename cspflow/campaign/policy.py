@@ -31,7 +31,12 @@ def stale_count(improved: bool, previous: list[dict]) -> int:
 
 
 def stop_reason(
-    stop: StopSpec, iteration: int, stale: int, dft_runs_total: int, state: str | None
+    stop: StopSpec,
+    iteration: int,
+    stale: int,
+    dft_runs_total: int,
+    state: str | None,
+    confidence: dict[str, float | None] | None = None,
 ) -> str | None:
     """Why the campaign stops after ``iteration`` (None: it goes on).
 
@@ -47,6 +52,9 @@ def stop_reason(
         DFT runs of the campaign so far.
     state
         The campaign's state (``paused`` stops it).
+    confidence
+        Per composition, the estimated probability that its lowest structure is the ground
+        state (:func:`cspflow.campaign.evolution.ground_state`; None: nothing relaxed).
     """
     if iteration + 1 >= stop.max_iterations:
         return f"reached max_iterations ({stop.max_iterations})"
@@ -54,6 +62,12 @@ def stop_reason(
         return f"no hull improvement in {stale} iteration(s) (patience {stop.patience})"
     if stop.dft_budget is not None and dft_runs_total >= stop.dft_budget:
         return f"DFT budget used ({dft_runs_total}/{stop.dft_budget})"
+    target = stop.ground_state_confidence
+    if target is not None and confidence:
+        values = [c for c in confidence.values() if c is not None]
+        if len(values) == len(confidence) and min(values) >= target:
+            return (f"ground state likely seen (confidence {min(values):.3f} >= {target} for "
+                    f"{', '.join(sorted(confidence))})")  # fmt: skip
     if state == "paused":
         return "paused"
     return None

@@ -67,8 +67,17 @@ def csp(
         Path | None, typer.Option("--json", help="Write the full report (JSON) to this file.")
     ] = None,
     spacegroup_prior: Annotated[
-        str, typer.Option(help="random_symmetric's space-group prior: uniform or aflow.")
+        str,
+        typer.Option(help="random_symmetric's space-group prior: uniform, aflow or pyxtal_mp."),
     ] = "uniform",
+    bandit: Annotated[
+        bool,
+        typer.Option(
+            "--bandit",
+            help="Allocate random_symmetric's draws over (space group, formula units) arms by "
+            "Thompson sampling from the second iteration on (generate.bandit).",
+        ),
+    ] = False,
     wyckoff: Annotated[
         str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")
     ] = "pyxtal",
@@ -88,7 +97,7 @@ def csp(
     options = BenchOptions(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,
         repeats=repeats, seed=seed, top_k=top_k, until_found=until_found, workers=workers,
-        spacegroup_prior=spacegroup_prior, wyckoff=wyckoff,
+        spacegroup_prior=spacegroup_prior, wyckoff=wyckoff, bandit=bandit,
         leave_out_reference=leave_out_reference,
     )  # fmt: skip
     only_list = [o.strip() for o in only.split(",") if o.strip()] if only else None

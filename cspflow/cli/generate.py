@@ -58,7 +58,7 @@ def generate(
     ] = 10.0,
     spacegroup_prior: Annotated[
         str,
-        typer.Option(help="random_symmetric's space-group prior: uniform or aflow."),
+        typer.Option(help="random_symmetric's space-group prior: uniform, aflow or pyxtal_mp."),
     ] = "uniform",
     wyckoff: Annotated[
         str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")

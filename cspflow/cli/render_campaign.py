@@ -27,6 +27,7 @@ __all__ = [
     "campaign_report",
     "campaign_status_json",
     "campaign_status",
+    "arms_line",
     "reruns_line",
 ]
 
@@ -138,8 +139,13 @@ def campaign_report_json(name: str, doc: dict, top: list[dict], plot: str | None
                          elapsed: float) -> dict:  # fmt: skip
     """``cspflow campaign run --json``: the final state, the iterations and the best structures."""
     return {"campaign": name, "state": doc.get("state"), "stop_reason": doc.get("stop_reason"),
-            "iterations": doc.get("iterations", []), "top": top_json(top),
-            "hull_plot": plot, "elapsed_s": round(elapsed, 1)}  # fmt: skip
+            "iterations": doc.get("iterations", []), "rediscovery": _last_rediscovery(doc),
+            "top": top_json(top), "hull_plot": plot, "elapsed_s": round(elapsed, 1)}  # fmt: skip
+
+
+def _last_rediscovery(doc: dict) -> dict:
+    """The latest iteration's rediscovery record per formula (the stopping signal)."""
+    return ((doc.get("iterations") or [{}])[-1]).get("rediscovery") or {}
 
 
 def iteration_tables(iterations: list[dict]) -> list:
@@ -196,7 +202,7 @@ def campaign_status_json(name: str, doc: dict, wf: dict, p: dict, reruns: dict,
             "workflow_state": wf.get("state"), "iteration": doc.get("iteration"),
             "candidates": p["candidates"], "fireworks": p["fireworks"],
             "running": p["running"], "relaxations": p.get("relaxations"),
-            "iterations": doc.get("iterations", []),
+            "iterations": doc.get("iterations", []), "rediscovery": _last_rediscovery(doc),
             "reruns": reruns, "top": top_json(top)}  # fmt: skip
 
 
@@ -223,20 +229,38 @@ def campaign_status(name: str, doc: dict, wf: dict, p: dict, reruns: dict, top: 
         parts = [f"{k} {v:.2f}" for k, v in rec.get("sources", {}).items()]
         parts += [f"{k} {v:.2f}" for k, v in rec.get("operators", {}).items()]
         parts += [f"{k} fu {v:.2f}" for k, v in rec.get("formula_units", {}).items()]
-        t.add_row(f"next shares {formula}", "  ".join(parts))
+        if parts:
+            t.add_row(f"next shares {formula}", "  ".join(parts))
+        if rec.get("arms"):
+            t.add_row(f"next arms {formula}", arms_line(rec["arms"]))
     out: list = [t, *iteration_tables(doc.get("iterations", []))]
     if top:
         out.append(top_table(top, "best structures"))
     return out
 
 
+def arms_line(rec: dict, n: int = 5) -> str:
+    """One cell: the bandit's largest (space group:formula units) shares, with their
+    successes/relaxations so far."""
+    outcomes = rec.get("outcomes") or {}
+    parts = []
+    for key, share in list((rec.get("top") or {}).items())[:n]:
+        s, f = outcomes.get(key, (0, 0))
+        parts.append(f"{key} {share:.2f} ({s}/{s + f})")
+    return "  ".join(parts) + f"  (of {rec.get('arms')} arms; rest {rec.get('rest', 0):.2f})"
+
+
 def rediscovery_line(rec: dict) -> str:
     """One cell: how often the lowest minimum was reached, and the chance of a new minimum."""
     if not rec.get("relaxed"):
         return "nothing relaxed yet"
-    return (f"{rec['best_hits']}x in {rec['relaxed']} relaxations ({rec['minima']} minima, "
+    line = (f"{rec['best_hits']}x in {rec['relaxed']} relaxations ({rec['minima']} minima, "
             f"{rec['singletons']} seen once; next relaxation a new minimum: "
             f"{rec['new_minimum_chance']:.2f})")  # fmt: skip
+    if rec.get("ground_state_confidence") is not None:  # summaries before the estimate lack it
+        line += (f"; ground state seen: {rec['ground_state_confidence']:.2f} (next relaxation "
+                 f"lower: {rec['lower_minimum_chance']:.3f})")  # fmt: skip
+    return line
 
 
 def operator_table(iterations: list[dict]):

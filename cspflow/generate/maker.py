@@ -11,7 +11,13 @@ from cspflow.jobs import stage_metadata
 from cspflow.schemas.campaign import CampaignSpec
 from cspflow.schemas.generate import GenerateSettings
 
-__all__ = ["GenerateMaker", "generate_candidates", "derive_seed", "adapted_shares"]
+__all__ = [
+    "GenerateMaker",
+    "generate_candidates",
+    "derive_seed",
+    "adapted_shares",
+    "arm_allocation",
+]
 
 #: defaults of direct calls: the stage's settings, written once in the schema
 _DEFAULTS = GenerateSettings()
@@ -43,6 +49,9 @@ def generate_candidates(
     niche_distance: float = _DEFAULTS.niche_distance,
     adaptive: bool = False,
     min_share: float = _DEFAULTS.min_share,
+    bandit: bool = False,
+    bandit_window: float = _DEFAULTS.bandit_window,
+    bandit_strength: float = _DEFAULTS.bandit_strength,
 ) -> dict[str, Any]:
     """Generate ``n`` new unique candidates and register them in the campaign database.
 
@@ -51,7 +60,9 @@ def generate_candidates(
     the formula, niched at ``niche_distance``. ``spacegroup_prior``, ``prior_mix`` and
     ``wyckoff`` go to ``random_symmetric``. With ``adaptive`` (campaigns), the source weights
     and mutation operator shares of iteration > 0 are adapted to the campaign's earlier
-    iterations (:func:`cspflow.generate.evolve.adapt_weights`). Rerunning
+    iterations (:func:`cspflow.generate.evolve.adapt_weights`). With ``bandit`` (campaigns,
+    iteration > 0), ``random_symmetric`` draws (space group, formula units) arms with the
+    Thompson-sampling shares of :func:`cspflow.generate.allocation.bandit_shares`. Rerunning
     the job of a (campaign, iteration) that already holds ``n`` candidates generates nothing
     and returns their ids; a partial earlier run is topped up.
 
@@ -107,6 +118,15 @@ def generate_candidates(
         fu_shares = shares["formula_units"]
         if fu_shares:
             rs["fu_weights"] = fu_shares
+    arm_record: dict[str, Any] = {}
+    if bandit and campaign is not None and iteration and (sources or {}).get("random_symmetric"):
+        from cspflow.generate.priors import check_prior
+
+        arm_record = arm_allocation(
+            db, campaign, iteration, target, check_prior(rs["spacegroup_prior"]),
+            float(rs["prior_mix"]), bandit_window, bandit_strength, seed,
+        )  # fmt: skip
+        rs["arm_weights"] = arm_record.pop("shares")
     if weights and "template" in weights:
         from cspflow.generate.templates import with_stored_templates
 
@@ -132,6 +152,7 @@ def generate_candidates(
     summary.weights = {k: round(v, 4) for k, v in parse_sources(weights).items()}
     summary.operator_weights = operator_weights
     summary.formula_unit_weights = fu_shares
+    summary.arm_weights = arm_record
     summary.requested = n
     summary.candidate_ids = done + summary.candidate_ids
     return summary.model_dump()
@@ -199,6 +220,39 @@ def adapted_shares(
     return {"sources": weights, "operators": operator_weights, "formula_units": fu_weights}
 
 
+def arm_allocation(
+    db: Any,
+    campaign: str,
+    iteration: int,
+    target: Any,
+    spacegroup_prior: str | dict[int, float],
+    prior_mix: float,
+    window: float,
+    strength: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The bandit's arm shares for ``iteration`` from the campaign's earlier candidates of the
+    target's formula (:func:`cspflow.generate.allocation.bandit_shares`).
+
+    Returns
+    -------
+    dict
+        :func:`cspflow.generate.allocation.top_arms`'s record plus ``shares`` (every arm).
+    """
+    from cspflow.generate.allocation import bandit_shares, top_arms
+    from cspflow.store import candidate_stats
+
+    docs = [
+        d
+        for d in candidate_stats.source_records(db, campaign, max_iteration=iteration - 1)
+        if d.get("formula") == target.formula
+    ]
+    shares, outcomes = bandit_shares(
+        target, docs, spacegroup_prior, prior_mix, window, strength, derive_seed(seed, "arms")
+    )
+    return {**top_arms(shares, outcomes), "shares": shares}
+
+
 @dataclass
 class GenerateMaker(Maker):
     """Make the generate job of a campaign iteration.
@@ -255,6 +309,9 @@ class GenerateMaker(Maker):
             niche_distance=s.niche_distance,
             adaptive=s.adaptive,
             min_share=s.min_share,
+            bandit=s.bandit,
+            bandit_window=s.bandit_window,
+            bandit_strength=s.bandit_strength,
         )
         j.name = self.name
         j.metadata.update(stage_metadata("generate", campaign, iteration))

@@ -20,6 +20,24 @@ favours high-symmetry, well-known types (elements and binaries are 80% of it); i
 the ICSD frequency, not that frequency. Formula units are not conditioned on (288 prototypes
 are too few to split by Z as well); they stay uniform.
 
+The ``pyxtal_mp`` prior weighs group ``g`` by the structures of a larger real collection:
+``cspflow/data/spacegroup_frequency.csv``, 88,678 structures per (space group, atoms in the
+conventional cell), summed from PyXtal's ``database/spg_num_wps_mp.csv`` (named for the
+Materials Project; its header says what is known of it). For a primitive cell of ``n`` atoms,
+group ``g`` holds ``N_g = m_g n`` atoms in its conventional cell (``m_g`` the centring
+multiplier), and
+
+``w(g) = c(g, N_g) + K c(g) / C + 1/4``
+
+with ``c(g, N_g)`` the structures of ``g`` with that many atoms, ``c(g)`` those of ``g`` with any
+number, ``C`` all structures and ``K`` = :data:`MP_SPREAD` pseudo-structures spread over the
+groups by their overall frequency: the draw is conditioned on the cell size (so on the
+formula units) where the table has structures of that size, and falls back to the groups'
+overall frequency where it has few. Bias: Materials Project structures include many computed,
+hypothetical ones (orderings, Heusler and perovskite series crowd Fm-3m and Pm-3m), and the
+table has no compositions, so it is not split by number of elements: it is a proxy, not the
+ICSD frequency.
+
 Wyckoff sites. PyXtal fills a group's Wyckoff positions greedily at random (half the time the
 largest multiplicity that fits). ``fewest_sites`` instead lists every Wyckoff combination of the
 cell (:meth:`pyxtal.symmetry.Group.list_wyckoff_combinations`) and draws one with weight
@@ -49,6 +67,8 @@ __all__ = [
     "WYCKOFF_CHOICES",
     "MAX_COMBINATIONS",
     "aflow_counts",
+    "mp_counts",
+    "MP_SPREAD",
     "check_prior",
     "spacegroup_probabilities",
     "wyckoff_combinations",
@@ -63,6 +83,8 @@ WYCKOFF_CHOICES = ("pyxtal", "fewest_sites")
 MAX_COMBINATIONS = 5000
 _PSEUDO = 0.25
 _POOLED = 0.25
+#: pseudo-structures of ``pyxtal_mp`` spread over the groups by their overall frequency
+MP_SPREAD = 50.0
 
 
 @lru_cache(maxsize=1)
@@ -87,6 +109,27 @@ def aflow_counts() -> dict[int, Counter[int]]:
     return out
 
 
+@lru_cache(maxsize=1)
+def mp_counts() -> tuple[dict[tuple[int, int], int], dict[int, int], int]:
+    """Structures per (space group, conventional-cell atoms) of ``spacegroup_frequency.csv``.
+
+    Returns
+    -------
+    tuple
+        ``({(group, atoms): count}, {group: count}, total)``.
+    """
+    text = (resources.files("cspflow") / "data" / "spacegroup_frequency.csv").read_text()
+    by_size: dict[tuple[int, int], int] = {}
+    by_group: Counter[int] = Counter()
+    for line in text.splitlines():
+        if not line or line.startswith("#") or line.startswith("spacegroup"):
+            continue
+        sg, atoms, count = (int(x) for x in line.split(","))
+        by_size[(sg, atoms)] = by_size.get((sg, atoms), 0) + count
+        by_group[sg] += count
+    return by_size, dict(by_group), sum(by_group.values())
+
+
 def check_prior(prior: str | dict[Any, Any]) -> str | dict[int, float]:
     """Validate a prior: a name of :data:`PRIORS` or ``{space group: weight}``
     (:func:`cspflow.schemas.generate.parse_spacegroup_prior`).
@@ -107,6 +150,7 @@ def spacegroup_probabilities(
     n_elements: int,
     prior: str | dict[int, float] = "uniform",
     mix: float = 0.2,
+    n_atoms: int | None = None,
 ) -> np.ndarray:
     """Probabilities of drawing each of ``groups`` (the groups compatible with the cell).
 
@@ -117,11 +161,14 @@ def spacegroup_probabilities(
     n_elements
         Elements of the composition (selects the ``aflow`` counts).
     prior
-        ``"uniform"``, ``"aflow"`` (see the module docstring) or ``{group: weight}`` (groups
-        left out weigh 0 before mixing).
+        ``"uniform"``, ``"aflow"``, ``"pyxtal_mp"`` (see the module docstring) or
+        ``{group: weight}`` (groups left out weigh 0 before mixing).
     mix
         Share of the uniform distribution mixed in, 0-1: with ``mix > 0`` every compatible
         group keeps a non-zero probability.
+    n_atoms
+        Atoms of the primitive cell (``pyxtal_mp`` conditions on it; without it, that prior
+        uses the groups' overall frequency).
 
     Returns
     -------
@@ -136,6 +183,8 @@ def spacegroup_probabilities(
         return uniform
     if isinstance(prior, dict):
         w = np.array([float(prior.get(g, 0.0)) for g in groups])
+    elif prior == "pyxtal_mp":
+        w = _mp_weights(groups, n_atoms)
     else:
         counts = aflow_counts()
         by_k = counts[min(4, max(1, n_elements))]
@@ -144,6 +193,18 @@ def spacegroup_probabilities(
         return uniform
     p = (1.0 - mix) * w / w.sum() + mix * uniform
     return p / p.sum()
+
+
+def _mp_weights(groups: tuple[int, ...] | list[int], n_atoms: int | None) -> np.ndarray:
+    """``c(g, m_g n) + K c(g) / C + 1/4`` per group (module docstring)."""
+    from cspflow.generate.sources import centring_multiplier
+
+    by_size, by_group, total = mp_counts()
+    out = []
+    for g in groups:
+        here = by_size.get((g, centring_multiplier(g) * n_atoms), 0) if n_atoms else 0
+        out.append(here + MP_SPREAD * by_group.get(g, 0) / total + _PSEUDO)
+    return np.array(out, dtype=float)
 
 
 @lru_cache(maxsize=4096)

@@ -212,7 +212,7 @@ class RandomSymmetric:
     Parameters
     ----------
     spacegroup_prior
-        ``"uniform"``, ``"aflow"`` or ``{group: weight}``
+        ``"uniform"``, ``"aflow"``, ``"pyxtal_mp"`` or ``{group: weight}``
         (:func:`cspflow.generate.priors.spacegroup_probabilities`).
     prior_mix
         Uniform share mixed into the prior (every compatible group keeps a probability).
@@ -222,12 +222,17 @@ class RandomSymmetric:
     fu_weights
         Shares of the formula-unit counts (``{"1": 0.3, "2": 0.7}``; a campaign's adaptive
         allocation); None or absent counts draw uniformly.
+    arm_weights
+        Shares of (space group, formula units) arms, keys ``"group:fu"`` (a campaign's
+        bandit, :mod:`cspflow.generate.allocation`); when set they replace the two draws above
+        (arms the target cannot hold are left out; none left: the draws above).
     """
 
     spacegroup_prior: str | dict[int, float] = "uniform"
     prior_mix: float = 0.2
     wyckoff: str = "pyxtal"
     fu_weights: dict[str, float] | None = None
+    arm_weights: dict[str, float] | None = None
     name: ClassVar[str] = "random_symmetric"
     stream: ClassVar[int] = 1
 
@@ -245,11 +250,32 @@ class RandomSymmetric:
     def _prior_name(self) -> str:
         return self.spacegroup_prior if isinstance(self.spacegroup_prior, str) else "custom"
 
-    def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
-        """One attempt from ``seed``: draw (formula units, space group), build, check."""
-        from cspflow.generate.priors import choose_wyckoff, spacegroup_probabilities
+    def draw(
+        self, target: Target, rng: np.random.Generator
+    ) -> tuple[int, int, float, float | None] | None:
+        """Draw (formula units, space group) as :meth:`make` does, without building.
 
-        rng = np.random.default_rng(seed)
+        Returns
+        -------
+        tuple or None
+            ``(formula units, group, P(group | formula units) under the prior, P(arm) under
+            arm_weights or None)``; None when no group can hold the cell.
+        """
+        from cspflow.generate.allocation import target_arms
+        from cspflow.generate.priors import spacegroup_probabilities
+
+        if self.arm_weights:
+            arms = target_arms(target, self.arm_weights)
+            if arms:
+                w = np.array([p for _, _, p in arms])
+                k = int(rng.choice(len(arms), p=w / w.sum()))
+                fu, sg, _ = arms[k]
+                groups = compatible_space_groups(tuple(target.num_ions(fu)))
+                probs = spacegroup_probabilities(
+                    groups, len(target.species), self.spacegroup_prior, self.prior_mix,
+                    sum(target.num_ions(fu)),
+                )  # fmt: skip
+                return fu, sg, float(probs[groups.index(sg)]), float(w[k] / w.sum())
         if self.fu_weights:
             w = np.array([float(self.fu_weights.get(str(f), 0.0)) for f in target.fu_counts])
             w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
@@ -259,10 +285,9 @@ class RandomSymmetric:
         num_ions = target.num_ions(fu)
         groups = compatible_space_groups(tuple(num_ions))
         if not groups:
-            context.reject("no compatible space group")
             return None
         probs = spacegroup_probabilities(
-            groups, len(num_ions), self.spacegroup_prior, self.prior_mix
+            groups, len(num_ions), self.spacegroup_prior, self.prior_mix, sum(num_ions)
         )
         if self.spacegroup_prior == "uniform":
             # the draw of earlier releases, so uniform runs reproduce them seed for seed
@@ -271,6 +296,19 @@ class RandomSymmetric:
         else:
             k = int(rng.choice(len(groups), p=probs))
             sg = int(groups[k])
+        return fu, sg, float(probs[k]), None
+
+    def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
+        """One attempt from ``seed``: draw (formula units, space group), build, check."""
+        from cspflow.generate.priors import choose_wyckoff
+
+        rng = np.random.default_rng(seed)
+        drawn = self.draw(target, rng)
+        if drawn is None:
+            context.reject("no compatible space group")
+            return None
+        fu, sg, p_group, p_arm = drawn
+        num_ions = target.num_ions(fu)
         pyxtal_seed = int(rng.integers(2**31))
         conventional = [centring_multiplier(sg) * n for n in num_ions]
         sites = None
@@ -295,9 +333,12 @@ class RandomSymmetric:
             "conventional_atoms": sum(conventional),
             "spacegroup_prior": self._prior_name(),
             "prior_mix": float(self.prior_mix),
-            "spacegroup_probability": round(float(probs[k]), 6),
+            "spacegroup_probability": round(p_group, 6),
             "wyckoff_choice": self.wyckoff,
         }
+        if p_arm is not None:
+            params["allocation"] = "bandit"
+            params["arm_probability"] = round(p_arm, 6)
         if sites is not None:
             params["wyckoff"] = sites
         gen = Generated(

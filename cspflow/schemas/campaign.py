@@ -160,6 +160,12 @@ class StopSpec(_Strict):
     max_iterations: int = Field(3, ge=1, le=1000)
     patience: int = Field(2, ge=1, description="Stop after N iterations without hull improvement.")
     dft_budget: int | None = Field(None, ge=0, description="Stop once this many DFT runs are done.")
+    ground_state_confidence: float | None = Field(
+        None, gt=0, lt=1,
+        description="Stop once every composition's estimated probability that its lowest "
+        "structure is the lowest there is (the rediscovery record's ground_state_confidence, "
+        "cspflow.campaign.evolution.ground_state) reaches this; None: not a stop rule.",
+    )  # fmt: skip
 
 
 class CampaignSpec(_Strict):

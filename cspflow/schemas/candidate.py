@@ -187,5 +187,10 @@ class GenerateSummary(BaseModel):
     formula_unit_weights: dict[str, float] = Field(
         default_factory=dict, description="random_symmetric's formula-unit shares used."
     )
+    arm_weights: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The bandit's (space group, formula units) shares used: arms, top shares, "
+        "the rest, outcomes (cspflow.generate.allocation.top_arms); empty without the bandit.",
+    )
     elapsed_s: float = Field(0.0, description="Wall time (s).")
     complete: bool = Field(True, description="False when fewer than requested were found.")

@@ -17,7 +17,7 @@ from cspflow.schemas.template import TemplateSettings
 __all__ = ["GenerateSettings", "SOURCE_NAMES", "SPACEGROUP_PRIORS", "parse_spacegroup_prior"]
 
 #: named space-group priors of random_symmetric (cspflow.generate.priors)
-SPACEGROUP_PRIORS = ("uniform", "aflow")
+SPACEGROUP_PRIORS = ("uniform", "aflow", "pyxtal_mp")
 
 #: generator names a weight may be given for
 SOURCE_NAMES = ("random_symmetric", "prototype", "mutation", "external", "template")
@@ -89,7 +89,9 @@ class GenerateSettings(BaseModel):
     spacegroup_prior: str | dict[int, float] = Field(
         "uniform",
         description="Space-group draw of random_symmetric: uniform, aflow (frequency among the "
-        "AFLOW prototypes with as many elements) or {space group: weight}.",
+        "AFLOW prototypes with as many elements), pyxtal_mp (frequency among the 88,678 "
+        "structures of PyXtal's Materials Project table with as many atoms in the conventional "
+        "cell) or {space group: weight}.",
     )
     prior_mix: float = Field(
         0.2, ge=0, le=1,
@@ -114,6 +116,21 @@ class GenerateSettings(BaseModel):
     min_share: float = Field(
         0.05, ge=0, le=0.5, description="Smallest share an adapted source or operator keeps."
     )
+    bandit: bool = Field(
+        False,
+        description="Allocate random_symmetric's draws over (space group, formula units) arms "
+        "by Thompson sampling from iteration 1 on, the space-group prior as the prior "
+        "(cspflow.generate.allocation).",
+    )
+    bandit_window: float = Field(
+        0.05, gt=0, le=5,
+        description="eV/atom above the composition's lowest MLIP energy within which a "
+        "relaxed candidate rewards the arm it was drawn from.",
+    )  # fmt: skip
+    bandit_strength: float = Field(
+        10.0, gt=0, le=10_000,
+        description="Prior weight of each arm, in relaxations (the prior's Beta(m pi, m (1 - pi))).",
+    )  # fmt: skip
 
     @field_validator("spacegroup_prior", mode="before")
     @classmethod

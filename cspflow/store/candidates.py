@@ -518,7 +518,10 @@ def dft_labelled(
     if campaign is not None:
         query["campaign"] = campaign
     if max_iteration is not None:
-        query["iteration"] = {"$lte": max_iteration}
+        # $lt n + 1, not $lte n: SecantusDB 0.7.0b3 drops the equal key of a range on the
+        # second field of the (campaign, iteration, status) index (the last iteration went
+        # missing: tests/generate/test_prior_bandit.py)
+        query["iteration"] = {"$lt": int(max_iteration) + 1}
     fields = {"candidate_id": 1, "relaxed.dft": 1, "relaxed.dft_by_fidelity": 1}
     docs = list(_coll(db).find(query, fields).sort("candidate_id", 1))
     if fidelity is not None:

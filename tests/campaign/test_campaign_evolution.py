@@ -22,6 +22,7 @@ SPEC = {
         "sources": {"random_symmetric": 0.5, "mutation": 0.5},
         "seed": 3,
         "spacegroup_prior": "aflow",
+        "bandit": True,
     },
     "prerelax": {"model": "chgnet", "max_steps": 60, "batch_size": 8},
     "select": {"top_k": 0},
@@ -62,6 +63,11 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
         # random_symmetric's formula units (1 or 2 NaCl in 4 atoms) are allocated too
         assert set(shares["formula_units"]) == {"1", "2"}
         assert sum(shares["formula_units"].values()) == pytest.approx(1.0, abs=1e-3)
+        # the bandit's (space group, formula units) shares for the next iteration
+        arms = shares["arms"]
+        assert arms["arms"] > 50 and 0 < len(arms["top"]) <= 10
+        assert sum(arms["top"].values()) + arms["rest"] == pytest.approx(1.0, abs=2e-3)
+        assert all(int(k.split(":")[1]) in (1, 2) for k in arms["top"])
     first = out["iterations"][0]["operators"]
     # no parents before the first relaxations: iteration 0 is random structures only
     assert set(first) == {"random_symmetric"} and first["random_symmetric"]["generated"] == 6
@@ -76,6 +82,8 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
                                            "softmode"}  # fmt: skip
     randoms = [d for d in docs if d["source"] == "random_symmetric"]
     assert all(d["params"]["spacegroup_prior"] == "aflow" for d in randoms)
+    # iteration 0 draws from the prior, iteration 1 from the bandit's arms
+    assert all(("allocation" in d["params"]) == (d["iteration"] == 1) for d in randoms)
     # the stopping signal: how often the lowest minimum was reached again
     red = out["iterations"][-1]["rediscovery"]["NaCl"]
     relaxed = [d for d in docs if d["status"] != "failed"
@@ -88,7 +96,16 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
     assert red["new_minimum_chance"] == round(
         sum(reps.count(r) == 1 for r in set(reps)) / len(reps), 3
     )
+    from cspflow.campaign.evolution import ground_state
+
+    n1 = sum(reps.count(r) == 1 for r in set(reps))
+    n2 = sum(reps.count(r) == 2 for r in set(reps))
+    est = ground_state(len(reps), len(set(reps)), n1, n2, reps.count(best))
+    assert {k: red[k] for k in est} == est
+    assert out["rediscovery"] == out["iterations"][-1]["rediscovery"]
     # campaign status shows the tables
-    text = run_cli("campaign", "status", "nacl-evo", env=env, timeout=300).stdout
+    wide = {**env, "COLUMNS": "300"}  # one line per cell: the long cells stay whole
+    text = run_cli("campaign", "status", "nacl-evo", env=wide, timeout=300).stdout
     assert "sources and operators" in text and "next shares NaCl" in text
-    assert "lowest found NaCl" in text
+    assert "lowest found NaCl" in text and "ground state seen" in text
+    assert "next arms NaCl" in text

@@ -220,8 +220,10 @@ def test_rediscovery_counts_how_often_the_lowest_minimum_is_found():
               {"candidate_id": "b", "energy_per_atom": -4.9, "hits": 1},
               {"candidate_id": "c", "energy_per_atom": -4.8, "hits": 3}]  # fmt: skip
     r = rediscovery(minima)
+    # Chao1 (bias-corrected): 1 * 0 / (2 * 1) = 0 unseen, plus 1/10; (3/4) ** 0.1 = 0.9716
     assert r == {"relaxed": 10, "minima": 3, "best": "a", "best_hits": 6, "singletons": 1,
-                 "new_minimum_chance": 0.1}  # fmt: skip
+                 "doubletons": 0, "new_minimum_chance": 0.1, "lower_minimum_chance": 0.025,
+                 "unseen_minima": 0.1, "ground_state_confidence": 0.972}  # fmt: skip
     assert rediscovery([])["new_minimum_chance"] is None
 
 
