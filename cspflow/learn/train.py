@@ -10,6 +10,7 @@ loaded through :mod:`cspflow.mlip` only to check it. The settings are
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import subprocess
@@ -173,11 +174,15 @@ def _mace_args(
     from ase.data import atomic_numbers
 
     e0_arg = "{" + ", ".join(f"{atomic_numbers[el]}: {e!r}" for el, e in sorted(e0s.items())) + "}"
+    # mace's own validation split picks the best checkpoint; at least one frame of it
+    valid_fraction = max(0.1, 1.5 / max(1, n_train))
+    # mace drops the last incomplete training batch: a batch larger than what is left after
+    # the validation split leaves no batch at all (torch.cat of an empty list, after data loading)
+    batch = max(1, min(s.batch_size, n_train - math.ceil(valid_fraction * n_train)))
     args = [
         f"--name={name}",
         f"--train_file={train_xyz}",
-        # mace's own validation split picks the best checkpoint; at least one frame of it
-        f"--valid_fraction={max(0.1, 1.5 / max(1, n_train)):.3f}",
+        f"--valid_fraction={valid_fraction:.3f}",
         "--energy_key=REF_energy",
         "--forces_key=REF_forces",
         "--stress_key=REF_stress",
@@ -186,8 +191,8 @@ def _mace_args(
         f"--energy_weight={s.energy_weight}",
         f"--forces_weight={s.forces_weight}",
         f"--stress_weight={s.stress_weight}",
-        f"--batch_size={s.batch_size}",
-        f"--valid_batch_size={s.batch_size}",
+        f"--batch_size={batch}",
+        f"--valid_batch_size={batch}",
         f"--max_num_epochs={s.epochs}",
         f"--lr={s.lr}",
         f"--device={device}",
