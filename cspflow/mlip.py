@@ -66,6 +66,14 @@ class ModelSpec:
         return self.kind if self.value is None else f"{self.kind}:{self.value}"
 
 
+def _unloadable(path: Any, kind: str, exc: Exception, hint: str) -> CspflowError:
+    """The one-line error for a model file that does not load as ``kind``."""
+    detail = (str(exc).splitlines() or [""])[0]
+    return CspflowError(
+        f"{path} is not a loadable {kind} model ({type(exc).__name__}: {detail}); give {hint}"
+    )
+
+
 def parse_model_spec(spec: str) -> ModelSpec:
     """Parse ``chgnet``, ``mace:PATH`` or ``registry:ID``.
 
@@ -382,11 +390,10 @@ def _load_chgnet(parsed: ModelSpec, dev: str, path: Path | None, model_id: str) 
         try:
             model = load_chgnet(path)
         except Exception as exc:  # torch/pickle raise many types for a file that is no CHGNet
-            detail = (str(exc).splitlines() or [""])[0]
-            raise CspflowError(
-                f"{path} is not a loadable CHGNet model ({type(exc).__name__}: {detail}); give "
-                "a fine-tuned CHGNet file (cspflow's learn output, or `cspflow model export`)"
-            ) from None
+            raise _unloadable(
+                path, "CHGNet", exc,
+                "a fine-tuned CHGNet file (cspflow's learn output, or `cspflow model export`)",
+            ) from None  # fmt: skip
         model = model.to(dev)
         chgnet_calc = CHGNetCalculator(model=model, use_device=dev, on_isolated_atoms="ignore")
     return LoadedModel(
@@ -428,10 +435,8 @@ def _load_model(parsed: ModelSpec, dev: str, db: Database | None) -> LoadedModel
         try:
             calc = MACECalculator(model_paths=str(path), device=dev)
         except Exception as exc:  # torch/pickle raise many types for a file that is no model
-            detail = (str(exc).splitlines() or [""])[0]
-            raise CspflowError(
-                f"{path} is not a loadable MACE model ({type(exc).__name__}: {detail}); give a "
-                "MACE .model file (mace_run_train output)"
+            raise _unloadable(
+                path, "MACE", exc, "a MACE .model file (mace_run_train output)"
             ) from None
     elements = frozenset(int(z) for z in calc.z_table.zs)
     torch.set_grad_enabled(True)  # MACE needs autograd for forces

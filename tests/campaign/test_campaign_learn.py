@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 
@@ -44,24 +43,16 @@ SPEC = {
 
 def _register_chgnet_labelled_model(db, tmp_path) -> str:
     """A tiny MACE of Si trained on CHGNet labels, registered as the current Si model."""
-    from ase.build import bulk
-
     from cspflow.learn.dataset import fit_e0s
     from cspflow.learn.train import train_mace
     from cspflow.mlip import load_model
     from cspflow.models import register_model
     from cspflow.schemas.learn import TrainSettings
+    from cspflow.testing.frames import labelled_bulk
 
     chgnet = load_model("chgnet", device="cpu")
-    rng = np.random.default_rng(0)
-    frames = []
-    for k in range(12):
-        a = bulk("Si", "diamond", 5.43 * rng.uniform(0.96, 1.04))
-        a.rattle(0.05, seed=k)
-        ev = chgnet.evaluate([a])[0]
-        a.info.update({"REF_energy": ev.energy, "REF_stress": ev.stress})
-        a.arrays["REF_forces"] = ev.forces
-        frames.append(a)
+    frames = labelled_bulk(chgnet, "Si", "diamond", 5.43, 12, seed=0, scale=(0.96, 1.04),
+                           rattle=0.05)  # fmt: skip
     e0s = fit_e0s(frames)
     path = train_mace(frames, tmp_path / "pre", e0s=e0s, settings=TrainSettings(epochs=8, seed=3))
     from cspflow.schemas.dft import DftSpec

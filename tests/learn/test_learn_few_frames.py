@@ -10,23 +10,15 @@ import pytest
 
 @pytest.mark.slow
 def test_mace_trains_on_fewer_frames_than_a_batch(tmp_path):
-    from ase.build import bulk
-
     from cspflow.learn.dataset import fit_e0s
     from cspflow.learn.train import train_mace
     from cspflow.mlip import load_model
     from cspflow.schemas.learn import TrainSettings
+    from cspflow.testing.frames import labelled_bulk
 
     chgnet = load_model("chgnet", device="cpu")
-    rng = np.random.default_rng(5)
-    frames = []
-    for k in range(5):
-        a = bulk("Si", "diamond", 5.43 * rng.uniform(0.97, 1.03))
-        a.rattle(0.05, seed=k)
-        ev = chgnet.evaluate([a])[0]
-        a.info.update({"REF_energy": ev.energy, "REF_stress": ev.stress, "candidate_id": f"s{k}"})
-        a.arrays["REF_forces"] = ev.forces
-        frames.append(a)
+    frames = labelled_bulk(chgnet, "Si", "diamond", 5.43, 5, seed=5, scale=(0.97, 1.03),
+                           rattle=0.05, id_prefix="s")  # fmt: skip
     s = TrainSettings(epochs=2, batch_size=5, seed=1)
     path = train_mace(frames, tmp_path / "few", e0s=fit_e0s(frames), settings=s)
     model = load_model(f"mace:{path}", device="cpu")

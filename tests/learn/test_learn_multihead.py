@@ -9,7 +9,6 @@ use the real GPAW Si data.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.slow]
@@ -18,21 +17,12 @@ TRAIN = {"min_frames": 8, "ionic_steps": -1, "epochs": 8, "seed": 7}
 
 
 def _nacl_frames(n: int, seed: int):
-    from ase.build import bulk
-
     from cspflow.mlip import load_model
+    from cspflow.testing.frames import labelled_bulk
 
     chgnet = load_model("chgnet", device="cpu")
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(n):
-        a = bulk("NaCl", "rocksalt", 5.64 * rng.uniform(0.97, 1.04))
-        a.rattle(0.06, seed=seed * 100 + k)
-        ev = chgnet.evaluate([a])[0]
-        a.info.update({"REF_energy": ev.energy, "REF_stress": ev.stress, "candidate_id": f"n{k}"})
-        a.arrays["REF_forces"] = ev.forces
-        frames.append(a)
-    return frames
+    return labelled_bulk(chgnet, "NaCl", "rocksalt", 5.64, n, seed=seed, rattle_seed=seed * 100,
+                         id_prefix="n")  # fmt: skip
 
 
 def test_multihead_finetuning_keeps_a_replay_head(tmp_path):

@@ -82,18 +82,10 @@ def test_a_learning_campaign_hands_select_where_its_committee_is():
 
 
 def _nacl_frames(chgnet, n: int, seed: int):
-    from ase.build import bulk
+    from cspflow.testing.frames import labelled_bulk
 
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(n):
-        a = bulk("NaCl", "rocksalt", 5.64 * rng.uniform(0.97, 1.04))
-        a.rattle(0.06, seed=seed * 100 + k)
-        ev = chgnet.evaluate([a])[0]
-        a.info.update({"REF_energy": ev.energy, "REF_stress": ev.stress, "candidate_id": f"n{k}"})
-        a.arrays["REF_forces"] = ev.forces
-        frames.append(a)
-    return frames
+    return labelled_bulk(chgnet, "NaCl", "rocksalt", 5.64, n, seed=seed, rattle_seed=seed * 100,
+                         id_prefix="n")  # fmt: skip
 
 
 def _structures():
