@@ -43,22 +43,11 @@ def labelled(frames_by_type: dict[str, list[dict]]) -> dict[str, list[Any]]:
     return out
 
 
-def _relative(values: list[float]) -> list[float]:
-    low = min(values)
-    return [1000 * (v - low) for v in values]
-
-
-def _ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0] * len(values)
-    for r, i in enumerate(order, 1):
-        out[i] = r
-    return out
-
-
 def judge(spec: str, frames: dict[str, list[Any]], holdout: list[str], starts: dict[str, Any],
           fmax: float) -> dict[str, Any]:  # fmt: skip
     """The three judgements of one model (see the module docstring)."""
+    from learn_case import ranks, relative
+
     from cspflow.learn.evaluate import evaluate
     from cspflow.mlip import load_model
     from cspflow.prerelax.relax import relax_structures
@@ -70,7 +59,7 @@ def judge(spec: str, frames: dict[str, list[Any]], holdout: list[str], starts: d
     finals = [frames[t][-1] for t in labels]
     e_model = [ev.energy / len(a) for ev, a in zip(model.evaluate(finals), finals, strict=True)]
     e_dft = [a.info["REF_energy"] / len(a) for a in finals]
-    rel_m, rel_d = _relative(e_model), _relative(e_dft)
+    rel_m, rel_d = relative(e_model), relative(e_dft)
     # each type's energy relative to DFT's lowest type, model minus DFT: what decides whether
     # the model puts a type above or below the DFT ground state (a model whose own lowest is a
     # held-out type would otherwise score that type as exact)
@@ -86,9 +75,9 @@ def judge(spec: str, frames: dict[str, list[Any]], holdout: list[str], starts: d
         "heldout_metrics": metrics.model_dump(),
         "rel_meV": dict(zip(labels, rel_m, strict=True)),
         "rel_error_meV": dict(zip(labels, err, strict=True)),
-        "rank_at_dft_geometry": dict(zip(labels, _ranks(e_model), strict=True)),
+        "rank_at_dft_geometry": dict(zip(labels, ranks(e_model), strict=True)),
         "rescreen_e_per_atom": dict(zip(labels, e_screen, strict=True)),
-        "rescreen_rank": dict(zip(labels, _ranks(e_screen), strict=True)),
+        "rescreen_rank": dict(zip(labels, ranks(e_screen), strict=True)),
         "rescreen_spacegroup": {t: o.spacegroup_number for t, o in zip(labels, outcomes, strict=True)},
         "heldout_rel_mae_meV": float(np.mean([abs(err[i]) for i in held])),
         "all_rel_mae_meV": float(np.mean(np.abs(err))),
@@ -142,6 +131,8 @@ def finetune_case(frames_by_type: dict[str, list[dict]], holdout: list[str], sta
 
 def render(ft: dict[str, Any]) -> str:
     """The learning table (Markdown): per type, before -> after."""
+    from learn_case import ranks
+
     b, a = ft["before"], ft["after"]
     lines = [
         f"Fine-tuned on {ft['train_frames']} frames of the other types ({ft['epochs']} epochs, "
@@ -151,7 +142,7 @@ def render(ft: dict[str, Any]) -> str:
         "fine-tuned | re-screen rank CHGNet / fine-tuned |",
         "|---|---|---|---|---|---|---|",
     ]
-    dft_rank = _ranks(list(b["dft_rel_meV"].values()))
+    dft_rank = ranks(list(b["dft_rel_meV"].values()))
     for i, t in enumerate(b["dft_rel_meV"]):
         lines.append(
             f"| {t} | {'yes' if t in ft['holdout'] else ''} | {b['dft_rel_meV'][t]:.1f} | "

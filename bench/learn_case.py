@@ -239,7 +239,7 @@ def ranks(values: list[float | None]) -> list[int | None]:
     return out
 
 
-def _relative(values: list[float | None]) -> list[float | None]:
+def relative(values: list[float | None]) -> list[float | None]:
     """meV/atom above the lowest of ``values`` (None stays None)."""
     known = [v for v in values if v is not None]
     return [None if v is None else 1000 * (v - min(known)) for v in values]
@@ -266,7 +266,7 @@ def table(formula: str, labels: list[str], work: Path, level: Level = DEFAULT) -
         return [values[i] if i in both else None for i in range(len(values))]
 
     cols = {"chgnet": over_both(e_c), "dft": over_both(e_d), "dft_sp": over_both(e_sp)}
-    rel = {k: _relative(v) for k, v in cols.items()}
+    rel = {k: relative(v) for k, v in cols.items()}
     rank = {k: ranks(v) for k, v in cols.items()}
     rows = []
     for i, lb in enumerate(labels):
