@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cspflow.store.candidates import LEVELS, _coll, get_many, usable_query
+from cspflow.store.candidates import LEVELS, _coll, get_many, up_to_iteration, usable_query
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -45,10 +45,7 @@ def source_records(
     if iteration is not None:
         query["iteration"] = iteration
     elif max_iteration is not None:
-        # $lt n + 1, not $lte n: SecantusDB 0.7.0b3 drops the equal key of a range on the
-        # second field of the (campaign, iteration, status) index (the last iteration went
-        # missing: tests/generate/test_prior_bandit.py)
-        query["iteration"] = {"$lt": int(max_iteration) + 1}
+        query["iteration"] = up_to_iteration(max_iteration)
     proj = {"_id": 0, "candidate_id": 1, "formula": 1, "iteration": 1, "source": 1,
             "params.operator": 1, "params.formula_units": 1, "params.spacegroup": 1,
             "status": 1, "duplicate_of": 1, "energy_per_atom": 1}  # fmt: skip

@@ -53,6 +53,7 @@ __all__ = [
     "COLLECTION",
     "LEVELS",
     "usable_query",
+    "up_to_iteration",
     "usable",
     "get_many",
     "require",
@@ -95,6 +96,16 @@ def _check_level(level: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the usable-energy rule
+
+
+def up_to_iteration(max_iteration: int) -> dict[str, int]:
+    """The ``iteration`` condition "up to and including ``max_iteration``".
+
+    ``$lt n + 1``, not ``$lte n``: SecantusDB 0.7.0b3 drops the equal key of a range on the
+    second field of the (campaign, iteration, status) index (the last iteration went missing:
+    tests/generate/test_prior_bandit.py).
+    """
+    return {"$lt": int(max_iteration) + 1}
 
 
 def usable_query(level: str, fidelity: str | None = None) -> dict[str, Any]:
@@ -518,10 +529,7 @@ def dft_labelled(
     if campaign is not None:
         query["campaign"] = campaign
     if max_iteration is not None:
-        # $lt n + 1, not $lte n: SecantusDB 0.7.0b3 drops the equal key of a range on the
-        # second field of the (campaign, iteration, status) index (the last iteration went
-        # missing: tests/generate/test_prior_bandit.py)
-        query["iteration"] = {"$lt": int(max_iteration) + 1}
+        query["iteration"] = up_to_iteration(max_iteration)
     fields = {"candidate_id": 1, "relaxed.dft": 1, "relaxed.dft_by_fidelity": 1}
     docs = list(_coll(db).find(query, fields).sort("candidate_id", 1))
     if fidelity is not None:
