@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_BUCKET",
     "register_model",
+    "model_id_for",
     "current_model",
     "current_model_spec",
     "learned_committee",
@@ -55,6 +56,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_id_for(path: Path, kind: str, sha: str | None = None) -> str:
+    """The registry id a model file gets: ``<kind>-<sha256[:12]>`` (``sha``: its digest, if known)."""
+    return f"{kind}-{(sha or _sha256(path))[:12]}"
+
+
 def register_model(db: Database, path: Path, doc: dict[str, Any]) -> ModelDoc:
     """Store a model file in GridFS and its record in ``models``; return the record.
 
@@ -66,7 +72,7 @@ def register_model(db: Database, path: Path, doc: dict[str, Any]) -> ModelDoc:
 
     path = Path(path)
     sha = _sha256(path)
-    model_id = doc.get("model_id") or f"{doc.get('kind') or 'mace'}-{sha[:12]}"
+    model_id = doc.get("model_id") or model_id_for(path, doc.get("kind") or "mace", sha)
     existing = db["models"].find_one({"model_id": model_id}, {"_id": 0})
     if existing is not None:
         return ModelDoc.model_validate(existing)

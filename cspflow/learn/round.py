@@ -31,7 +31,7 @@ from cspflow.learn.dataset import build_training_set, fit_e0s
 from cspflow.learn.evaluate import evaluate, promotion
 from cspflow.learn.replay import measure_forgetting, replay_frames
 from cspflow.learn.train import check_coverage, resolve_foundation, train_chgnet, train_mace
-from cspflow.models import _sha256, current_model_spec, get_model, register_model
+from cspflow.models import current_model_spec, get_model, model_id_for, register_model
 from cspflow.schemas.learn import LearnSummary, ModelMetrics, TrainSettings
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def learn(
     train_time = round(time.time() - t0, 1)
     # metrics name the model by its registry id (what register_model will call it)
     new = evaluate(f"{kind}:{files[0]}", tset.test, db)
-    new = new.model_copy(update={"model": f"registry:{kind}-{_sha256(files[0])[:12]}"})
+    new = new.model_copy(update={"model": f"registry:{model_id_for(files[0], kind)}"})
     before = evaluate(current_spec, tset.test, db) if current_spec else None
     promoted, reason = promotion(new, before)
     # the previous data's held-out frames: does the new model forget what its parent knew?
@@ -198,7 +198,7 @@ def learn(
             db, path,
             {**base, "train_settings": {**s.as_dict(), "seed": s.seed + k},
              "metrics": {"new": evaluate(f"{kind}:{path}", tset.test, db).model_copy(
-                 update={"model": f"registry:{kind}-{_sha256(path)[:12]}"}).model_dump()},
+                 update={"model": f"registry:{model_id_for(path, kind)}"}).model_dump()},
              "committee_of": record.model_id, "promoted": False,
              "promotion_reason": f"committee member of {record.model_id}"},
         )  # fmt: skip
