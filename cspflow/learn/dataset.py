@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "split_frames",
     "validation_split",
     "build_training_set",
+    "lowest_frames",
     "fit_e0s",
     "write_extxyz",
 ]
@@ -48,6 +49,9 @@ class TrainingSet:
     train: list[Atoms]
     test: list[Atoms]
     doc: TrainingSetDoc
+    #: per composition its lowest-energy (per atom) frame of train + test: held-out relative
+    #: energies are measured from it (:func:`cspflow.learn.evaluate.metrics_from_predictions`)
+    anchors: list[Atoms] = field(default_factory=list)
 
 
 def subsystems(chemsys: str) -> list[str]:
@@ -308,6 +312,7 @@ def build_training_set(
             "is trained; the current model stays"
         )
     elements = sorted({sym for a in frames for sym in a.get_chemical_symbols()})
+    anchors = lowest_frames(frames)
     doc = TrainingSetDoc(
         chemsys=chemsys,
         candidate_ids=sorted({a.info["candidate_id"] for a in frames}),
@@ -323,8 +328,22 @@ def build_training_set(
         test_hash=_frames_hash(test, labels=False),
         test_fraction=s.test_fraction,
         fidelity=fidelity,
+        anchor_frame_ids=[a.info["frame_id"] for a in anchors],
     )
-    return TrainingSet(train=train, test=test, doc=doc)
+    return TrainingSet(train=train, test=test, doc=doc, anchors=anchors)
+
+
+def lowest_frames(frames: list[Atoms]) -> list[Atoms]:
+    """Per reduced formula, the frame with the lowest ``REF_energy`` per atom."""
+    from pymatgen.core import Composition
+
+    best: dict[str, Atoms] = {}
+    for atoms in frames:
+        formula = Composition(atoms.get_chemical_formula()).reduced_formula
+        e = atoms.info["REF_energy"] / len(atoms)
+        if formula not in best or e < best[formula].info["REF_energy"] / len(best[formula]):
+            best[formula] = atoms
+    return [best[f] for f in sorted(best)]
 
 
 def fit_e0s(frames: list[Atoms]) -> dict[str, float]:

@@ -4,10 +4,10 @@ What CSP needs from a potential is the order of the structures of one compositio
 absolute energies: a code or functional offset (GPAW's reference atoms against VASP's PAW
 energies, MP2020 corrections, a constant per element) moves every structure of a composition by
 the same amount and changes no ranking. The figures that decide promotion are therefore, per
-composition of the held-out split, the MAE of relative energies (E/atom minus the lowest
-E/atom of that composition, for DFT and for the model each), Spearman's rank correlation with
-DFT, and the force MAE on frames whose DFT forces do not vanish by symmetry. The absolute
-energy MAE is kept as information only.
+composition of the held-out split, the MAE of relative energies (E/atom minus that of the
+composition's lowest labelled frame, the anchor, for DFT and for the model each), Spearman's
+rank correlation with DFT, and the force MAE on frames whose DFT forces do not vanish by
+symmetry. The absolute energy MAE is kept as information only.
 
 Models are loaded and evaluated through :mod:`cspflow.mlip` (no torch import here).
 """
@@ -23,6 +23,8 @@ from cspflow.errors import CspflowError
 from cspflow.schemas.learn import ModelMetrics
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ase import Atoms
     from pymongo.database import Database
 
@@ -49,7 +51,11 @@ def _formula(atoms: Atoms) -> str:
 
 
 def metrics_from_predictions(
-    model_spec: str, frames: list[Atoms], energies: list[float], forces: list[np.ndarray]
+    model_spec: str,
+    frames: list[Atoms],
+    energies: list[float],
+    forces: list[np.ndarray],
+    anchors: Sequence[tuple[Atoms, float]] = (),
 ) -> ModelMetrics:
     """The held-out figures of one model from its predictions on labelled frames.
 
@@ -61,15 +67,24 @@ def metrics_from_predictions(
         Frames with ``REF_energy`` (eV) and ``REF_forces`` (eV/A).
     energies, forces
         The model's energy (eV) and forces (eV/A) for each frame.
+    anchors
+        Per composition at most one ``(frame, model energy in eV)``: the composition's lowest
+        DFT frame of the whole labelled set (:attr:`TrainingSet.anchors
+        <cspflow.learn.dataset.TrainingSet.anchors>`, training frames included). With an
+        anchor, a held-out frame's relative energy is its energy above the anchor, so one
+        held-out structure already says whether the model places it correctly against the
+        lowest known structure (what ranking needs); without one, relative energies are taken
+        within the held-out frames of the composition.
 
     Returns
     -------
     ModelMetrics
-        Relative-energy MAE and Spearman rank correlation over the compositions with two or
-        more held-out frames (rank correlation: averaged over compositions, weighted by their
-        frames; compositions whose DFT or model energies are all equal have none); force MAE on
-        the frames whose largest DFT force is above :data:`SYMMETRIC_FORCE_EV_PER_A`; absolute
-        energy and force MAE over every frame; the mean signed energy offset.
+        Relative-energy MAE and Spearman rank correlation over the compositions with an anchor
+        or with two or more held-out frames (rank correlation: held-out frames and the anchor,
+        averaged over compositions, weighted by their frames; compositions whose DFT or model
+        energies are all equal have none); force MAE on the held-out frames whose largest DFT
+        force is above :data:`SYMMETRIC_FORCE_EV_PER_A`; absolute energy and force MAE over
+        every held-out frame; the mean signed energy offset.
     """
     from scipy.stats import spearmanr
 
@@ -78,17 +93,28 @@ def metrics_from_predictions(
     groups: dict[str, list[int]] = defaultdict(list)
     for i, atoms in enumerate(frames):
         groups[_formula(atoms)].append(i)
+    held_ids = {a.info.get("frame_id") for a in frames}
+    anchor_of = {_formula(a): (a, e) for a, e in anchors}
     rel_err: list[float] = []
     rhos: list[tuple[float, int]] = []
-    for idx in groups.values():
-        if len(idx) < 2:
-            continue  # one frame of a composition has no relative energy to get wrong
+    n_compositions = 0
+    for formula, idx in groups.items():
         ref, mod = e_ref[idx], e_mod[idx]
-        rel_err.extend(np.abs((mod - mod.min()) - (ref - ref.min())).tolist())
+        if formula in anchor_of:
+            atoms, energy = anchor_of[formula]
+            ref0, mod0 = atoms.info["REF_energy"] / len(atoms), energy / len(atoms)
+            if atoms.info.get("frame_id") not in held_ids:  # ranked with the held-out frames
+                ref, mod = np.append(ref, ref0), np.append(mod, mod0)
+            rel_err.extend(np.abs((e_mod[idx] - mod0) - (e_ref[idx] - ref0)).tolist())
+        elif len(idx) >= 2:
+            rel_err.extend(np.abs((mod - mod.min()) - (ref - ref.min())).tolist())
+        else:
+            continue  # one frame of a composition has no relative energy to get wrong
+        n_compositions += 1
         if np.ptp(ref) > 0 and np.ptp(mod) > 0:
             rho = float(spearmanr(ref, mod).statistic)
             if np.isfinite(rho):
-                rhos.append((rho, len(idx)))
+                rhos.append((rho, len(ref)))
     f_all, f_moving = [], []
     n_force = 0
     for atoms, f in zip(frames, forces, strict=True):
@@ -112,14 +138,20 @@ def metrics_from_predictions(
             round(1000 * float(np.mean(np.concatenate(f_moving))), 3) if f_moving else None
         ),
         n_relative_frames=len(rel_err),
-        n_compositions=sum(len(idx) >= 2 for idx in groups.values()),
+        n_compositions=n_compositions,
         n_force_frames=n_force,
         energy_offset_mev_per_atom=round(1000 * float(np.mean(e_mod - e_ref)), 3),
     )
 
 
-def evaluate(model_spec: str, frames: list[Atoms], db: Database | None = None) -> ModelMetrics:
-    """Held-out figures of a model on labelled frames (see :func:`metrics_from_predictions`).
+def evaluate(
+    model_spec: str,
+    frames: list[Atoms],
+    db: Database | None = None,
+    anchors: Sequence[Atoms] = (),
+) -> ModelMetrics:
+    """Held-out figures of a model on labelled frames (see :func:`metrics_from_predictions`;
+    ``anchors``: per composition its lowest labelled frame, evaluated with the held-out ones).
 
     A model that cannot run on the frames (an element it does not cover, a missing file)
     gets no figures and a note, never an exception: the new model is then compared with
@@ -131,13 +163,15 @@ def evaluate(model_spec: str, frames: list[Atoms], db: Database | None = None) -
         return ModelMetrics(model=model_spec, n_frames=0, note="no held-out frames")
     try:
         model = load_model(model_spec, db=db)
-        model.check_elements({int(z) for a in frames for z in a.numbers})
-        evals = model.evaluate(frames)
+        model.check_elements({int(z) for a in [*frames, *anchors] for z in a.numbers})
+        evals = model.evaluate([*frames, *anchors])
     except CspflowError as exc:
         return ModelMetrics(model=model_spec, n_frames=len(frames), note=str(exc))
+    held, extra = evals[: len(frames)], evals[len(frames) :]
     return metrics_from_predictions(
-        model_spec, frames, [ev.energy for ev in evals], [ev.forces for ev in evals]
-    )
+        model_spec, frames, [ev.energy for ev in held], [ev.forces for ev in held],
+        anchors=[(a, ev.energy) for a, ev in zip(anchors, extra, strict=True)],
+    )  # fmt: skip
 
 
 # differences within these (or 1 % of the current figure) are ties

@@ -163,9 +163,9 @@ def learn(
         files.append(path)
     train_time = round(time.time() - t0, 1)
     # metrics name the model by its registry id (what register_model will call it)
-    new = evaluate(f"{kind}:{files[0]}", tset.test, db)
+    new = evaluate(f"{kind}:{files[0]}", tset.test, db, tset.anchors)
     new = new.model_copy(update={"model": f"registry:{model_id_for(files[0], kind)}"})
-    before = evaluate(current_spec, tset.test, db) if current_spec else None
+    before = evaluate(current_spec, tset.test, db, tset.anchors) if current_spec else None
     promoted, reason = promotion(new, before)
     # the previous data's held-out frames: does the new model forget what its parent knew?
     forgetting = measure_forgetting(
@@ -197,7 +197,7 @@ def learn(
         member = register_model(
             db, path,
             {**base, "train_settings": {**s.as_dict(), "seed": s.seed + k},
-             "metrics": {"new": evaluate(f"{kind}:{path}", tset.test, db).model_copy(
+             "metrics": {"new": evaluate(f"{kind}:{path}", tset.test, db, tset.anchors).model_copy(
                  update={"model": f"registry:{model_id_for(path, kind)}"}).model_dump()},
              "committee_of": record.model_id, "promoted": False,
              "promotion_reason": f"committee member of {record.model_id}"},

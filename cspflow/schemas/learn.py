@@ -58,6 +58,11 @@ class TrainingSetDoc(BaseModel):
     )
     test_hash: str = Field("", description="Hash of the held-out frames' identities.")
     test_fraction: float = Field(0.2, description="Share of candidates (by hash) held out.")
+    anchor_frame_ids: list[str] = Field(
+        default_factory=list,
+        description="Per composition the lowest-energy frame of the set (train + test): "
+        "held-out relative energies are measured from it.",
+    )
     fidelity: Fidelity | None = Field(
         None, description="Fidelity of the DFT labels (every frame has this one)."
     )
@@ -81,9 +86,10 @@ class ModelMetrics(BaseModel):
     note: str | None = Field(None, description="Why no figures (e.g. an element not covered).")
     relative_energy_mae_mev_per_atom: float | None = Field(
         None,
-        description="MAE of relative energies (meV/atom): per composition, E/atom minus the "
-        "lowest E/atom of that composition, for DFT and model each; compositions with two or "
-        "more held-out frames. Decides promotion; a constant offset does not count.",
+        description="MAE of relative energies (meV/atom) of the held-out frames: per "
+        "composition, E/atom minus that of the composition's lowest labelled frame (the "
+        "anchor; without one, the lowest held-out frame), for DFT and model each. Decides "
+        "promotion; a constant offset does not count.",
     )
     rank_correlation: float | None = Field(
         None,
@@ -96,7 +102,9 @@ class ModelMetrics(BaseModel):
         "0.01 eV/A (forces that do not vanish by symmetry).",
     )
     n_relative_frames: int = Field(0, description="Frames counted in the relative-energy MAE.")
-    n_compositions: int = Field(0, description="Compositions with two or more held-out frames.")
+    n_compositions: int = Field(
+        0, description="Compositions with a relative energy (an anchor or two held-out frames)."
+    )
     n_force_frames: int = Field(0, description="Frames counted in force_mae_moving_mev_per_a.")
     energy_offset_mev_per_atom: float | None = Field(
         None, description="Mean signed energy error (model - DFT, meV/atom); information only."

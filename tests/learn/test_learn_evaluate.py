@@ -96,3 +96,34 @@ def test_promotion_is_lexicographic_and_says_why():
     none = ModelMetrics(model="chgnet", n_frames=5, note="model chgnet does not cover Xx")
     assert promotion(_m(7), none)[0]
     assert not promotion(ModelMetrics(model="new", note="cannot run"), _m(6))[0]
+
+
+def test_an_anchor_gives_one_held_out_structure_a_relative_energy():
+    """One held-out Si2 frame 100 meV/atom above the set's lowest Si2 frame (a training frame):
+    measured from that anchor, a model that puts it 20 meV/atom too low is 20 meV/atom off,
+    a constant offset still counts nothing, and without the anchor there is nothing to judge."""
+    from cspflow.learn.dataset import lowest_frames
+
+    frames = _frames()
+    for k, a in enumerate(frames):
+        a.info["frame_id"] = f"f{k}"
+    held = [frames[3]]  # Si2 at -5.30 eV/atom
+    anchor = lowest_frames(frames)
+    assert [a.info["frame_id"] for a in anchor] == ["f4", "f0"]  # NaCl -3.40, Si2 -5.40
+    e_held = held[0].info["REF_energy"]
+    f_held = [held[0].arrays["REF_forces"]]
+    alone = metrics_from_predictions("alone", held, [e_held], f_held)
+    assert alone.relative_energy_mae_mev_per_atom is None and alone.n_compositions == 0
+    exact = [(a, a.info["REF_energy"]) for a in anchor]
+    m = metrics_from_predictions("exact", held, [e_held], f_held, anchors=exact)
+    assert m.relative_energy_mae_mev_per_atom == 0.0 and m.n_compositions == 1
+    assert m.rank_correlation == 1.0 and m.n_relative_frames == 1
+    low = metrics_from_predictions("low", held, [e_held - 0.020 * 2], f_held, anchors=exact)
+    assert low.relative_energy_mae_mev_per_atom == pytest.approx(20.0)
+    shifted = [(a, e + 0.5 * len(a)) for a, e in exact]
+    m = metrics_from_predictions("shifted", held, [e_held + 1.0], f_held, anchors=shifted)
+    assert m.relative_energy_mae_mev_per_atom == pytest.approx(0.0, abs=1e-9)
+    # a model that puts the held-out frame below the anchor ranks the two the wrong way round
+    wrong = metrics_from_predictions("wrong", held, [e_held - 0.3 * 2], f_held, anchors=exact)
+    assert wrong.rank_correlation == -1.0
+    assert wrong.relative_energy_mae_mev_per_atom == pytest.approx(300.0)
