@@ -397,9 +397,12 @@ def relax_structures(
             if fnorm > filters.max_force:
                 fail(f"exploding forces: {fnorm:.3g} eV/A at step {steps}")
                 continue
-            drop = (run.energy0 - ev.energy) / n
+            # from the start, or from zero for a start above it: a random start several
+            # eV/atom above zero may legitimately fall by more than the threshold
+            drop = min(run.energy0 / n, 0.0) - e_atom
             if drop > filters.max_energy_drop_per_atom:
-                fail(f"exploding energy: dropped {drop:.3g} eV/atom by step {steps}")
+                what = "the start" if run.energy0 < 0 else "zero (the start was above)"
+                fail(f"exploding energy: dropped {drop:.3g} eV/atom below {what} by step {steps}")
                 continue
             ratio = atoms.get_volume() / run.volume0
             if not 1.0 / filters.max_volume_ratio <= ratio <= filters.max_volume_ratio:

@@ -53,8 +53,9 @@ class RelaxFilters(BaseModel):
     )
     max_energy_drop_per_atom: float = Field(
         10.0,
-        description="Largest allowed energy drop per atom from the starting structure (eV/atom): "
-        "more means the model fell into an unphysical hole.",
+        description="Largest allowed energy drop per atom from the starting structure, or "
+        "from zero when the start is above zero (eV/atom): more means the model fell into an "
+        "unphysical hole.",
     )
     max_volume_ratio: float = Field(
         4.0, description="Volume may change by at most this factor, up or down, from the start."

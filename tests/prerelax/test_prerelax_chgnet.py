@@ -153,6 +153,32 @@ def test_runtime_filters_fail_one_candidate_and_the_batch_goes_on(chgnet):
     assert nan.failure_reason.startswith("non-finite energy or forces at step 0")
     assert ok.ok
 
+    class HotStart(NanFirst):
+        """CHGNet, except that the first call puts every structure 8 eV/atom higher (a random
+        start above zero, as close atoms give): falling to -5.4 eV/atom is a drop of 8+ eV/atom
+        from the start but 5.4 from zero, not an explosion under a 6 eV/atom threshold."""
+
+        calls = 0
+
+        def evaluate(self, atoms_list, batched=None):
+            evals = chgnet.evaluate(atoms_list, batched=batched)
+            HotStart.calls += 1
+            if HotStart.calls == 1:
+                evals = [replace(ev, energy=ev.energy + 8.0 * len(a))
+                         for ev, a in zip(evals, atoms_list, strict=True)]  # fmt: skip
+            return evals
+
+    hot = relax_structures([strained, good], HotStart(),
+                           filters=RelaxFilters(max_energy_drop_per_atom=6.0))  # fmt: skip
+    assert [o.failure_reason for o in hot] == [None, None]
+    HotStart.calls = 0
+    hole = relax_structures([strained], HotStart(),
+                            filters=RelaxFilters(max_energy_drop_per_atom=5.0))  # fmt: skip
+    assert (
+        hole[0].failure_reason.startswith("exploding energy: dropped 5.2")
+        and "below zero (the start was above)" in hole[0].failure_reason
+    )
+
 
 def test_broken_batch_completes_with_reasons(db, chgnet):
     # a Na-Cl pair and a Na atom 9 A from everything (its own images are 18 A away)
