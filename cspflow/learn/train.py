@@ -300,8 +300,9 @@ def train_chgnet(
     """Fine-tune CHGNet (universal weights, or ``foundation``) on ``train``; return its file
     and what :func:`~cspflow.mlip_chgnet.finetune_chgnet` reports (``energy_shift``, ...).
 
-    A tenth of the training candidates (at least one) validate, for checkpoint selection; the
-    held-out split is never seen. See :func:`cspflow.mlip_chgnet.finetune_chgnet`.
+    A tenth of the training candidates (at least one; none below ten candidates, when every
+    frame is fitted and validates: :func:`~cspflow.learn.dataset.validation_split`) validate,
+    for checkpoint selection; the held-out split is never seen. See :func:`cspflow.mlip_chgnet.finetune_chgnet`.
 
     Raises
     ------

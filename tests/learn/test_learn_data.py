@@ -55,3 +55,24 @@ def test_ionic_steps_far_above_the_final_frame_are_left_out(si_db, settings):
     assert skipped_again.get(reason, 0) == skipped.get(reason, 0) + 1
     assert not any(a.info["candidate_id"] == relaxed["candidate_id"]
                    and a.info["frame_id"].endswith("/step0") for a in again)  # fmt: skip
+
+
+def test_a_configuration_is_one_frame_however_often_the_trajectory_repeats_it(si_db, settings):
+    """ASE's trajectory repeats a relaxation's last configuration (and a one-step relaxation's
+    only step is its final frame): each configuration of a relaxation is one frame, the
+    repeats are counted as skipped."""
+    import numpy as np
+
+    from cspflow.learn.dataset import collect_frames
+    from cspflow.store import get_jobstore
+
+    store = get_jobstore(settings)
+    store.connect()
+    frames, skipped = collect_frames(si_db, "Si", store=store, ionic_steps=-1)
+    seen: dict[str, list] = {}
+    for a in frames:
+        key = (np.round(a.cell.array, 5).tobytes(),
+               np.round(a.get_scaled_positions() % 1.0, 5).tobytes())  # fmt: skip
+        assert key not in seen.setdefault(a.info["candidate_id"], []), a.info["frame_id"]
+        seen[a.info["candidate_id"]].append(key)
+    assert skipped.get("repeated configuration", 0) >= 1

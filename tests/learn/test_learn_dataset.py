@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from cspflow.learn.dataset import fit_e0s, split_frames, subsystems
+from cspflow.learn.dataset import fit_e0s, split_frames, subsystems, validation_split
 
 
 def _frame(cid: str, symbols: str = "Si2", energy: float = 0.0) -> Atoms:
@@ -31,6 +31,19 @@ def test_split_is_fixed_by_candidate_and_only_grows():
     # a set too small for the fraction still holds one candidate out, and keeps one to train on
     tr, te = split_frames([_frame("a"), _frame("b")], 0.01)
     assert len(te) == 1 and len(tr) == 1
+
+
+def test_few_training_candidates_are_all_fitted_many_set_one_tenth_aside():
+    """Nine candidates (three types of a campaign's first rounds): every frame is fitted and
+    validates; from ten on, a tenth of the candidates (by split value) validate only."""
+    few = [_frame(f"c{i}") for i in range(9) for _ in range(2)]
+    fit, valid = validation_split(few)
+    assert fit == few and valid == few
+    many = [_frame(f"c{i}") for i in range(20) for _ in range(2)]
+    fit, valid = validation_split(many)
+    held = {a.info["candidate_id"] for a in valid}
+    assert len(held) == 2 and len(valid) == 4 and len(fit) == 36
+    assert not held & {a.info["candidate_id"] for a in fit}
 
 
 def test_e0s_are_least_squares_per_element():
