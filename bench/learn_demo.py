@@ -33,14 +33,6 @@ class InputError(Exception):
     """Bad input: one line on stderr, exit 2."""
 
 
-def _ranks(energies: list[float | None]) -> list[int | None]:
-    order = sorted((e, i) for i, e in enumerate(energies) if e is not None)
-    out: list[int | None] = [None] * len(energies)
-    for rank, (_, i) in enumerate(order, start=1):
-        out[i] = rank
-    return out
-
-
 def campaign_candidates(db: Any, campaign: str) -> tuple[list[dict], dict]:
     """The campaign's unique usable candidates and the one with the lowest DFT energy."""
     from cspflow.store import candidates
@@ -61,6 +53,7 @@ def campaign_candidates(db: Any, campaign: str) -> tuple[list[dict], dict]:
 
 def rescreen(db: Any, campaign: str, fmax: float = 0.05) -> dict[str, Any]:
     """Relax the campaign's candidates with CHGNet and each registered model; rank."""
+    from learn_case import ranks  # bench/ is on sys.path when run as a script
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
 
@@ -91,12 +84,12 @@ def rescreen(db: Any, campaign: str, fmax: float = 0.05) -> dict[str, Any]:
         model = load_model(spec, db=db)
         outcomes = relax_structures(starts, model, fmax=fmax, max_steps=500)
         energies = [o.energy_per_atom if o.ok else None for o in outcomes]
-        ranks = _ranks(energies)
+        ranked = ranks(energies)
         same = [
             o.ok and o.structure is not None and matcher.fit(o.structure, ground_dft)
             for o in outcomes
         ]
-        gs_ranks = [r for r, s in zip(ranks, same, strict=True) if s and r is not None]
+        gs_ranks = [r for r, s in zip(ranked, same, strict=True) if s and r is not None]
         best, i_best = min((e, i) for i, e in enumerate(energies) if e is not None)
         e_ground = [e for e, s in zip(energies, same, strict=True) if s and e is not None]
         table["models"][spec] = {

@@ -43,10 +43,11 @@ def _labelled(db, kind: str, a: float, dft: float | None) -> str:
     return cid
 
 
-def test_ground_state_is_the_lowest_dft_structure_ranked_by_each_model(db, capsys):
+def test_ground_state_is_the_lowest_dft_structure_ranked_by_each_model(db, capsys, monkeypatch):
     """DFT (here: recorded labels) says simple cubic is lowest; CHGNet relaxes the three
     starts and puts diamond first, simple cubic second, so the DFT ground state is CHGNet's
     rank 2, above its rank 1 by CHGNet's diamond-sc gap."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script (learn_case)
     demo = _script()
     db.campaigns.insert_one({"name": "si-demo", "state": "completed"})
     _labelled(db, "diamond", 5.47, -5.30)
