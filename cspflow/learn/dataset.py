@@ -353,11 +353,11 @@ def build_training_set(
 
 def lowest_frames(frames: list[Atoms]) -> list[Atoms]:
     """Per reduced formula, the frame with the lowest ``REF_energy`` per atom."""
-    from pymatgen.core import Composition
+    from cspflow.learn.evaluate import reduced_formula
 
     best: dict[str, Atoms] = {}
     for atoms in frames:
-        formula = Composition(atoms.get_chemical_formula()).reduced_formula
+        formula = reduced_formula(atoms)
         e = atoms.info["REF_energy"] / len(atoms)
         if formula not in best or e < best[formula].info["REF_energy"] / len(best[formula]):
             best[formula] = atoms

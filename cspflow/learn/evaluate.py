@@ -36,6 +36,7 @@ __all__ = [
     "evaluate",
     "metrics_from_predictions",
     "promotion",
+    "reduced_formula",
 ]
 
 #: frames whose largest DFT force is at most this (eV/A) have forces that vanish by symmetry
@@ -44,7 +45,8 @@ __all__ = [
 SYMMETRIC_FORCE_EV_PER_A = 0.01
 
 
-def _formula(atoms: Atoms) -> str:
+def reduced_formula(atoms: Atoms) -> str:
+    """The reduced formula of a frame (the composition its relative energies belong to)."""
     from pymatgen.core import Composition
 
     return Composition(atoms.get_chemical_formula()).reduced_formula
@@ -92,9 +94,9 @@ def metrics_from_predictions(
     e_mod = np.array([e / len(a) for a, e in zip(frames, energies, strict=True)])
     groups: dict[str, list[int]] = defaultdict(list)
     for i, atoms in enumerate(frames):
-        groups[_formula(atoms)].append(i)
+        groups[reduced_formula(atoms)].append(i)
     held_ids = {a.info.get("frame_id") for a in frames}
-    anchor_of = {_formula(a): (a, e) for a, e in anchors}
+    anchor_of = {reduced_formula(a): (a, e) for a, e in anchors}
     rel_err: list[float] = []
     rhos: list[tuple[float, int]] = []
     n_compositions = 0
