@@ -173,6 +173,17 @@ def _verdict(run: _Run, e_atom: float, ev: Any, volume: float, best: float, rule
     return prune_verdict(e_atom, ev.forces, ev.stress, volume, past - e_atom, best, rule)
 
 
+def _rattle(atoms: Atoms, amplitude: float) -> None:
+    """Move every atom by ``amplitude`` (A) in a random direction, seeded by the structure
+    (the same structure is displaced the same way wherever it sits in a batch)."""
+    import zlib
+
+    seed = zlib.crc32(np.round(atoms.get_scaled_positions(), 4).tobytes())
+    step = np.random.default_rng(seed).normal(size=(len(atoms), 3))
+    step *= amplitude / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-12)
+    atoms.positions = atoms.positions + step
+
+
 def _optimizer(name: str) -> Any:
     from ase.optimize import BFGS, FIRE, FIRE2, LBFGS
 
@@ -200,6 +211,7 @@ def relax_structures(
     batch_atoms: int | None = _DEFAULTS.batch_atoms,
     trace: Callable[[int, int, float, float, float], None] | None = None,
     finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
+    symmetry_rattle: float = _DEFAULTS.symmetry_rattle,
 ) -> list[RelaxOutcome]:
     """Relax positions and cell of every structure with one loaded model, batch kept full.
 
@@ -239,6 +251,11 @@ def relax_structures(
     symmetry_stage
         Relax first with the starting structure's space group held (ASE ``FixSymmetry``,
         symprec 0.01), then release it and finish unconstrained.
+    symmetry_rattle
+        With ``symmetry_stage``: when the symmetric stage converges, every atom moves by this
+        much (A, a random direction seeded by the structure) before the unconstrained finish,
+        which then starts with a fresh evaluation: a symmetric saddle point has no forces that
+        break its symmetry, so without the displacement the finish would stop on it.
     prune
         The early-stopping rule (:class:`~cspflow.schemas.prerelax.PruneSettings`; None: off);
         "the best so far" is per reduced composition.
@@ -415,6 +432,11 @@ def relax_structures(
                 # the symmetric stage is done: release the space group, finish unconstrained
                 atoms.set_constraint()
                 run.symmetric = False
+                if symmetry_rattle > 0:  # off the symmetric point; evaluated there next step
+                    _rattle(atoms, symmetry_rattle)
+                    run.opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
+                    still.append(run)
+                    continue
                 run.opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
                 gradient = run.opt.optimizable.get_gradient()
                 converged = run.opt.optimizable.converged(gradient, run.target)

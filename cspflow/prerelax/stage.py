@@ -102,6 +102,7 @@ def prerelax_candidates(
     dispersion: str | None = _DEFAULTS.dispersion,
     fmax_screen: float | None = _DEFAULTS.fmax_screen,
     symmetry_stage: bool = _DEFAULTS.symmetry_stage,
+    symmetry_rattle: float = _DEFAULTS.symmetry_rattle,
     finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
     prune: PruneSettings | dict | None = None,
     batch_atoms: int | None = _DEFAULTS.batch_atoms,
@@ -129,7 +130,7 @@ def prerelax_candidates(
         Further model specs; with any, the disagreement of ``[model, *committee]`` on each
         relaxed structure is stored under ``relaxed.mlip.committee``.
     fmax, max_steps, optimizer, filters, batched, max_seconds, fmax_screen, symmetry_stage, \
-    finish_optimizer, batch_atoms
+    symmetry_rattle, finish_optimizer, batch_atoms
         See :func:`~cspflow.prerelax.relax.relax_structures`.
     prune
         The early-stopping rule (default: :class:`~cspflow.schemas.prerelax.PruneSettings`'s);
@@ -201,6 +202,8 @@ def prerelax_candidates(
         run_settings["dispersion"] = dispersion
     if finish_optimizer is not None:  # likewise
         run_settings["finish_optimizer"] = finish_optimizer
+    if symmetry_stage:  # the displacement changes the result only after a symmetric stage
+        run_settings["symmetry_rattle"] = symmetry_rattle
     summary = PrerelaxSummary(
         model_id=mlip.model_id,
         dispersion=dispersion,
@@ -230,6 +233,7 @@ def prerelax_candidates(
         max_seconds=max_seconds,
         fmax_screen=fmax_screen,
         symmetry_stage=symmetry_stage,
+        symmetry_rattle=symmetry_rattle,
         finish_optimizer=finish_optimizer,
         prune=rule,
         batch_atoms=batch_atoms,
@@ -331,7 +335,8 @@ class PrerelaxMaker(Maker):
     settings
         The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
         max_steps, optimizer, filters, batched, max_seconds, dedup, fmax_screen, symmetry_stage,
-        finish_optimizer, prune, batch_atoms); a campaign passes its spec's ``prerelax`` block.
+        symmetry_rattle, finish_optimizer, prune, batch_atoms); a campaign passes its spec's
+        ``prerelax`` block.
     """
 
     name: str = "prerelax"

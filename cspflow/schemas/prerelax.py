@@ -164,6 +164,13 @@ class PrerelaxSettings(BaseModel):
         description="Relax first with the candidate's space group held (ASE FixSymmetry), "
         "then without it.",
     )
+    symmetry_rattle: float = Field(
+        0.05,
+        ge=0,
+        description="With symmetry_stage: displace every atom by this much (A, random "
+        "direction) before the unconstrained finish, so a symmetric saddle point can relax "
+        "on to the minimum beside it (0: finish from the symmetric structure).",
+    )
     prune: PruneSettings = Field(
         default_factory=PruneSettings, description="Early stopping of hopeless candidates."
     )

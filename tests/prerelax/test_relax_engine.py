@@ -169,6 +169,26 @@ def test_symmetry_stage_keeps_then_releases_the_space_group():
     assert outs[0].status == "converged" and outs[0].spacegroup_number == 225
 
 
+def test_the_finish_after_the_symmetric_stage_leaves_a_symmetric_saddle():
+    # simple cubic Cu (2 atoms) is a stationary point of EMT that every symmetric force keeps:
+    # held in Pm-3m it converges there, and an unconstrained finish from it stops at once
+    sc = bulk("Cu", "sc", 2.5).repeat((2, 1, 1))
+    kept = relax_structures([sc], EmtModel(), fmax=0.01, optimizer="BFGS",
+                            symmetry_stage=True, symmetry_rattle=0.0)[0]  # fmt: skip
+    assert kept.status == "converged" and kept.spacegroup == "Pm-3m"
+    assert kept.energy_per_atom > 0.4
+    # the default displacement (0.05 A) lets the finish fall to fcc, 0.45 eV/atom lower
+    left = [relax_structures([sc], EmtModel(), fmax=0.01, optimizer="BFGS",
+                             symmetry_stage=True)[0] for _ in range(2)]  # fmt: skip
+    assert left[0].status == "converged" and left[0].spacegroup == "Fm-3m"
+    assert left[0].energy_per_atom < kept.energy_per_atom - 0.4
+    # one more evaluation than steps: the displaced structure is evaluated before the finish
+    assert left[0].evaluations == left[0].steps + 2
+    # seeded by the structure: the same start ends the same way
+    assert left[1].energy_per_atom == left[0].energy_per_atom
+    assert left[1].evaluations == left[0].evaluations
+
+
 @pytest.mark.parametrize(
     "bad, field",
     [
@@ -178,6 +198,7 @@ def test_symmetry_stage_keeps_then_releases_the_space_group():
         ({"fmax": 0.05, "fmax_screen": 0.01}, "fmax_screen"),
         ({"batch_atoms": 0}, "batch_atoms"),
         ({"optimizer": "PRECON"}, "optimizer"),
+        ({"symmetry_rattle": -0.1}, "symmetry_rattle"),
     ],
 )
 def test_bad_settings_are_refused(bad, field):
