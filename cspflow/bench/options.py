@@ -9,7 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from cspflow.bench.sets import PreparedEntry
 from cspflow.errors import CspflowError
 
-__all__ = ["BenchOptions", "check_options", "plan_iterations", "bench_campaign_spec"]
+__all__ = [
+    "BenchOptions",
+    "check_options",
+    "plan_iterations",
+    "bench_campaign_spec",
+    "parse_overrides",
+]
 
 #: sources a benchmark may use ("external" would read user files: it could be handed the answer)
 BENCH_SOURCES = ("random_symmetric", "prototype", "mutation", "template")
@@ -49,6 +55,35 @@ class BenchOptions(BaseModel):
         False, description="Remove the reference's own structure type(s) from the template "
         "library of its entry (anonymous StructureMatcher): a leave-one-out score.",
     )  # fmt: skip
+    prerelax: dict[str, Any] = Field(
+        default_factory=dict, description="Prerelax spec fields every campaign gets "
+        "(optimizer, symmetry_stage, ...; prune.KEY nested), e.g. the faster engine settings.",
+    )  # fmt: skip
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``KEY=VALUE,...`` -> spec fields (VALUE as JSON, else the bare word; ``a.b=1`` nests).
+
+    >>> parse_overrides("optimizer=BFGS,symmetry_stage=true,prune.window=0.2")
+    {'optimizer': 'BFGS', 'symmetry_stage': True, 'prune': {'window': 0.2}}
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CspflowError(f"{item!r} is not KEY=VALUE (in {text!r})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare word: FIRE, BFGS, ...
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def check_options(options: BenchOptions) -> None:
@@ -82,6 +117,16 @@ def check_options(options: BenchOptions) -> None:
             "--leave-out-reference removes types from the template library only; drop prototype "
             "from --sources (the template library holds the built-in prototypes)"
         )
+    from pydantic import ValidationError
+
+    from cspflow.schemas.prerelax import PrerelaxSettings
+
+    try:
+        PrerelaxSettings.model_validate(options.prerelax)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CspflowError(f"--prerelax {where}: {first['msg']}") from None
     spec = parse_model_spec(options.model)
     if spec.kind == "registry":
         raise CspflowError(
@@ -133,6 +178,7 @@ def bench_campaign_spec(
                 "template": {"exclude": list(left_out or [])},
             },
             "prerelax": {
+                **options.prerelax,
                 "model": options.model,
                 "max_steps": options.max_steps,
                 "batch_size": max(per, 1),

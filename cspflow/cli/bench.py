@@ -81,6 +81,13 @@ def csp(
     wyckoff: Annotated[
         str, typer.Option(help="Wyckoff positions: pyxtal (its own choice) or fewest_sites.")
     ] = "pyxtal",
+    prerelax: Annotated[
+        str,
+        typer.Option(
+            help="Prerelax settings for every campaign, KEY=VALUE,... (e.g. "
+            "optimizer=BFGS,symmetry_stage=true; docs/relax.md)."
+        ),
+    ] = "",
 ) -> None:
     """Search each entry's composition with the MLIP only and report whether the reference is found.
 
@@ -90,15 +97,20 @@ def csp(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cspflow.bench.options import BenchOptions, check_options
+    from cspflow.bench.options import BenchOptions, check_options, parse_overrides
     from cspflow.bench.runner import run_benchmark
     from cspflow.bench.sets import load_set
+    from cspflow.errors import CspflowError
 
+    try:
+        overrides = parse_overrides(prerelax)
+    except CspflowError as exc:
+        raise CspflowError(f"--prerelax: {exc}") from None
     options = BenchOptions(
         model=model, sources=_parse_sources(sources), budget=budget, per_iteration=per_iteration,
         repeats=repeats, seed=seed, top_k=top_k, until_found=until_found, workers=workers,
         spacegroup_prior=spacegroup_prior, wyckoff=wyckoff, bandit=bandit,
-        leave_out_reference=leave_out_reference,
+        leave_out_reference=leave_out_reference, prerelax=overrides,
     )  # fmt: skip
     only_list = [o.strip() for o in only.split(",") if o.strip()] if only else None
     # bad input: one line, nothing started

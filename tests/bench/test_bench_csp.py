@@ -149,6 +149,11 @@ def test_bad_input_one_line_exit_2_nothing_started(settings, db, tmp_path):
     cases["only not in set"] = ([good, "--only", "Si"], "--only: Si not in")
     cases["unknown prior"] = ([good, "--spacegroup-prior", "icsd"], "unknown space-group prior")
     cases["unknown wyckoff"] = ([good, "--wyckoff", "most"], "unknown wyckoff choice")
+    cases["unknown optimizer"] = ([good, "--prerelax", "optimizer=PRECON"],
+                                  "--prerelax optimizer: Input should be")  # fmt: skip
+    cases["not KEY=VALUE"] = ([good, "--prerelax", "BFGS"], "--prerelax: 'BFGS' is not KEY=VALUE")
+    cases["negative rattle"] = ([good, "--prerelax", "symmetry_rattle=-1"],
+                                "--prerelax symmetry_rattle: Input should be greater")  # fmt: skip
     for what, (args, needle) in cases.items():
         proc = _bench(args, env, timeout=120)
         assert proc.returncode == 2, (what, proc.stderr)
@@ -309,3 +314,22 @@ def test_library_match_names_the_prototype_a_reference_is():
     assert library_match(entry(rocksalt), MatchSpec()) == "rocksalt"
     assert library_match(entry(cscl, "CsCl"), MatchSpec()) == "cscl"
     assert library_match(entry(odd), MatchSpec()) is None
+
+
+def test_prerelax_options_reach_every_campaign_and_the_rest_stays():
+    from pymatgen.core import Lattice, Structure
+
+    from cspflow.bench.options import BenchOptions, bench_campaign_spec, parse_overrides
+    from cspflow.bench.sets import PreparedEntry
+
+    ref = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    entry = PreparedEntry(formula="NaCl", reference_path=Path("x.cif"), reference=ref,
+                          max_atoms=8)  # fmt: skip
+    over = parse_overrides("optimizer=BFGS,symmetry_stage=true,prune.window=0.2")
+    assert over == {"optimizer": "BFGS", "symmetry_stage": True, "prune": {"window": 0.2}}
+    spec = bench_campaign_spec("b", entry, BenchOptions(prerelax=over, max_steps=120), seed=3)
+    p = spec.prerelax
+    assert p.optimizer == "BFGS" and p.symmetry_stage and p.prune.window == 0.2
+    assert p.max_steps == 120 and p.model == "chgnet"  # the benchmark's own fields stay
+    plain = bench_campaign_spec("b", entry, BenchOptions(), seed=3).prerelax
+    assert plain.optimizer == "FIRE" and not plain.symmetry_stage  # the defaults otherwise
