@@ -100,6 +100,12 @@ class CspflowSettings(BaseSettings):
         None, description="Directory with my_fworker_{cpu,gpu}.yaml and my_qadapter_{cpu,gpu}.yaml."
     )
     device: str = Field("auto", description="MLIP device: auto, cpu or cuda.")
+    local_gpu_workers: int | None = Field(
+        None,
+        ge=1,
+        description="gpu-category workers `campaign run` starts on this machine (None: one "
+        "per core, at most 8, when the MLIP runs on the CPU; one with a CUDA device).",
+    )
     vasp_cmd: str | None = Field(None, description="Command that runs VASP (e.g. 'srun vasp_std').")
     cp2k_cmd: str = Field("cp2k.psmp", description="Command that runs CP2K.")
     gpaw_setup_path: Path | None = Field(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LocalWorkers",
+    "local_gpu_workers",
     "submit_campaign",
     "check_models",
     "check_local_engine",
@@ -32,43 +33,85 @@ __all__ = [
 ]
 
 
-class LocalWorkers:
-    """A cpu and a gpu rapidfire worker as subprocesses of this process (``campaign run``).
+#: most gpu workers ``campaign run`` starts on a machine whose MLIP runs on the CPU
+MAX_CPU_GPU_WORKERS = 8
 
-    They poll the LaunchPad every ``sleep`` seconds and are killed with their parent, so a
-    killed ``campaign run`` leaves no worker behind; its RUNNING fireworks are rerun on resume.
+
+def _cuda_visible() -> bool:
+    """Whether this machine shows a CUDA device, without importing torch (the NVIDIA driver's
+    control node; ``CUDA_VISIBLE_DEVICES`` set empty or -1 hides it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists()
+
+
+def local_gpu_workers(settings: CspflowSettings) -> int:
+    """How many gpu-category workers ``campaign run`` starts here.
+
+    ``settings.local_gpu_workers`` when set; else one where the MLIP runs on a CUDA device,
+    and one per core (at most :data:`MAX_CPU_GPU_WORKERS`) where it runs on the CPU: there one
+    worker relaxes on one core, so an iteration's prerelax jobs run side by side instead of
+    leaving the other cores idle (docs/prerelax.md).
+    """
+    if settings.local_gpu_workers is not None:
+        return settings.local_gpu_workers
+    on_gpu = settings.device == "cuda" or (settings.device == "auto" and _cuda_visible())
+    return 1 if on_gpu else max(1, min(os.cpu_count() or 1, MAX_CPU_GPU_WORKERS))
+
+
+class LocalWorkers:
+    """A cpu and gpu rapidfire workers as subprocesses of this process (``campaign run``).
+
+    One cpu worker and ``gpu_workers`` gpu workers (default :func:`local_gpu_workers`). They
+    poll the LaunchPad every ``sleep`` seconds and are killed with their parent, so a killed
+    ``campaign run`` leaves no worker behind; its RUNNING fireworks are rerun on resume.
     """
 
     def __init__(self, settings: CspflowSettings, categories: tuple[str, ...] = ("cpu", "gpu"),
-                 sleep: int = 1, log_dir: Path | None = None) -> None:  # fmt: skip
+                 sleep: int = 1, log_dir: Path | None = None,
+                 gpu_workers: int | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.categories = categories
         self.sleep = sleep
         self.log_dir = Path(log_dir or settings.runs_dir)
+        self.gpu_workers = gpu_workers or local_gpu_workers(settings)
         self.procs: dict[str, Any] = {}
 
-    def _env(self) -> dict[str, str]:
+    def _slots(self) -> list[tuple[str, str]]:
+        """(category, slot name) of every worker: ``cpu``, ``gpu``, ``gpu1``, ..."""
+        slots = []
+        for category in self.categories:
+            n = self.gpu_workers if category == "gpu" else 1
+            slots += [(category, category if k == 0 else f"{category}{k}") for k in range(n)]
+        return slots
+
+    def _env(self, category: str) -> dict[str, str]:
         env = worker_env(self.settings)
-        # the local workers share this machine's cores: without a cap, torch (gpu worker) and
-        # BLAS/OpenMP codes (cpu worker) each spin as many threads as there are cores
-        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.categories)))
+        # the local workers share this machine's cores: without a cap, torch (gpu workers) and
+        # BLAS/OpenMP codes (cpu worker) each spin as many threads as there are cores. The cpu
+        # worker and a single gpu worker get half the cores each; several gpu workers (MLIP on
+        # the CPU) share them, one thread each on a small machine
+        cores = os.cpu_count() or 1
+        n = self.gpu_workers if category == "gpu" else 1
+        threads = max(1, cores // max(1, len(self.categories) - 1 + n))
         env.setdefault("OMP_NUM_THREADS", str(threads))
         return env
 
     def ensure_running(self) -> None:
-        """Start (or restart) one worker per category."""
+        """Start (or restart) every worker."""
         import subprocess
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for category in self.categories:
-            proc = self.procs.get(category)
+        for category, slot in self._slots():
+            proc = self.procs.get(slot)
             if proc is not None and proc.poll() is None:
                 continue
-            log = open(self.log_dir / f"worker-{category}.log", "ab")  # noqa: SIM115
-            self.procs[category] = subprocess.Popen(
+            log = open(self.log_dir / f"worker-{slot}.log", "ab")  # noqa: SIM115
+            self.procs[slot] = subprocess.Popen(
                 worker_command(category, sleep=self.sleep,
-                               name=f"{socket.gethostname()}-{category}-local"),
-                env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               name=f"{socket.gethostname()}-{slot}-local"),
+                env=self._env(category), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,  # a killed `campaign run` leaves no worker
             )  # fmt: skip
 

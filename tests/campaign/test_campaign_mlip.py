@@ -16,7 +16,8 @@ SPEC = {
     "compositions": ["Si"],
     "max_atoms": 2,
     "generate": {"per_iteration": 3, "sources": {"prototype": 1.0}, "seed": 1},
-    "prerelax": {"model": "chgnet", "max_steps": 100, "batch_size": 8},
+    # three candidates in two prerelax jobs (2 + 1), one for each of two gpu workers
+    "prerelax": {"model": "chgnet", "max_steps": 100, "batch_size": 2},
     "select": {"top_k": 2},
     "dft": {"engine": "none"},
     "stop": {"max_iterations": 1},
@@ -26,9 +27,16 @@ SPEC = {
 def test_mlip_only_campaign_then_extend(settings, db, tmp_path):
     spec = tmp_path / "si.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    env = cli_env(settings)
+    env = cli_env(settings, CSPFLOW_LOCAL_GPU_WORKERS="2")
     out = json.loads(run_cli("campaign", "run", str(spec), "--json", env=env, timeout=900).stdout)
     assert out["state"] == "completed" and len(out["iterations"]) == 1
+    # the iteration's two prerelax jobs ran side by side on the two gpu workers
+    prerelax = [
+        fw["fw_id"] for fw in db.fireworks.find({"name": {"$regex": "^prerelax si-mlip it0 batch"}})
+    ]
+    assert len(prerelax) == 2
+    ran_on = {la["fworker"]["name"] for la in db.launches.find({"fw_id": {"$in": prerelax}})}
+    assert len(ran_on) == 2 and all(name.endswith(("-gpu-local", "-gpu1-local")) for name in ran_on)
     first = out["iterations"][0]
     assert first["hull"]["level"] == "mlip"  # no DFT: the MLIP hull
     assert db.candidates.count_documents({"relaxed.dft": {"$exists": True}}) == 0
