@@ -212,6 +212,7 @@ def relax_structures(
     trace: Callable[[int, int, float, float, float], None] | None = None,
     finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
     symmetry_rattle: float = _DEFAULTS.symmetry_rattle,
+    cell_factor: float | None = _DEFAULTS.cell_factor,
 ) -> list[RelaxOutcome]:
     """Relax positions and cell of every structure with one loaded model, batch kept full.
 
@@ -264,6 +265,11 @@ def relax_structures(
     finish_optimizer
         With screening: the optimizer that takes a screened structure from ``fmax_screen`` to
         ``fmax`` (a fresh one; None: ``optimizer`` goes on with its state).
+    cell_factor
+        ``exp_cell_factor`` of the ``FrechetCellFilter``: the cell's degrees of freedom are the
+        log-strain times this, their forces the virial divided by it (None: ASE's default, the
+        number of atoms). It sets how stiff the cell looks to the optimizer next to the atoms
+        and how tightly the stress converges (virial / factor < ``fmax``).
     trace
         Called as ``trace(index, step, energy_per_atom, fmax, volume_ratio)`` after every
         evaluation that passed the filters (benchmarks record trajectories with it).
@@ -281,6 +287,11 @@ def relax_structures(
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
+
+    def cell_filter(atoms: Atoms) -> FrechetCellFilter:
+        if cell_factor is None:
+            return FrechetCellFilter(atoms)
+        return FrechetCellFilter(atoms, exp_cell_factor=cell_factor)
 
     filters = filters or RelaxFilters()
     opt_cls = _optimizer(optimizer)
@@ -323,7 +334,7 @@ def relax_structures(
         if symmetry_stage:
             atoms.set_constraint(FixSymmetry(atoms, symprec=0.01))
         # ASE types an optimizer's atoms as Atoms; a cell filter is its documented input too
-        opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
+        opt = opt_cls(cell_filter(atoms), logfile=None)  # type: ignore[arg-type]
         return _Run(k, atoms, opt, atoms.get_volume(), screen, time.monotonic(), symmetry_stage)
 
     def advance(run: _Run, gradient: np.ndarray) -> None:
@@ -366,7 +377,7 @@ def relax_structures(
             else:
                 run.target = fmax
                 if finish_cls is not None:  # a fresh optimizer from here (no model call)
-                    run.opt = finish_cls(FrechetCellFilter(run.atoms), logfile=None)  # type: ignore[arg-type]
+                    run.opt = finish_cls(cell_filter(run.atoms), logfile=None)  # type: ignore[arg-type]
                     gradient = run.opt.optimizable.get_gradient()
                 advance(run, gradient)
                 back.append(run)
@@ -434,10 +445,10 @@ def relax_structures(
                 run.symmetric = False
                 if symmetry_rattle > 0:  # off the symmetric point; evaluated there next step
                     _rattle(atoms, symmetry_rattle)
-                    run.opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
+                    run.opt = opt_cls(cell_filter(atoms), logfile=None)  # type: ignore[arg-type]
                     still.append(run)
                     continue
-                run.opt = opt_cls(FrechetCellFilter(atoms), logfile=None)  # type: ignore[arg-type]
+                run.opt = opt_cls(cell_filter(atoms), logfile=None)  # type: ignore[arg-type]
                 gradient = run.opt.optimizable.get_gradient()
                 converged = run.opt.optimizable.converged(gradient, run.target)
             run.fmax = float(run.opt.optimizable.gradient_norm(gradient))

@@ -164,6 +164,14 @@ class PrerelaxSettings(BaseModel):
         description="Relax first with the candidate's space group held (ASE FixSymmetry), "
         "then without it.",
     )
+    cell_factor: float | None = Field(
+        None,
+        gt=0,
+        description="exp_cell_factor of ASE's FrechetCellFilter: cell degrees of freedom are "
+        "the log-strain times this, their forces the virial over it (None: ASE's default, the "
+        "number of atoms; 1 makes the cell about as stiff as the atoms for BFGS and converges "
+        "the stress more tightly, docs/relax.md).",
+    )
     symmetry_rattle: float = Field(
         0.05,
         ge=0,

@@ -189,6 +189,22 @@ def test_the_finish_after_the_symmetric_stage_leaves_a_symmetric_saddle():
     assert left[1].evaluations == left[0].evaluations
 
 
+def test_cell_factor_sets_how_tightly_the_stress_converges():
+    from ase.calculators.emt import EMT as Emt
+
+    def virial(outcome):  # largest |stress x volume| of the relaxed cell (eV)
+        atoms = outcome.structure.to_ase_atoms()
+        atoms.calc = Emt()
+        return float(np.abs(atoms.get_stress(voigt=True)).max() * atoms.get_volume())
+
+    cell = bulk("Cu", "fcc", 3.7, cubic=True).repeat((2, 1, 1))  # 8 atoms, 3% too large
+    default = relax_structures([cell], EmtModel(), fmax=0.05, optimizer="BFGS")[0]
+    tight = relax_structures([cell], EmtModel(), fmax=0.05, optimizer="BFGS", cell_factor=1.0)[0]
+    assert default.status == tight.status == "converged"
+    # ASE's default divides the virial by the 8 atoms; a factor of 1 holds the virial itself
+    assert virial(tight) <= 0.05 < virial(default) <= 8 * 0.05
+
+
 @pytest.mark.parametrize(
     "bad, field",
     [
@@ -199,6 +215,7 @@ def test_the_finish_after_the_symmetric_stage_leaves_a_symmetric_saddle():
         ({"batch_atoms": 0}, "batch_atoms"),
         ({"optimizer": "PRECON"}, "optimizer"),
         ({"symmetry_rattle": -0.1}, "symmetry_rattle"),
+        ({"cell_factor": 0}, "cell_factor"),
     ],
 )
 def test_bad_settings_are_refused(bad, field):
