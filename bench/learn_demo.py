@@ -4,7 +4,8 @@ After a campaign with ``learn.enabled`` (e.g. ``workflows/hfo2_learning_demo.yam
 every unique candidate the campaign generated, from its generated structure, with CHGNet 0.3.0
 and with every model the campaign's learning rounds registered (promoted or not,
 ``registry:ID``), through ``cspflow relax``'s path
-(:func:`cspflow.prerelax.relax.relax_structures`, FIRE, fmax 0.05, 500 steps), and prints per
+(:func:`cspflow.prerelax.relax.relax_structures`, its defaults, fmax 0.05, 500 steps; FIRE when the
+README's figures were measured, BFGS with cell_factor 1 since), and prints per
 model the rank of the DFT ground state: the lowest DFT energy per atom among the campaign's
 candidates, matched to each relaxed structure with pymatgen's StructureMatcher (so a
 candidate that relaxes into the same minimum counts as the ground state too). Candidates that

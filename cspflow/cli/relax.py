@@ -26,7 +26,15 @@ def relax(
     max_steps: Annotated[int, typer.Option("--max-steps", help="Steps per structure.")] = 300,
     optimizer: Annotated[
         str, typer.Option("--optimizer", help="FIRE, FIRE2, BFGS or LBFGS.")
-    ] = "FIRE",
+    ] = "BFGS",
+    cell_factor: Annotated[
+        float,
+        typer.Option(
+            "--cell-factor",
+            help="exp_cell_factor of the cell filter (0: ASE's default, the number of atoms).",
+            min=0,
+        ),
+    ] = 1.0,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda (default: settings).")
     ] = None,
@@ -81,6 +89,7 @@ def relax(
             fmax=fmax,
             max_steps=max_steps,
             optimizer=optimizer,
+            cell_factor=cell_factor or None,
             progress=advance,
         )
     from pymatgen.io.cif import CifWriter

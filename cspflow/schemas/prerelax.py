@@ -146,7 +146,9 @@ class PrerelaxSettings(BaseModel):
     fmax: float = Field(0.05, gt=0, description="Force convergence (eV/A).")
     max_steps: int = Field(300, ge=1, description="Per-candidate step limit.")
     optimizer: Literal["FIRE", "FIRE2", "BFGS", "LBFGS"] = Field(
-        "FIRE", description="ASE optimizer on a FrechetCellFilter: FIRE, FIRE2, BFGS or LBFGS."
+        "BFGS",
+        description="ASE optimizer on a FrechetCellFilter: FIRE, FIRE2, BFGS or LBFGS (BFGS "
+        "with cell_factor 1 took half of FIRE's model evaluations, bench/README.md).",
     )
     finish_optimizer: Literal["FIRE", "FIRE2", "BFGS", "LBFGS"] | None = Field(
         None,
@@ -165,12 +167,12 @@ class PrerelaxSettings(BaseModel):
         "then without it.",
     )
     cell_factor: float | None = Field(
-        None,
+        1.0,
         gt=0,
         description="exp_cell_factor of ASE's FrechetCellFilter: cell degrees of freedom are "
-        "the log-strain times this, their forces the virial over it (None: ASE's default, the "
-        "number of atoms; 1 makes the cell about as stiff as the atoms for BFGS and converges "
-        "the stress more tightly, docs/relax.md).",
+        "the log-strain times this, their forces the virial over it (1: the cell about as "
+        "stiff as the atoms for BFGS, the virial converged to fmax; None: ASE's default, the "
+        "number of atoms, docs/relax.md).",
     )
     symmetry_rattle: float = Field(
         0.05,

@@ -99,14 +99,17 @@ def test_lock_step_without_budget_evaluates_everything_each_call():
     ids=["screen", "screen-step-cap", "descent"],
 )  # fmt: skip
 def test_pruning_never_stops_the_structure_that_ends_lowest(rule, screen, why):
+    # FIRE with ASE's cell scaling: its simple cubic cells stay simple cubic. BFGS takes them over the saddle after
+    # they sit on it with small forces, to fcc or hcp, and screening stops them there
+    # (docs/relax.md): the rule is measured per optimizer, and pruning is off by default
     cells = cu_cells(9, seed=3)
-    full = relax_structures(cells, EmtModel(), fmax=0.02, max_steps=300)
+    fire = {"optimizer": "FIRE", "cell_factor": None}
+    full = relax_structures(cells, EmtModel(), fmax=0.02, max_steps=300, **fire)
     assert all(o.ok for o in full)
     lowest = int(np.argmin([o.energy_per_atom for o in full]))
     model = EmtModel()
-    pruned = relax_structures(
-        cells, model, fmax=0.02, max_steps=300, prune=rule, fmax_screen=screen, batch_atoms=16
-    )
+    pruned = relax_structures(cells, model, fmax=0.02, max_steps=300, prune=rule,
+                              fmax_screen=screen, batch_atoms=16, **fire)  # fmt: skip
     assert pruned[lowest].status == "converged"
     assert pruned[lowest].energy_per_atom == pytest.approx(full[lowest].energy_per_atom, abs=1e-3)
     stopped = [o for o in pruned if o.status == "pruned"]
@@ -146,8 +149,8 @@ def test_prune_verdict_uses_force_stress_and_slope():
 
 
 def test_records_carry_status_steps_evaluations_and_wall():
-    outs = relax_structures(cu_cells(3), EmtModel(), fmax=0.05, max_steps=3)
-    assert {o.status for o in outs} == {"failed"}
+    outs = relax_structures(cu_cells(3), EmtModel(), fmax=0.05, max_steps=3, optimizer="FIRE")
+    assert {o.status for o in outs} == {"failed"}  # FIRE needs more than 3 steps for each
     assert all(o.steps == 3 and o.evaluations == 4 and o.wall_s > 0 for o in outs)
     doc = MlipRelaxDoc(model_id="emt", key="k", status="pruned", reason="x", evaluations=4,
                        relax_wall_s=0.5, steps=3)  # fmt: skip
@@ -177,10 +180,11 @@ def test_the_finish_after_the_symmetric_stage_leaves_a_symmetric_saddle():
                             symmetry_stage=True, symmetry_rattle=0.0)[0]  # fmt: skip
     assert kept.status == "converged" and kept.spacegroup == "Pm-3m"
     assert kept.energy_per_atom > 0.4
-    # the default displacement (0.05 A) lets the finish fall to fcc, 0.45 eV/atom lower
+    # the default displacement (0.05 A) lets the finish fall to a close packing (fcc or hcp),
+    # 0.45 eV/atom lower
     left = [relax_structures([sc], EmtModel(), fmax=0.01, optimizer="BFGS",
                              symmetry_stage=True)[0] for _ in range(2)]  # fmt: skip
-    assert left[0].status == "converged" and left[0].spacegroup == "Fm-3m"
+    assert left[0].status == "converged" and left[0].spacegroup in ("Fm-3m", "P6_3/mmc")
     assert left[0].energy_per_atom < kept.energy_per_atom - 0.4
     # one more evaluation than steps: the displaced structure is evaluated before the finish
     assert left[0].evaluations == left[0].steps + 2
@@ -198,10 +202,10 @@ def test_cell_factor_sets_how_tightly_the_stress_converges():
         return float(np.abs(atoms.get_stress(voigt=True)).max() * atoms.get_volume())
 
     cell = bulk("Cu", "fcc", 3.7, cubic=True).repeat((2, 1, 1))  # 8 atoms, 3% too large
-    default = relax_structures([cell], EmtModel(), fmax=0.05, optimizer="BFGS")[0]
+    default = relax_structures([cell], EmtModel(), fmax=0.05, optimizer="BFGS", cell_factor=None)[0]
     tight = relax_structures([cell], EmtModel(), fmax=0.05, optimizer="BFGS", cell_factor=1.0)[0]
     assert default.status == tight.status == "converged"
-    # ASE's default divides the virial by the 8 atoms; a factor of 1 holds the virial itself
+    # ASE's default (None) divides the virial by the 8 atoms; a factor of 1 holds the virial
     assert virial(tight) <= 0.05 < virial(default) <= 8 * 0.05
 
 
