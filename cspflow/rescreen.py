@@ -122,8 +122,8 @@ def rescreen_candidates(
         Per formula, how many of the best single points are relaxed again (0: single points only).
     prerelax
         :class:`~cspflow.schemas.prerelax.PrerelaxSettings` fields of the campaign's prerelax stage
-        (``fmax``, ``max_steps``, ``optimizer``, ``cell_factor``, ``dispersion`` apply; the rest keep their
-        defaults).
+        (``fmax``, ``max_steps``, ``optimizer``, ``cell_factor``, ``dispersion`` apply; the rest
+        keep their defaults).
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     chemsys

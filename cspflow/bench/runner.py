@@ -150,7 +150,10 @@ def run_entry(
 
     try:
         _, created, nodes = submit_campaign(spec, run_settings)
-        run_campaign_locally(spec, run_settings, nodes, created=created, on_poll=poll)
+        # one gpu worker per campaign (an iteration is one prerelax job): --workers W runs W
+        # campaigns side by side instead
+        run_campaign_locally(spec, run_settings, nodes, created=created, on_poll=poll,
+                             gpu_workers=1)  # fmt: skip
     except CspflowError as exc:
         error = str(exc)
     wall = time.monotonic() - t0

@@ -339,8 +339,8 @@ class PrerelaxMaker(Maker):
     settings
         The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
         max_steps, optimizer, filters, batched, max_seconds, dedup, fmax_screen, symmetry_stage,
-        symmetry_rattle, cell_factor, finish_optimizer, prune, batch_atoms); a campaign passes its spec's
-        ``prerelax`` block.
+        symmetry_rattle, cell_factor, finish_optimizer, prune, batch_atoms); a campaign passes
+        its spec's ``prerelax`` block.
     """
 
     name: str = "prerelax"

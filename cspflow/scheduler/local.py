@@ -248,8 +248,9 @@ def run_campaign_locally(
     on_poll: Any = None,
     reconcile_every_s: float = 30.0,
     on_reconcile: Any = None,
+    gpu_workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run a submitted campaign to the end with a local cpu and gpu worker (``campaign run``).
+    """Run a submitted campaign to the end with local cpu and gpu workers (``campaign run``).
 
     Takes the run lock, reruns fireworks a dead local runner left behind (when resuming), keeps
     the workers alive and polls the workflow every ``poll_s`` seconds until it is COMPLETED or
@@ -273,6 +274,8 @@ def run_campaign_locally(
         ``f(lost_fw_ids)`` called once before the workers start.
     on_poll
         ``f(nodes, elapsed_s)`` called on every poll while the campaign runs.
+    gpu_workers
+        How many gpu workers (None: :func:`local_gpu_workers`).
     reconcile_every_s
         How often lost runs are looked for (0: never).
     on_reconcile
@@ -309,7 +312,7 @@ def run_campaign_locally(
     def call(fn: Any, *args: Any) -> Any:
         return fn(*args) if retry is None else retry.call(fn, *args, what="campaign poll")
 
-    workers = LocalWorkers(settings)
+    workers = LocalWorkers(settings, gpu_workers=gpu_workers)
     t0 = last_reconcile = time.monotonic()
     state = "RUNNING"
     try:
