@@ -170,14 +170,24 @@ def register_campaign(db: Database, spec: CampaignSpec) -> tuple[dict, bool]:
     except DuplicateKeyError:
         existing = campaign_doc(db, spec.name)
         assert existing is not None
-        # through the schema: a spec stored by an earlier release lacks later defaults
+        # through the schema: a spec stored by an earlier release lacks later defaults. What
+        # the file sets must equal what is stored; what it leaves out keeps the stored value
+        # (a campaign started under earlier defaults goes on with them)
         stored = stored_spec(existing["spec"]).model_dump(mode="json")
-        if _comparable(stored) != _comparable(doc["spec"]):
+        if not _within(_comparable(spec.model_dump(mode="json", exclude_unset=True)),
+                       _comparable(stored)):  # fmt: skip
             raise CspflowError(
                 f"campaign {spec.name!r} already exists with a different spec; rename it, or "
                 f"extend it with `cspflow campaign extend {spec.name}`"
             ) from None
         return existing, False
+
+
+def _within(given: Any, stored: Any) -> bool:
+    """Whether every value of ``given`` (a spec's explicitly set fields) equals ``stored``'s."""
+    if isinstance(given, dict) and isinstance(stored, dict):
+        return all(k in stored and _within(v, stored[k]) for k, v in given.items())
+    return bool(given == stored)
 
 
 def _comparable(spec: dict) -> dict:

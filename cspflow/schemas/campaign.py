@@ -34,7 +34,9 @@ __all__ = [
     "parse_spec",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: the MLIP relaxation default became BFGS with ``cell_factor`` 1; a version-1 spec (stored
+#: by an earlier release) relaxes as it did, with ASE's cell scaling (``cell_factor`` None)
+SCHEMA_VERSION = 2
 
 
 def _check_formula_later(formula: str) -> str:
@@ -173,6 +175,20 @@ class CampaignSpec(_Strict):
 
     schema_version: int = SCHEMA_VERSION
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_layouts(cls, data: Any) -> Any:
+        """A spec stored by an earlier release keeps the settings it ran with: version 1 knew
+        no ``prerelax.cell_factor`` and relaxed with ASE's cell scaling."""
+        if not isinstance(data, dict) or data.get("schema_version", SCHEMA_VERSION) >= 2:
+            return data
+        pre = data.get("prerelax")
+        pre = dict(pre) if isinstance(pre, dict) else {}
+        pre.setdefault("optimizer", "FIRE")
+        pre.setdefault("cell_factor", None)
+        return {**data, "prerelax": pre, "schema_version": SCHEMA_VERSION}
+
     compositions: list[Formula] = Field(
         default_factory=list, description="Reduced formulas to search."
     )

@@ -54,3 +54,30 @@ def test_system_and_grid():
 @pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_specs_validate(path):
     assert load_spec(path).name
+
+
+def test_a_campaign_stored_before_the_bfgs_default_goes_on_with_fire(db):
+    """A spec stored by the previous release (schema 1: FIRE, no cell_factor) matches the same
+    file now, and keeps relaxing as it started; a file that sets a value the campaign did not
+    store is a different campaign."""
+    from cspflow.campaign.state import register_campaign, stored_spec
+    from cspflow.errors import CspflowError
+
+    text = {"name": "old", "compositions": ["Si"], "max_atoms": 2,
+            "prerelax": {"model": "chgnet", "max_steps": 150}}  # fmt: skip
+    stored = parse_spec(text).model_dump(mode="json")
+    stored["schema_version"] = 1
+    stored["prerelax"]["optimizer"] = "FIRE"
+    del stored["prerelax"]["cell_factor"], stored["prerelax"]["symmetry_rattle"]
+    db.campaigns.insert_one({"name": "old", "spec": stored, "state": "running", "iterations": []})
+
+    old = stored_spec(stored)
+    assert (old.prerelax.optimizer, old.prerelax.cell_factor) == ("FIRE", None)
+    fresh = parse_spec(text)  # the same file today: the new defaults
+    assert (fresh.prerelax.optimizer, fresh.prerelax.cell_factor) == ("BFGS", 1.0)
+    doc, created = register_campaign(db, fresh)
+    assert not created and doc["spec"]["prerelax"]["optimizer"] == "FIRE"
+    for changed in ({"optimizer": "BFGS"}, {"max_steps": 200}):
+        edited = {**text, "prerelax": {**text["prerelax"], **changed}}
+        with pytest.raises(CspflowError, match="already exists with a different spec"):
+            register_campaign(db, parse_spec(edited))
