@@ -60,7 +60,7 @@ def local_gpu_workers(settings: CspflowSettings) -> int:
 
 
 class LocalWorkers:
-    """A cpu and gpu rapidfire workers as subprocesses of this process (``campaign run``).
+    """One cpu and one or more gpu rapidfire workers as subprocesses (``campaign run``).
 
     One cpu worker and ``gpu_workers`` gpu workers (default :func:`local_gpu_workers`). They
     poll the LaunchPad every ``sleep`` seconds and are killed with their parent, so a killed
