@@ -146,7 +146,7 @@ def run_new(
         structures, counted, fmax=s.fmax, max_steps=s.max_steps, optimizer=s.optimizer,
         fmax_screen=s.fmax_screen, symmetry_stage=s.symmetry_stage, prune=prune,
         batch_atoms=s.batch_atoms, finish_optimizer=s.finish_optimizer,
-        symmetry_rattle=s.symmetry_rattle, cell_factor=s.cell_factor,
+        symmetry_rattle=s.symmetry_rattle, cell_factor=s.cell_factor, maxstep=s.maxstep,
         trace=lambda i, step, e, f, r: steps[i].append((step, round(e, 6), round(f, 5), round(r, 4))),
     )  # fmt: skip
     if trace_to:  # every step of every candidate, for bench/relax_replay.py

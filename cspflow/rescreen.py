@@ -122,8 +122,8 @@ def rescreen_candidates(
         Per formula, how many of the best single points are relaxed again (0: single points only).
     prerelax
         :class:`~cspflow.schemas.prerelax.PrerelaxSettings` fields of the campaign's prerelax stage
-        (``fmax``, ``max_steps``, ``optimizer``, ``cell_factor``, ``dispersion`` apply; the rest
-        keep their defaults).
+        (``fmax``, ``max_steps``, ``optimizer``, ``cell_factor``, ``maxstep``, ``dispersion``
+        apply; the rest keep their defaults).
     device
         ``cpu``/``cuda``/``auto`` (default: the ``device`` setting).
     chemsys
@@ -168,7 +168,7 @@ def rescreen_candidates(
         summary = prerelax_candidates(
             chosen, model=model, loaded=loaded, db=db, start="mlip",
             fmax=p.fmax, max_steps=p.max_steps, optimizer=p.optimizer, dispersion=p.dispersion,
-            cell_factor=p.cell_factor,
+            cell_factor=p.cell_factor, maxstep=p.maxstep,
         )  # fmt: skip
         relaxed = summary.relaxed + summary.reused
         failed = summary.failed
@@ -228,7 +228,7 @@ class RescreenMaker(Maker):
     settings
         :class:`~cspflow.schemas.prerelax.RescreenSettings`: how many per formula are relaxed
         again, and the campaign's prerelax settings (``fmax``, ``max_steps``, ``optimizer``,
-        ``cell_factor`` apply).
+        ``cell_factor``, ``maxstep`` apply).
     """
 
     name: str = "rescreen"
@@ -239,7 +239,8 @@ class RescreenMaker(Maker):
         model). The candidates relaxed again join iteration ``iteration + 1``'s selection."""
         p = self.settings.prerelax
         prerelax = {"fmax": p.fmax, "max_steps": p.max_steps, "optimizer": p.optimizer,
-                    "cell_factor": p.cell_factor, "dispersion": p.dispersion}  # fmt: skip
+                    "cell_factor": p.cell_factor, "maxstep": p.maxstep,
+                    "dispersion": p.dispersion}  # fmt: skip
         j = rescreen_job(learned, campaign, iteration + 1, self.settings.top, prerelax, chemsys)
         j.name = self.name
         j.update_metadata(stage_metadata(STAGE, campaign, iteration))

@@ -35,6 +35,15 @@ def relax(
             min=0,
         ),
     ] = 1.0,
+    maxstep: Annotated[
+        float,
+        typer.Option(
+            "--maxstep",
+            help="Largest step of the optimizer (A; 0: ASE's default, 0.2).",
+            min=0,
+            max=1.0,
+        ),
+    ] = 0.0,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda (default: settings).")
     ] = None,
@@ -90,6 +99,7 @@ def relax(
             max_steps=max_steps,
             optimizer=optimizer,
             cell_factor=cell_factor or None,
+            maxstep=maxstep or None,
             progress=advance,
         )
     from pymatgen.io.cif import CifWriter

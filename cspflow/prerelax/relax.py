@@ -184,13 +184,17 @@ def _rattle(atoms: Atoms, amplitude: float) -> None:
     atoms.positions = atoms.positions + step
 
 
-def _optimizer(name: str) -> Any:
+def _optimizer(name: str, maxstep: float | None = None) -> Any:
+    """The ASE optimizer class ``name``, with ``maxstep`` bound when one is given."""
+    from functools import partial
+
     from ase.optimize import BFGS, FIRE, FIRE2, LBFGS
 
     classes = {"FIRE": FIRE, "FIRE2": FIRE2, "BFGS": BFGS, "LBFGS": LBFGS}
     if name.upper() not in classes:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {name!r}")
-    return classes[name.upper()]
+    cls = classes[name.upper()]
+    return cls if maxstep is None else partial(cls, maxstep=maxstep)
 
 
 def relax_structures(
@@ -213,6 +217,7 @@ def relax_structures(
     finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
     symmetry_rattle: float = _DEFAULTS.symmetry_rattle,
     cell_factor: float | None = _DEFAULTS.cell_factor,
+    maxstep: float | None = _DEFAULTS.maxstep,
 ) -> list[RelaxOutcome]:
     """Relax positions and cell of every structure with one loaded model, batch kept full.
 
@@ -270,6 +275,8 @@ def relax_structures(
         log-strain times this, their forces the virial divided by it (None: ASE's default, the
         number of atoms). It sets how stiff the cell looks to the optimizer next to the atoms
         and how tightly the stress converges (virial / factor < ``fmax``).
+    maxstep
+        Largest displacement of one optimizer step (A; None: the ASE optimizer's default).
     trace
         Called as ``trace(index, step, energy_per_atom, fmax, volume_ratio)`` after every
         evaluation that passed the filters (benchmarks record trajectories with it).
@@ -294,8 +301,8 @@ def relax_structures(
         return FrechetCellFilter(atoms, exp_cell_factor=cell_factor)
 
     filters = filters or RelaxFilters()
-    opt_cls = _optimizer(optimizer)
-    finish_cls = _optimizer(finish_optimizer) if finish_optimizer else None
+    opt_cls = _optimizer(optimizer, maxstep)
+    finish_cls = _optimizer(finish_optimizer, maxstep) if finish_optimizer else None
     rule = prune if prune is not None and prune.enabled else None
     screen = fmax_screen if rule is not None and fmax_screen and fmax_screen > fmax else fmax
     hold = rule.screen_hold if rule is not None else 1

@@ -104,6 +104,7 @@ def prerelax_candidates(
     symmetry_stage: bool = _DEFAULTS.symmetry_stage,
     symmetry_rattle: float = _DEFAULTS.symmetry_rattle,
     cell_factor: float | None = _DEFAULTS.cell_factor,
+    maxstep: float | None = _DEFAULTS.maxstep,
     finish_optimizer: str | None = _DEFAULTS.finish_optimizer,
     prune: PruneSettings | dict | None = None,
     batch_atoms: int | None = _DEFAULTS.batch_atoms,
@@ -131,7 +132,7 @@ def prerelax_candidates(
         Further model specs; with any, the disagreement of ``[model, *committee]`` on each
         relaxed structure is stored under ``relaxed.mlip.committee``.
     fmax, max_steps, optimizer, filters, batched, max_seconds, fmax_screen, symmetry_stage, \
-    symmetry_rattle, cell_factor, finish_optimizer, batch_atoms
+    symmetry_rattle, cell_factor, maxstep, finish_optimizer, batch_atoms
         See :func:`~cspflow.prerelax.relax.relax_structures`.
     prune
         The early-stopping rule (default: :class:`~cspflow.schemas.prerelax.PruneSettings`'s);
@@ -205,6 +206,8 @@ def prerelax_candidates(
         run_settings["finish_optimizer"] = finish_optimizer
     if cell_factor is not None:  # likewise
         run_settings["cell_factor"] = cell_factor
+    if maxstep is not None:  # likewise
+        run_settings["maxstep"] = maxstep
     if symmetry_stage:  # the displacement changes the result only after a symmetric stage
         run_settings["symmetry_rattle"] = symmetry_rattle
     summary = PrerelaxSummary(
@@ -238,6 +241,7 @@ def prerelax_candidates(
         symmetry_stage=symmetry_stage,
         symmetry_rattle=symmetry_rattle,
         cell_factor=cell_factor,
+        maxstep=maxstep,
         finish_optimizer=finish_optimizer,
         prune=rule,
         batch_atoms=batch_atoms,
@@ -339,7 +343,7 @@ class PrerelaxMaker(Maker):
     settings
         The stage's :class:`~cspflow.schemas.prerelax.PrerelaxSettings` (model, committee, fmax,
         max_steps, optimizer, filters, batched, max_seconds, dedup, fmax_screen, symmetry_stage,
-        symmetry_rattle, cell_factor, finish_optimizer, prune, batch_atoms); a campaign passes
+        symmetry_rattle, cell_factor, maxstep, finish_optimizer, prune, batch_atoms); a campaign passes
         its spec's ``prerelax`` block.
     """
 

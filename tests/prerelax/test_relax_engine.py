@@ -209,6 +209,27 @@ def test_cell_factor_sets_how_tightly_the_stress_converges():
     assert virial(tight) <= 0.05 < virial(default) <= 8 * 0.05
 
 
+def test_maxstep_bounds_every_optimizer_step():
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cell = bulk("Cu", "fcc", 3.6, cubic=True).repeat((2, 1, 1))
+    cell.rattle(0.2, seed=1)
+    start = AseAtomsAdaptor.get_structure(cell)
+
+    def moved(outcome):  # largest displacement of an atom from the start (A)
+        d = outcome.structure.frac_coords - start.frac_coords
+        d -= np.round(d)
+        return float(np.linalg.norm(d @ outcome.structure.lattice.matrix, axis=1).max())
+
+    capped, free = (
+        relax_structures([cell], EmtModel(), optimizer="BFGS", maxstep=m, max_steps=4)[0]
+        for m in (0.01, None)
+    )
+    assert capped.steps == free.steps == 4
+    # four steps of at most 0.01 A each; ASE's default (0.2 A) lets the same start move far more
+    assert moved(capped) <= 4 * 0.01 + 1e-6 < 0.1 < moved(free)
+
+
 @pytest.mark.parametrize(
     "bad, field",
     [
@@ -220,6 +241,8 @@ def test_cell_factor_sets_how_tightly_the_stress_converges():
         ({"optimizer": "PRECON"}, "optimizer"),
         ({"symmetry_rattle": -0.1}, "symmetry_rattle"),
         ({"cell_factor": 0}, "cell_factor"),
+        ({"maxstep": 0}, "maxstep"),
+        ({"maxstep": 1.5}, "maxstep"),
     ],
 )
 def test_bad_settings_are_refused(bad, field):
