@@ -274,5 +274,5 @@ def run_benchmark(
             report.runs.extend(_run_parallel(tasks, settings, options, top_k, bset.match,
                                              on_run_end, lookups, left))  # fmt: skip
     report.total_s = round(time.monotonic() - t0, 1)
-    report.summary = summarize(report.runs, options.repeats)
+    report.summary = summarize(report.runs, options.repeats, options.budget)
     return report

@@ -11,18 +11,26 @@ relaxations to first found
     the position of the first relaxed candidate whose relaxed structure matches the reference.
     All candidates of an iteration are relaxed in one batch, so within an iteration this is the
     order they were generated in. Failed relaxations count as spent.
+top-ranked space group (CSPBench's metric)
+    Whether the lowest unique structure has the reference's space group (spglib, symprec 0.1 for
+    both: the relaxation records its structure's at that tolerance).
+success against budget
+    The share of runs that found the reference whose first match came within ``b``
+    relaxations (``first_found <= b``).
 """
 
 from __future__ import annotations
 
 import statistics
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from cspflow.bench.options import BenchOptions
 from cspflow.bench.sets import MatchSpec
+from cspflow.errors import CspflowError
 
 __all__ = [
     "BenchRunDoc",
@@ -32,10 +40,17 @@ __all__ = [
     "count_relaxed",
     "scores_budget_left",
     "summarize",
+    "success_curve",
+    "read_report",
 ]
 
 #: 2: ``top[].spacegroup`` is the number (it was the MLIP symbol), ``spacegroup_symbol`` beside it
-SCHEMA_VERSION = 2
+#: 3: ``reference_spacegroup`` and ``top_spacegroup_match`` per run; the summary's
+#: ``top_spacegroup_matches`` and ``success_curve``
+SCHEMA_VERSION = 3
+
+#: symprec of the reference's space group: the one the relaxation records use (relaxed.mlip)
+SYMPREC = 0.1
 
 
 class BenchRunDoc(BaseModel):
@@ -76,6 +91,14 @@ class BenchRunDoc(BaseModel):
     )
     top: list[dict[str, Any]] = Field(
         default_factory=list, description="Top-k unique structures: id, spacegroup, nsites, energy."
+    )
+    reference_spacegroup: int | None = Field(
+        None, description="Space-group number of the reference (symprec 0.1)."
+    )
+    top_spacegroup_match: bool | None = Field(
+        None,
+        description="The top-ranked unique structure has the reference's space group "
+        "(CSPBench's metric; None: nothing relaxed).",
     )
     wall_s: float = Field(0.0, description="Wall time of the campaign (s).")
     stopped_early: bool = Field(
@@ -133,9 +156,14 @@ def evaluate_run(
     -------
     dict
         ``relaxations``, ``failed``, ``unique``, ``rank``, ``found``, ``first_found``,
-        ``best_energy_per_atom``, ``reference_delta_mev`` and ``top`` (the top-k unique).
+        ``best_energy_per_atom``, ``reference_delta_mev``, ``top`` (the top-k unique),
+        ``reference_spacegroup`` and ``top_spacegroup_match`` (the top-ranked unique structure's
+        space group, as its relaxation recorded it, is the reference's: CSPBench's metric).
     """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
     sm = _matcher(match)
+    reference_sg = SpacegroupAnalyzer(reference, symprec=SYMPREC).get_space_group_number()
 
     def good(r: dict[str, Any]) -> bool:
         return r["energy_per_atom"] is not None and r["structure"] is not None
@@ -202,6 +230,8 @@ def evaluate_run(
         "best_energy_per_atom": best,
         "reference_delta_mev": delta,
         "top": top,
+        "reference_spacegroup": reference_sg,
+        "top_spacegroup_match": top[0]["spacegroup"] == reference_sg if top else None,
     }
 
 
@@ -282,13 +312,71 @@ def _rates(runs: list[BenchRunDoc]) -> dict[str, Any]:
             "success_rate": round(len(found) / len(runs), 3) if runs else None}  # fmt: skip
 
 
-def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
+def read_report(path: Path) -> BenchReportDoc:
+    """A saved report (``bench csp --json``), brought to this schema: runs of an earlier schema
+    get the reference's space group (from the reference file, relative to the current
+    directory as the report names it) and the top-1 match, and the summary is recomputed.
+
+    Raises
+    ------
+    CspflowError
+        When the file is not a readable report, or a reference it names cannot be read.
+    """
+    import json
+
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        report = BenchReportDoc.model_validate(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise CspflowError(f"cannot read the benchmark report {path}: {first}") from None
+    for run in report.runs:
+        if run.top_spacegroup_match is not None or not run.top:
+            continue
+        try:
+            sga = SpacegroupAnalyzer(Structure.from_file(run.reference), symprec=SYMPREC)
+        except (OSError, ValueError) as exc:
+            raise CspflowError(
+                f"{path}: cannot read the reference {run.reference} of {run.formula}: {exc}"
+            ) from None
+        run.reference_spacegroup = sga.get_space_group_number()
+        # schema 1 recorded the symbol where later schemas record the number
+        top = run.top[0].get("spacegroup")
+        run.top_spacegroup_match = top in (run.reference_spacegroup, sga.get_space_group_symbol())
+    report.summary = summarize(report.runs, report.options.repeats, report.options.budget)
+    report.schema_version = SCHEMA_VERSION
+    return report
+
+
+#: budgets at which the success curve is read (and the benchmark's own budget)
+CURVE_BUDGETS = (5, 10, 20, 50, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+
+
+def success_curve(runs: list[BenchRunDoc], budget: int) -> list[dict[str, Any]]:
+    """Success rate against budget: at each budget ``b`` (the :data:`CURVE_BUDGETS` below the
+    benchmark's, and its own), the share of runs that found the reference (in the top-k when
+    they ended) within ``b`` relaxations (``first_found <= b``)."""
+    budgets = sorted({b for b in CURVE_BUDGETS if b < budget} | {budget})
+    out = []
+    for b in budgets:
+        n = sum(1 for r in runs if r.found and r.first_found is not None and r.first_found <= b)
+        out.append({"budget": b, "found": n, "runs": len(runs),
+                    "success_rate": round(n / len(runs), 3) if runs else None})  # fmt: skip
+    return out
+
+
+def summarize(runs: list[BenchRunDoc], repeats: int, budget: int | None = None) -> dict[str, Any]:
     """Success rate, median relaxations to success and the spread over repeats.
 
     ``search_only`` and ``lookup`` split the runs by whether the prototype or template library
     held the reference's structure type (:func:`library_match`): only the first measure a
     search. ``template_lookup`` are the lookups the template library made possible,
     ``leave_one_out`` the runs whose template library lost the reference's own type.
+    ``top_spacegroup_matches``: runs whose top-ranked structure has the reference's space
+    group; ``success_curve``: :func:`success_curve` at ``budget`` (default: the most
+    relaxations any run spent).
     """
     found = [r for r in runs if r.found]
     to_success = [r.first_found for r in found if r.first_found is not None]
@@ -318,4 +406,8 @@ def summarize(runs: list[BenchRunDoc], repeats: int) -> dict[str, Any]:
             [r for r in runs if (r.reference_in_library or "").startswith("template:")]
         ),
         "leave_one_out": _rates([r for r in runs if r.left_out]),
+        "top_spacegroup_matches": sum(1 for r in runs if r.top_spacegroup_match),
+        "success_curve": success_curve(
+            runs, budget or max((r.relaxations for r in runs), default=0) or 1
+        ),
     }

@@ -66,6 +66,10 @@ def csp(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (JSON) to this file.")
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the success-against-budget curve (PNG) to this file."),
+    ] = None,
     spacegroup_prior: Annotated[
         str,
         typer.Option(help="random_symmetric's space-group prior: uniform, aflow or pyxtal_mp."),
@@ -154,4 +158,41 @@ def csp(
         json_file.write_text(report.model_dump_json(indent=2))
     console = Console()
     console.print(render.bench_table(report))
-    console.print(render.bench_summary_line(report), highlight=False)
+    console.print(render.bench_summary_line(report), highlight=False, soft_wrap=True)
+    console.print(render.bench_curve_table(report))
+    if plot is not None:
+        console.print(f"curve: {render.bench_curve_plot(report, plot)}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    report_file: Annotated[Path, typer.Argument(help="A report written by bench csp --json.")],
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the success-against-budget curve (PNG) to this file."),
+    ] = None,
+    json_file: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the report, brought to the current schema, here."),
+    ] = None,
+) -> None:
+    """Show a saved benchmark report again: table, summary, success against budget.
+
+    A report of an earlier schema gets the top-ranked space-group check (its reference files
+    are read from the paths it names, relative to the current directory) and its summary is
+    recomputed.
+    """
+    from rich.console import Console
+
+    from cspflow.bench.score import read_report
+
+    report = read_report(report_file)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(report.model_dump_json(indent=2))
+    console = Console()
+    console.print(render.bench_table(report))
+    console.print(render.bench_summary_line(report), highlight=False, soft_wrap=True)
+    console.print(render.bench_curve_table(report))
+    if plot is not None:
+        console.print(f"curve: {render.bench_curve_plot(report, plot)}", highlight=False)

@@ -311,7 +311,7 @@ def bench_table(report: BenchReportDoc) -> Table:
              + (", reference type left out" if opts.leave_out_reference else ""))  # fmt: skip
     t = Table(title=title)
     for col in ("entry", "found", "rank", "first found (relaxations)", "relaxations", "unique",
-                "dE ref (meV/atom)", "wall s"):  # fmt: skip
+                "dE ref (meV/atom)", "top-1 space group = reference's", "wall s"):  # fmt: skip
         t.add_column(col)
     by_entry: dict[str, list] = {}
     for r in report.runs:
@@ -331,8 +331,63 @@ def bench_table(report: BenchReportDoc) -> Table:
             flag += f" (left out: {', '.join(runs[0].left_out)})"
         t.add_row(formula, flag, join(r.rank for r in runs), join(r.first_found for r in runs),
                   join(r.relaxations for r in runs), join(r.unique for r in runs),
-                  join(r.reference_delta_mev for r in runs), join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
+                  join(r.reference_delta_mev for r in runs),
+                  join(_yes_no(r.top_spacegroup_match) for r in runs),
+                  join(f"{r.wall_s:.0f}" for r in runs))  # fmt: skip
     return t
+
+
+def _yes_no(flag: bool | None) -> str | None:
+    return None if flag is None else ("yes" if flag else "no")
+
+
+def bench_curve_table(report: BenchReportDoc) -> Table:
+    """Success rate against budget (relaxations), over every run of the report."""
+    from rich.table import Table
+
+    t = Table(title="success rate against budget (relaxations to the first match)")
+    t.add_column("budget")
+    t.add_column("found")
+    t.add_column("success rate")
+    for point in report.summary.get("success_curve") or []:
+        rate = point["success_rate"]
+        t.add_row(str(point["budget"]), f"{point['found']}/{point['runs']}",
+                  "-" if rate is None else f"{100 * rate:.0f}%")  # fmt: skip
+    return t
+
+
+def bench_curve_plot(report: BenchReportDoc, path: Path) -> Path:
+    """Success rate against budget as a step plot (PNG): all runs, and each entry's share of
+    its repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    budget = report.options.budget
+    xs = list(range(0, budget + 1))
+
+    def curve(runs: list) -> list[float]:
+        firsts = [r.first_found for r in runs if r.found and r.first_found is not None]
+        return [sum(1 for f in firsts if f <= x) / len(runs) for x in xs]
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    by_entry: dict[str, list] = {}
+    for r in report.runs:
+        by_entry.setdefault(r.formula, []).append(r)
+    for formula, runs in by_entry.items():
+        ax.step(xs, curve(runs), where="post", lw=1, alpha=0.6, label=formula)
+    ax.step(xs, curve(report.runs), where="post", lw=2.5, color="black", label="all runs")
+    opts = report.options
+    ax.set(xlabel="relaxations", ylabel="share of runs that found the reference",
+           ylim=(-0.02, 1.02), xlim=(0, budget),
+           title=f"{report.set_name}: {','.join(opts.sources)}, {opts.repeats} repeat(s)")  # fmt: skip
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def bench_summary_line(report) -> str:
@@ -352,7 +407,8 @@ def bench_summary_line(report) -> str:
         f"success rate {s['runs_found']}/{s['runs']} = {100 * (s['success_rate'] or 0):.0f}%  "
         f"(entries found in every repeat {s['entries_found_every_repeat']}/{s['entries']}); "
         f"median relaxations to success {'-' if med is None else med}; "
-        f"total {report.total_s:.0f} s{split}"
+        f"top-ranked space group = reference's in {s.get('top_spacegroup_matches', 0)}/"
+        f"{s['runs']}; total {report.total_s:.0f} s{split}"
     )
 
 

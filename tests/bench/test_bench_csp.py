@@ -79,6 +79,7 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
     assert 1 <= run["first_found"] <= 8
     assert run["top"][0]["matches_reference"] and run["top"][0]["spacegroup"] == 225
     assert run["top"][0]["spacegroup_symbol"] == "Fm-3m"
+    assert run["reference_spacegroup"] == 225 and run["top_spacegroup_match"] is True
     assert run["wall_s"] > 0 and run["error"] is None
     s = report["summary"]
     assert s["success_rate"] == 1.0 and s["median_relaxations_to_success"] == run["first_found"]
@@ -86,6 +87,13 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
                                       "ranks": [1]}  # fmt: skip
     assert report["options"]["sources"] == {"prototype": 1.0, "random_symmetric": 1.0}
     assert report["total_s"] >= run["wall_s"]
+    assert s["top_spacegroup_matches"] == 1
+    assert s["success_curve"] == [
+        {"budget": 5, "found": int(run["first_found"] <= 5), "runs": 1,
+         "success_rate": float(run["first_found"] <= 5)},
+        {"budget": 8, "found": 1, "runs": 1, "success_rate": 1.0},
+    ]  # fmt: skip
+    assert "success rate against budget" in proc.stdout
     # the table on stdout, progress on stderr
     assert "NaCl" in proc.stdout and "success rate 1/1 = 100%" in proc.stdout
     # the prototype source holds rocksalt: this run is a lookup, counted apart from searches
@@ -188,8 +196,9 @@ def test_evaluate_run_rank_and_first_found():
     cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
     def row(cid, s, e, dup=None):
+        sg = {id(cscl): 221}.get(id(s), 225)  # what the relaxation record would say
         return {"candidate_id": cid, "structure": s, "energy_per_atom": e, "duplicate_of": dup,
-                "spacegroup": None, "nsites": None if s is None else len(s)}  # fmt: skip
+                "spacegroup": sg, "nsites": None if s is None else len(s)}  # fmt: skip
 
     relaxed = [row("a", cscl, -3.70), row("b", None, None), row("c", rocksalt, -3.65),
                row("d", rocksalt.copy(), -3.66, dup="c"), row("e", cscl.copy(), -3.69)]  # fmt: skip
@@ -200,7 +209,11 @@ def test_evaluate_run_rank_and_first_found():
     assert out["rank"] == 2 and out["found"] is False  # rank 2 > top_k 1
     # the minimum's energy is its lowest member's ("d", -3.66), not the first one's
     assert out["reference_delta_mev"] == pytest.approx(40.0)
+    # CSPBench's metric: the top-ranked (CsCl-type, Pm-3m) is not the reference's Fm-3m
+    assert out["reference_spacegroup"] == 225 and out["top_spacegroup_match"] is False
     assert evaluate_run(rocksalt, relaxed, top_k=2, match=MatchSpec())["found"] is True
+    below = [row("c", rocksalt, -3.75), *relaxed[:2]]
+    assert evaluate_run(rocksalt, below, top_k=1, match=MatchSpec())["top_spacegroup_match"]
     # the campaign put the reference's relaxation into another structure's minimum (its dedup is
     # looser than the set's matcher): that minimum is where the reference was found
     distorted = rocksalt.copy()
@@ -337,3 +350,80 @@ def test_prerelax_options_reach_every_campaign_and_the_rest_stays():
     defaults = PrerelaxSettings()
     assert (plain.optimizer, plain.cell_factor, plain.symmetry_stage) == (
         defaults.optimizer, defaults.cell_factor, defaults.symmetry_stage)  # fmt: skip
+
+
+def _report(tmp_path: Path, firsts: list[int | None], ranks: list[int | None]):
+    """A saved two-entry report as an earlier release wrote it (schema 1: top[].spacegroup the
+    symbol, no space-group check)."""
+    from cspflow.bench.options import BenchOptions
+    from cspflow.bench.score import BenchReportDoc, BenchRunDoc
+    from cspflow.bench.sets import MatchSpec
+
+    ref = _nacl_cif(tmp_path)
+    runs = [
+        BenchRunDoc(
+            formula=f"NaCl{k}",
+            reference=str(ref),
+            repeat=0,
+            seed=k,
+            max_atoms=8,
+            iterations=2,
+            per_iteration=20,
+            relaxations=40,
+            found=rank is not None and rank <= 5,
+            rank=rank,
+            first_found=first,
+            top=[{"rank": 1, "spacegroup": "Fm-3m" if rank == 1 else "Pm-3m"}],
+        )  # fmt: skip
+        for k, (first, rank) in enumerate(zip(firsts, ranks, strict=True))
+    ]
+    report = BenchReportDoc(set_name="tiny", set_file="set.yaml", top_k=5, match=MatchSpec(),
+                            options=BenchOptions(budget=40), runs=runs)  # fmt: skip
+    path = tmp_path / "old.json"
+    data = json.loads(report.model_dump_json())
+    data["schema_version"] = 1
+    for run in data["runs"]:
+        del run["reference_spacegroup"], run["top_spacegroup_match"]
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_success_curve_counts_runs_found_within_each_budget():
+    from cspflow.bench.score import BenchRunDoc, success_curve
+
+    def run(first, found=True):
+        return BenchRunDoc(formula="X", reference="x.cif", repeat=0, seed=0, max_atoms=8,
+                           iterations=1, per_iteration=20, found=found, first_found=first)  # fmt: skip
+
+    # a reference obtained at 7 but not in the top-k when the run ended is no success
+    runs = [run(3), run(30), run(None, False), run(7, False)]
+    curve = {p["budget"]: (p["found"], p["success_rate"]) for p in success_curve(runs, 40)}
+    assert list(curve) == [5, 10, 20, 40]
+    assert curve == {5: (1, 0.25), 10: (1, 0.25), 20: (1, 0.25), 40: (2, 0.5)}
+
+
+def test_bench_report_upgrades_an_old_report_and_plots_the_curve(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cspflow.cli.main import app
+
+    old = _report(tmp_path, firsts=[4, 25], ranks=[1, 3])
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["bench", "report", str(old), "--plot", "curve.png",
+                                   "--json", "new.json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "top-ranked space group = reference's in 1/2" in " ".join(out.output.split())
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["schema_version"] == 3
+    assert [r["top_spacegroup_match"] for r in new["runs"]] == [True, False]
+    assert new["runs"][0]["reference_spacegroup"] == 225
+    assert new["summary"]["top_spacegroup_matches"] == 1
+    rates = {p["budget"]: p["found"] for p in new["summary"]["success_curve"]}
+    assert rates == {5: 1, 10: 1, 20: 1, 40: 2}
+    (tmp_path / "junk.json").write_text("{not json")
+    bad = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "bench", "report", "junk.json"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read the benchmark report junk")
