@@ -153,15 +153,7 @@ def csp(
         else:
             report = run_benchmark(set_file, options, only_list, on_run_start, on_progress,
                                    on_run_end)  # fmt: skip
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(report.model_dump_json(indent=2))
-    console = Console()
-    console.print(render.bench_table(report))
-    console.print(render.bench_summary_line(report), highlight=False, soft_wrap=True)
-    console.print(render.bench_curve_table(report))
-    if plot is not None:
-        console.print(f"curve: {render.bench_curve_plot(report, plot)}", highlight=False)
+    _show(report, json_file, plot)
 
 
 @app.command("report")
@@ -182,11 +174,17 @@ def report_cmd(
     are read from the paths it names, relative to the current directory) and its summary is
     recomputed.
     """
-    from rich.console import Console
-
     from cspflow.bench.score import read_report
 
     report = read_report(report_file)
+    _show(report, json_file, plot)
+
+
+def _show(report, json_file: Path | None, plot: Path | None) -> None:
+    """Write the report's JSON (when asked), print its table, summary line and success curve,
+    and draw the curve (when asked)."""
+    from rich.console import Console
+
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(report.model_dump_json(indent=2))
