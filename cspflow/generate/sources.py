@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -482,6 +482,28 @@ class Prototype:
 MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode")
 
 
+def _apply_operator(
+    op: str, parents: Sequence[Parent], target: Target, rng: np.random.Generator
+) -> tuple[Structure | None, list[Parent]]:
+    """One child of operator ``op`` and the parents it used (rank-weighted: best first)."""
+    pw = 1.0 / (1.0 + np.arange(len(parents)))
+    pw /= pw.sum()
+    first = parents[int(rng.choice(len(parents), p=pw))]
+    if op == "strain":
+        return strain(first.structure, rng), [first]
+    if op == "permutation":
+        return permute(first.structure, rng), [first]
+    if op == "rattle":
+        return rattle(first.structure, rng), [first]
+    if op == "softmode":
+        return softmode(first.structure, rng), [first]
+    mates = [p for p in parents if p is not first and len(p.structure) == len(first.structure)]
+    if not mates:
+        return None, [first]
+    second = mates[int(rng.integers(len(mates)))]
+    return heredity(first.structure, second.structure, target, rng), [first, second]
+
+
 @dataclass
 class Mutation:
     """Variation operators applied to the lowest-energy stored structures.
@@ -506,6 +528,8 @@ class Mutation:
     )
     name: ClassVar[str] = "mutation"
     stream: ClassVar[int] = 3
+    #: children tried per attempt with the drawn operator before the attempt fails
+    tries: ClassVar[int] = 8
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.operators) - set(MUTATIONS))
@@ -515,7 +539,14 @@ class Mutation:
             raise CspflowError("mutation operator weights must be >= 0 and not all zero")
 
     def make(self, target: Target, seed: int, context: SourceContext) -> Generated | None:
-        """One attempt: draw an operator and parents (better parents more often), apply it."""
+        """One attempt: draw an operator, then apply it to parents drawn for it (better parents
+        more often) until a child passes the checks, at most ``tries`` times.
+
+        The operator is drawn once per attempt, so the operators are used in their shares even
+        when one of them often makes children the checks reject (a cut-and-splice child with
+        overlapping atoms): drawing again after a rejection would hand the rejected operator's
+        share to the ones that seldom fail.
+        """
         parents = context.parents
         if not parents:
             return None
@@ -523,41 +554,22 @@ class Mutation:
         ops = [op for op in MUTATIONS if self.operators.get(op, 0) > 0]
         w = np.array([self.operators[op] for op in ops], dtype=float)
         op = str(rng.choice(ops, p=w / w.sum()))
-        # Rank weights: parents are sorted best first.
-        pw = 1.0 / (1.0 + np.arange(len(parents)))
-        pw /= pw.sum()
-        first = parents[int(rng.choice(len(parents), p=pw))]
-        used = [first]
-        child: Structure | None
-        if op == "strain":
-            child = strain(first.structure, rng)
-        elif op == "permutation":
-            child = permute(first.structure, rng)
-        elif op == "rattle":
-            child = rattle(first.structure, rng)
-        elif op == "softmode":
-            child = softmode(first.structure, rng)
-        else:
-            mates = [
-                p for p in parents if p is not first and len(p.structure) == len(first.structure)
-            ]
-            if not mates:
-                child = None
-            else:
-                second = mates[int(rng.integers(len(mates)))]
-                used.append(second)
-                child = heredity(first.structure, second.structure, target, rng)
-        if child is None:
-            context.reject(f"{op} not applicable")
-            return None
-        gen = Generated(
-            structure=child,
-            source=self.name,
-            params={"operator": op},
-            seed=seed,
-            parent_ids=[p.candidate_id for p in used],
-        )
-        return _validated(gen, target, context)
+        for _ in range(self.tries):
+            child, used = _apply_operator(op, parents, target, rng)
+            if child is None:
+                context.reject(f"{op} not applicable")
+                continue
+            gen = Generated(
+                structure=child,
+                source=self.name,
+                params={"operator": op},
+                seed=seed,
+                parent_ids=[p.candidate_id for p in used],
+            )
+            valid = _validated(gen, target, context)
+            if valid is not None:
+                return valid
+        return None
 
     def attempts(
         self, target: Target, seed: int, context: SourceContext

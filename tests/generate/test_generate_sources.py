@@ -138,6 +138,24 @@ def test_mutation_operators_keep_composition_and_record_parents(operator):
         assert violations(g.structure) == []
 
 
+def test_operators_are_used_in_their_shares_when_one_is_often_rejected(monkeypatch):
+    import cspflow.generate.sources as sources
+
+    target, parents, _ = _parents()
+    real = sources.permute
+
+    def flaky(structure, rng):  # three in four permutation children are rejected
+        return real(structure, rng) if rng.random() < 0.25 else None
+
+    monkeypatch.setattr(sources, "permute", flaky)
+    source = Mutation(operators={"strain": 0.5, "permutation": 0.5})
+    attempts = source.attempts(target, 3, SourceContext(parents=parents))
+    made = [g for g in itertools.islice(attempts, 300) if g is not None]
+    share = sum(g.params["operator"] == "permutation" for g in made) / len(made)
+    # drawing a new operator after each rejection would give permutation about 0.2
+    assert len(made) > 250 and 0.35 < share < 0.6
+
+
 def test_heredity_mixes_both_parents():
     a = Structure(Lattice.cubic(4.0), ["Na", "Cl"] * 4,
                   [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0.5], [0.5, 0.5, 0.5],
