@@ -41,6 +41,8 @@ __all__ = [
     "heredity",
     "softmode",
     "soft_modes",
+    "supercell",
+    "supercell_matrix",
     "niche",
     "stats_key",
     "operator_stats",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 #: mutation operators, as stats keys (``mutation:<operator>``)
-OPERATOR_KEYS = ("strain", "permutation", "rattle", "heredity", "softmode")
+OPERATOR_KEYS = ("strain", "permutation", "rattle", "heredity", "softmode", "supercell")
 
 
 def strain(s: Structure, rng: np.random.Generator, amplitude: float = 0.1) -> Structure:
@@ -185,6 +187,57 @@ def softmode(
     for i in range(len(out)):
         out.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
     return out
+
+
+def supercell_matrix(n: int, rng: np.random.Generator, tries: int = 500) -> np.ndarray | None:
+    """A random integer matrix with determinant ``n`` (entries -1..1, diagonal up to 2): the
+    doublings, the face-diagonal sqrt(2) x sqrt(2) cells and the fcc-primitive-to-cube matrix
+    are among its draws."""
+    for _ in range(tries):
+        m = rng.integers(-1, 2, size=(3, 3))
+        m[np.diag_indices(3)] = rng.integers(0, 3, size=3)
+        if round(abs(float(np.linalg.det(m)))) == n:
+            return m
+    return None
+
+
+def supercell(
+    structure: Structure, rng: np.random.Generator, max_atoms: int, amplitude: float = 0.6
+) -> Structure | None:
+    """A supercell of the parent moved along one of its softest spring-model modes.
+
+    The other operators keep the parent's cell, so they cannot reach a structure whose cell is
+    a multiple of it (a tilted perovskite's sqrt(2) x sqrt(2) x 2 cell from the cubic one, a
+    distorted fluorite from fluorite). A supercell of 2, 3 or 4 times the atoms (at most
+    ``max_atoms``) is built with :func:`supercell_matrix`, and of its six softest modes (the
+    soft modes of a supercell include the zone-boundary ones of the parent: octahedral tilts
+    are nearly free in the spring model, as rigid-unit modes are in the crystal) one is taken,
+    scaled as in :func:`softmode`, for which the displaced cell no longer reduces to the
+    parent's primitive cell. None when no multiple fits or no mode breaks the translation.
+    """
+    from cspflow.generate.sources import primitive_cell
+
+    fits = [k for k in (2, 3, 4) if k * len(structure) <= max_atoms]
+    if not fits:
+        return None
+    k = int(rng.choice(fits))
+    m = supercell_matrix(k, rng)
+    if m is None:
+        return None
+    big = structure.copy()
+    big.make_supercell(m)
+    big = big.get_reduced_structure()
+    _, modes = soft_modes(big, 6)
+    for index in rng.permutation(len(modes)):
+        mode = modes[int(index)]
+        scale = amplitude * float(rng.uniform(0.5, 1.0)) * float(rng.choice([-1.0, 1.0]))
+        disp = mode * scale / float(np.linalg.norm(mode, axis=1).max())
+        child = big.copy()
+        for i in range(len(child)):
+            child.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
+        if len(primitive_cell(child)) > len(structure):
+            return child
+    return None
 
 
 def niche(members: Sequence[Any], vectors: Sequence[np.ndarray], distance: float) -> list[int]:

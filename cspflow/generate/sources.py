@@ -43,7 +43,7 @@ from cspflow.chem import read_structures
 from cspflow.errors import CspflowError
 from cspflow.generate.composition import Target
 from cspflow.generate.constraints import Constraints, covalent_radius, fix_volume, violations
-from cspflow.generate.evolve import heredity, permute, rattle, softmode, strain
+from cspflow.generate.evolve import heredity, permute, rattle, softmode, strain, supercell
 from cspflow.generate.templates import Template
 from cspflow.generate.timelimit import GenerationTimeout, call_with_time_limit
 
@@ -479,7 +479,7 @@ class Prototype:
 # mutation / heredity
 
 #: the operators (pure functions in cspflow.generate.evolve, importable from here too)
-MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode")
+MUTATIONS = ("strain", "permutation", "rattle", "heredity", "softmode", "supercell")
 
 
 def _apply_operator(
@@ -497,6 +497,8 @@ def _apply_operator(
         return rattle(first.structure, rng), [first]
     if op == "softmode":
         return softmode(first.structure, rng), [first]
+    if op == "supercell":
+        return supercell(first.structure, rng, target.max_atoms), [first]
     mates = [p for p in parents if p is not first and len(p.structure) == len(first.structure)]
     if not mates:
         return None, [first]
@@ -511,8 +513,9 @@ class Mutation:
     Parameters
     ----------
     operators
-        Relative weights of ``strain``, ``permutation``, ``rattle``, ``heredity`` and
-        ``softmode`` (:func:`cspflow.generate.evolve.softmode`); a campaign with
+        Relative weights of ``strain``, ``permutation``, ``rattle``, ``heredity``,
+        ``softmode`` (:func:`cspflow.generate.evolve.softmode`) and ``supercell``
+        (:func:`cspflow.generate.evolve.supercell`); a campaign with
         ``generate.adaptive`` replaces them each iteration by shares adapted to which operators
         put structures in the population.
     """
@@ -524,6 +527,7 @@ class Mutation:
             "rattle": 0.1,
             "heredity": 0.3,
             "softmode": 0.2,
+            "supercell": 0.2,
         }
     )
     name: ClassVar[str] = "mutation"

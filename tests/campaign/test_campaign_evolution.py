@@ -79,7 +79,7 @@ def test_operator_statistics_in_iteration_summaries(settings, db, tmp_path):
     for d in mutants:
         assert d["parent_ids"] and set(d["parent_ids"]) <= pool
         assert d["params"]["operator"] in {"strain", "permutation", "rattle", "heredity",
-                                           "softmode"}  # fmt: skip
+                                           "softmode", "supercell"}  # fmt: skip
     randoms = [d for d in docs if d["source"] == "random_symmetric"]
     assert all(d["params"]["spacegroup_prior"] == "aflow" for d in randoms)
     # iteration 0 draws from the prior, iteration 1 from the bandit's arms

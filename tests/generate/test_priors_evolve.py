@@ -13,7 +13,14 @@ from cspflow.dedup.fingerprint import fingerprint, fingerprint_distance
 from cspflow.errors import CspflowError, SpecError
 from cspflow.generate.composition import parse_target
 from cspflow.generate.constraints import violations
-from cspflow.generate.evolve import adapt_weights, niche, operator_stats, soft_modes, softmode
+from cspflow.generate.evolve import (
+    adapt_weights,
+    niche,
+    operator_stats,
+    soft_modes,
+    softmode,
+    supercell,
+)
 from cspflow.generate.priors import (
     aflow_counts,
     choose_wyckoff,
@@ -152,6 +159,27 @@ def test_operators_give_valid_primitive_children_with_parents(operator):
         assert violations(s) == []
         assert set(g.parent_ids) <= {"a", "b"}
         assert len(g.parent_ids) == (2 if operator == "heredity" else 1)
+
+
+def test_supercell_children_are_multiples_of_the_parent_cell_with_broken_translation():
+    cubic = Structure(Lattice.cubic(4.15), ["Sr", "Zr", "O", "O", "O"],
+                      [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])  # fmt: skip
+    target = parse_target("SrZrO3", 20)
+    context = SourceContext(parents=[Parent("cubic", cubic, -8.6)])
+    made = [g for g in itertools.islice(
+        Mutation(operators={"supercell": 1.0}).attempts(target, 5, context), 30) if g is not None]  # fmt: skip
+    assert len(made) >= 20, context.rejected
+    sizes = {len(g.structure) for g in made}
+    # 2, 3 or 4 perovskite units, stored primitive: the displacement broke the parent's
+    # translations, so none reduces back to the 5-atom cell; the 20-atom cells of the tilted
+    # orthorhombic perovskites are among them
+    assert sizes <= {10, 15, 20} and 20 in sizes
+    for g in made:
+        assert g.params["operator"] == "supercell" and g.parent_ids == ["cubic"]
+        assert g.structure.composition.reduced_formula == "SrZrO3"
+        assert violations(g.structure) == []
+    # no multiple of the parent fits in max_atoms: the operator makes nothing
+    assert supercell(cubic, np.random.default_rng(0), max_atoms=9) is None
 
 
 def test_softmode_moves_along_the_softest_spring_mode():
