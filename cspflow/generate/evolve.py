@@ -180,7 +180,14 @@ def softmode(
     _, modes = soft_modes(structure, 3)
     if len(modes) == 0:
         return None
-    mode = modes[int(rng.integers(len(modes)))]
+    return _displaced(structure, modes[int(rng.integers(len(modes)))], rng, amplitude)
+
+
+def _displaced(
+    structure: Structure, mode: np.ndarray, rng: np.random.Generator, amplitude: float
+) -> Structure:
+    """``structure`` moved along ``mode``, its largest atomic displacement ``amplitude`` x
+    U(0.5, 1) Angstrom with a random sign."""
     scale = amplitude * float(rng.uniform(0.5, 1.0)) * float(rng.choice([-1.0, 1.0]))
     disp = mode * scale / float(np.linalg.norm(mode, axis=1).max())
     out = structure.copy()
@@ -229,12 +236,7 @@ def supercell(
     big = big.get_reduced_structure()
     _, modes = soft_modes(big, 6)
     for index in rng.permutation(len(modes)):
-        mode = modes[int(index)]
-        scale = amplitude * float(rng.uniform(0.5, 1.0)) * float(rng.choice([-1.0, 1.0]))
-        disp = mode * scale / float(np.linalg.norm(mode, axis=1).max())
-        child = big.copy()
-        for i in range(len(child)):
-            child.translate_sites([i], disp[i], frac_coords=False, to_unit_cell=True)
+        child = _displaced(big, modes[int(index)], rng, amplitude)
         if len(primitive_cell(child)) > len(structure):
             return child
     return None
