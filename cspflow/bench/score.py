@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: 2: ``top[].spacegroup`` is the number (it was the MLIP symbol), ``spacegroup_symbol`` beside it
-#: 3: ``reference_spacegroup`` and ``top_spacegroup_match`` per run; the summary's
+#: 3: ``reference_spacegroup``, ``top_spacegroup_match`` and ``first_found_source`` per run; the summary's
 #: ``top_spacegroup_matches`` and ``success_curve``
 SCHEMA_VERSION = 3
 
@@ -84,6 +84,10 @@ class BenchRunDoc(BaseModel):
     rank: int | None = Field(None, description="Rank of the reference among unique structures.")
     first_found: int | None = Field(
         None, description="Relaxations until the reference was first obtained (1-based)."
+    )
+    first_found_source: str | None = Field(
+        None,
+        description="Source of that first match (mutation children as mutation:<operator>).",
     )
     best_energy_per_atom: float | None = Field(None, description="Lowest MLIP energy (eV/atom).")
     reference_delta_mev: float | None = Field(
@@ -156,6 +160,7 @@ def evaluate_run(
     -------
     dict
         ``relaxations``, ``failed``, ``unique``, ``rank``, ``found``, ``first_found``,
+        ``first_found_source`` (that candidate's ``source``, when the rows carry one),
         ``best_energy_per_atom``, ``reference_delta_mev``, ``top`` (the top-k unique),
         ``reference_spacegroup`` and ``top_spacegroup_match`` (the top-ranked unique structure's
         space group, as its relaxation recorded it, is the reference's: CSPBench's metric).
@@ -169,10 +174,10 @@ def evaluate_run(
         return r["energy_per_atom"] is not None and r["structure"] is not None
 
     ok = [r for r in relaxed if good(r)]
-    first_found = None
+    first_found, first_source = None, None
     for i, r in enumerate(relaxed, start=1):
         if good(r) and sm.fit(reference, r["structure"]):
-            first_found = i
+            first_found, first_source = i, r.get("source")
             break
     # unique minima by energy: the campaign's dedup groups each candidate with the one it
     # duplicates (one minimum, whichever member the reference matches), then the set's matcher
@@ -227,6 +232,7 @@ def evaluate_run(
         "rank": rank,
         "found": rank is not None and rank <= top_k,
         "first_found": first_found,
+        "first_found_source": first_source,
         "best_energy_per_atom": best,
         "reference_delta_mev": delta,
         "top": top,
@@ -254,9 +260,17 @@ def relaxed_candidates(db: Any, campaign: str) -> list[dict[str, Any]]:
                 "spacegroup": mlip.get("spacegroup"),
                 "spacegroup_symbol": mlip.get("spacegroup_symbol"),
                 "nsites": d.get("nsites"),
+                "source": _source_label(d),
             }
         )
     return rows
+
+
+def _source_label(doc: dict[str, Any]) -> str | None:
+    """``source``, or ``mutation:<operator>`` for a mutation child."""
+    source = doc.get("source")
+    operator = (doc.get("params") or {}).get("operator")
+    return f"{source}:{operator}" if source == "mutation" and operator else source
 
 
 def count_relaxed(db: Any, campaign: str) -> int:

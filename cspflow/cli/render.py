@@ -292,7 +292,8 @@ def model_show(doc: dict, chain: list[str]) -> list:
 
 def bench_run_line(run) -> str:
     """One finished benchmark run (entry, repeat): found or not, relaxations, wall time."""
-    what = (f"found, rank {run.rank}, first after {run.first_found} relaxations" if run.found
+    by = f" ({run.first_found_source})" if run.first_found_source else ""
+    what = (f"found, rank {run.rank}, first after {run.first_found} relaxations{by}" if run.found
             else "not found" + (f" (rank {run.rank})" if run.rank else ""))  # fmt: skip
     if run.stopped_early:
         what += " (stopped: found)"

@@ -77,6 +77,7 @@ def test_tiny_run_finds_rocksalt_and_cleans_up(settings, db, tmp_path):
     assert run["relaxations"] == 8 and run["iterations"] * run["per_iteration"] == 8
     assert run["found"] is True and run["rank"] == 1  # CHGNet puts rocksalt lowest
     assert 1 <= run["first_found"] <= 8
+    assert run["first_found_source"] in ("prototype", "random_symmetric")
     assert run["top"][0]["matches_reference"] and run["top"][0]["spacegroup"] == 225
     assert run["top"][0]["spacegroup_symbol"] == "Fm-3m"
     assert run["reference_spacegroup"] == 225 and run["top_spacegroup_match"] is True
@@ -198,12 +199,14 @@ def test_evaluate_run_rank_and_first_found():
     def row(cid, s, e, dup=None):
         sg = {id(cscl): 221}.get(id(s), 225)  # what the relaxation record would say
         return {"candidate_id": cid, "structure": s, "energy_per_atom": e, "duplicate_of": dup,
-                "spacegroup": sg, "nsites": None if s is None else len(s)}  # fmt: skip
+                "spacegroup": sg, "nsites": None if s is None else len(s),
+                "source": f"mutation:{cid}"}  # fmt: skip
 
     relaxed = [row("a", cscl, -3.70), row("b", None, None), row("c", rocksalt, -3.65),
                row("d", rocksalt.copy(), -3.66, dup="c"), row("e", cscl.copy(), -3.69)]  # fmt: skip
     out = evaluate_run(rocksalt, relaxed, top_k=1, match=MatchSpec())
     assert out["first_found"] == 3  # the failed relaxation counts as spent
+    assert out["first_found_source"] == "mutation:c"  # which generator made that first match
     assert out["relaxations"] == 5 and out["failed"] == 1
     assert out["unique"] == 2  # "d" is a duplicate, "e" matches "a"
     assert out["rank"] == 2 and out["found"] is False  # rank 2 > top_k 1
