@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 #: 2: ``top[].spacegroup`` is the number (it was the MLIP symbol), ``spacegroup_symbol`` beside it
-#: 3: ``reference_spacegroup``, ``top_spacegroup_match`` and ``first_found_source`` per run; the summary's
-#: ``top_spacegroup_matches`` and ``success_curve``
+#: 3: ``reference_spacegroup``, ``top_spacegroup_match`` and ``first_found_source`` per run;
+#: the summary's ``top_spacegroup_matches`` and ``success_curve``
 SCHEMA_VERSION = 3
 
 #: symprec of the reference's space group: the one the relaxation records use (relaxed.mlip)

@@ -1,6 +1,6 @@
 """The evolutionary side of generation: the variation operators (strain, permutation, rattle,
-cut-and-splice heredity, soft-mode mutation), a niched population, and the shares of sources
-and operators adapted to what produced low-energy structures.
+cut-and-splice heredity, soft-mode mutation, soft-mode supercells), a niched population, and
+the shares of sources and operators adapted to what produced low-energy structures.
 
 - :func:`softmode`: displace the atoms along one of the softest vibrational modes of a cheap
   spring model (a proxy for USPEX's soft-mode mutation, which uses Lyakhov's bond-hardness
@@ -9,6 +9,9 @@ and operators adapted to what produced low-energy structures.
   is diagonalised, the three translations dropped, and one of the three lowest modes drawn. Low
   curvature in this model means weakly bound directions: the moves a relaxation is least likely
   to undo.
+- :func:`supercell`: a supercell of 2-4 times the parent moved along one of its soft modes, the
+  one operator that changes the cell's size (the zone-boundary modes of the parent, such as
+  octahedral tilts, are Gamma-point modes of the supercell).
 - :func:`niche`: the population is the lowest unique relaxed structures of a composition, best
   first, with no two members closer than a fingerprint distance (RMS of the partial-RDF
   fingerprints, :func:`cspflow.dedup.fingerprint.fingerprint_distance`): a near-copy of a better
