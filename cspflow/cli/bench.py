@@ -140,7 +140,7 @@ def csp(
         progress.update(total, completed=done_before + n)
 
     def on_run_end(run) -> None:
-        progress.console.print(render.bench_run_line(run), highlight=False)
+        progress.console.print(render.bench_run_line(run), highlight=False, soft_wrap=True)
 
     def on_parallel_end(run) -> None:
         progress.update(total, advance=budget)
