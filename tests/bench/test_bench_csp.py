@@ -424,6 +424,14 @@ def test_bench_report_upgrades_an_old_report_and_plots_the_curve(tmp_path, monke
     assert new["summary"]["top_spacegroup_matches"] == 1
     rates = {p["budget"]: p["found"] for p in new["summary"]["success_curve"]}
     assert rates == {5: 1, 10: 1, 20: 1, 40: 2}
+    gone = json.loads(old.read_text())
+    gone["runs"][0]["reference"] = str(tmp_path / "gone.cif")
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    lost = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "bench", "report", "gone.json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert lost.returncode == 2 and lost.stdout == ""
+    (line,) = lost.stderr.strip().splitlines()
+    assert line.startswith("error: gone.json: cannot read the reference") and "NaCl0" in line
     (tmp_path / "junk.json").write_text("{not json")
     bad = subprocess.run([sys.executable, "-m", "cspflow.cli.main", "bench", "report", "junk.json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
