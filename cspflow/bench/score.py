@@ -41,6 +41,7 @@ __all__ = [
     "scores_budget_left",
     "summarize",
     "success_curve",
+    "found_within",
     "read_report",
 ]
 
@@ -368,6 +369,12 @@ def read_report(path: Path) -> BenchReportDoc:
 CURVE_BUDGETS = (5, 10, 20, 50, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
+def found_within(run: BenchRunDoc, budget: int) -> bool:
+    """The run found the reference (in the top-k when it ended), its first match within
+    ``budget`` relaxations: one point of the success curve."""
+    return run.found and run.first_found is not None and run.first_found <= budget
+
+
 def success_curve(runs: list[BenchRunDoc], budget: int) -> list[dict[str, Any]]:
     """Success rate against budget: at each budget ``b`` (the :data:`CURVE_BUDGETS` below the
     benchmark's, and its own), the share of runs that found the reference (in the top-k when
@@ -375,7 +382,7 @@ def success_curve(runs: list[BenchRunDoc], budget: int) -> list[dict[str, Any]]:
     budgets = sorted({b for b in CURVE_BUDGETS if b < budget} | {budget})
     out = []
     for b in budgets:
-        n = sum(1 for r in runs if r.found and r.first_found is not None and r.first_found <= b)
+        n = sum(1 for r in runs if found_within(r, b))
         out.append({"budget": b, "found": n, "runs": len(runs),
                     "success_rate": round(n / len(runs), 3) if runs else None})  # fmt: skip
     return out

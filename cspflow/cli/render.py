@@ -365,12 +365,13 @@ def bench_curve_plot(report: BenchReportDoc, path: Path) -> Path:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    from cspflow.bench.score import found_within
+
     budget = report.options.budget
     xs = list(range(0, budget + 1))
 
     def curve(runs: list) -> list[float]:
-        firsts = [r.first_found for r in runs if r.found and r.first_found is not None]
-        return [sum(1 for f in firsts if f <= x) / len(runs) for x in xs]
+        return [sum(found_within(r, x) for r in runs) / len(runs) for x in xs]
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
